@@ -1,0 +1,44 @@
+"""A visual look-alike recommender: embed pictures, index catalogs, find the items that look most alike."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .backbones import BACKBONES, Backbone, load_backbone
+from .build import BuildReport, build_index
+from .catalog import Catalog, Item, read_catalog
+from .errors import (
+    CatalogError,
+    ImageError,
+    IndexLoadError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    ModelError,
+    RecommenderError,
+)
+from .images import load_image
+from .index import Index, Match, list_indexes
+from .recommend import look_alikes
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BuildReport",
+    "Catalog",
+    "CatalogError",
+    "ImageError",
+    "Index",
+    "IndexLoadError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "Item",
+    "Match",
+    "ModelError",
+    "RecommenderError",
+    "build_index",
+    "list_indexes",
+    "load_backbone",
+    "load_image",
+    "look_alikes",
+    "read_catalog",
+]

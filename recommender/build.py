@@ -1,0 +1,233 @@
+"""Building and updating an index from a catalog: read, hash, decode, embed in batches, write atomically.
+
+Kept apart from `index` (the storage format) because this is the long-running pipeline with its
+own concerns: reading pictures in parallel with the model, progress, incremental re-use of
+unchanged pictures, and a report of everything skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .backbones import Backbone, load_backbone
+from .catalog import Catalog, Item, Skip, read_catalog
+from .errors import CatalogError, ImageError, IndexLoadError, RecommenderError
+from .images import load_image, read_bytes
+from .index import Index, index_folder, write_index
+
+T = TypeVar("T")
+R = TypeVar("R")
+#: Pictures are shrunk to this size when decoded: enough for any backbone input, cheap for huge photos.
+DECODE_MAX_SIDE = 1024
+
+
+@dataclass
+class BuildReport:
+    """What a build did: counts, timings and every item skipped with its reason."""
+
+    name: str
+    folder: Path
+    count: int
+    embedded: int
+    reused: int
+    skipped: list[Skip] = field(default_factory=list)
+    removed: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One catalog item after reading: its hash, and either prepared pixels or the reason it failed."""
+
+    item: Item
+    prepared: Any = None
+    error: str | None = None
+
+
+def build_index(
+    source: str | os.PathLike | Catalog,
+    *,
+    name: str,
+    backbone: Backbone | None = None,
+    model: str | None = None,
+    weights: Sequence[float] | str | None = None,
+    pooling: str = "cls",
+    image_size: int = 224,
+    fit: str = "pad",
+    limit: int | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    index_dir: str | Path | None = None,
+    dtype: str = "float16",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Index a catalog (folder or CSV) under `name`, re-using embeddings of unchanged pictures.
+
+    Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
+    usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
+    """
+    folder = index_folder(name, index_dir)
+    catalog = source if isinstance(source, Catalog) else read_catalog(
+        source, limit=limit, image_column=image_column, label_column=label_column)
+    if backbone is None:
+        backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit)
+    notes: list[str] = []
+    previous = _previous_vectors(folder, backbone, dtype, notes)
+    started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
+    skipped = list(catalog.skipped)
+
+    reads = _map_ordered(
+        lambda item: _read(item, catalog.root, backbone, previous),
+        catalog.items,
+        workers=workers or min(8, (os.cpu_count() or 2) * 2),
+    )
+    items: list[Item] = []
+    vectors: list[np.ndarray] = []
+    pending: list[tuple[int, Any]] = []  # (position in `vectors`, prepared pixels)
+    seen: dict[str, str] = {}
+    reused = embedded = 0
+    size = batch_size or backbone.batch_size
+
+    def flush() -> None:
+        nonlocal embedded
+        if pending:
+            out = backbone.embed_prepared([p for _, p in pending])  # (B, D)
+            for (slot, _), vec in zip(pending, out):
+                vectors[slot] = vec
+            embedded += len(pending)
+            pending.clear()
+
+    bar = _progress(len(catalog.items), f"indexing {name}", enabled=progress)
+    try:
+        for read in reads:
+            bar.update(1)
+            item = read.item
+            if read.error:
+                skipped.append(Skip(item.path, read.error))
+                continue
+            assert item.sha256 is not None
+            if item.sha256 in seen:
+                skipped.append(Skip(item.path, f"same picture as {seen[item.sha256]}"))
+                continue
+            seen[item.sha256] = item.path
+            items.append(item)
+            if read.prepared is None:
+                vectors.append(previous[item.sha256])
+                reused += 1
+                continue
+            vectors.append(np.empty(0, dtype=np.float32))  # filled by flush()
+            pending.append((len(vectors) - 1, read.prepared))
+            if len(pending) >= size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+
+    if not items:
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise CatalogError(f"{catalog.source}: none of its {len(catalog.items)} pictures could be read{first}")
+    matrix = np.stack(vectors).astype(np.float32)  # (N, D)
+    removed = len(set(previous) - set(seen)) if previous else 0
+    seconds = time.perf_counter() - started
+    catalog_info = {
+        "source": str(Path(catalog.source).resolve()),
+        "root": str(catalog.root),
+        "kind": catalog.kind,
+        "labeled": any(item.label is not None for item in items),
+        "labels": len({item.label for item in items if item.label is not None}),
+        "columns": catalog.columns,
+        "limit": limit,
+    }
+    stats = {"embedded": embedded, "reused": reused, "skipped": len(skipped), "removed": removed,
+             "seconds": round(seconds, 3)}
+    write_index(folder, embeddings=matrix, items=items, backbone=backbone, catalog=catalog_info, dtype=dtype,
+                stats=stats)
+    return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded, reused=reused,
+                       skipped=skipped, removed=removed, seconds=seconds, notes=notes)
+
+
+def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[str]) -> dict[str, np.ndarray]:
+    """Embeddings of the existing index by content hash, when it was built the same way; else empty."""
+    if not (folder / "manifest.json").exists():
+        return {}
+    try:
+        old = Index.load(folder)
+        old.check_backbone(backbone)
+    except IndexLoadError as exc:
+        notes.append(f"existing index not re-used, everything is embedded again: {exc}")
+        return {}
+    if old.manifest.get("dtype") != dtype:
+        notes.append(f"existing index is {old.manifest.get('dtype')}, not {dtype}: everything is embedded again")
+        return {}
+    return {item.sha256: np.asarray(old.embeddings[i], dtype=np.float32)
+            for i, item in enumerate(old.items) if item.sha256}
+
+
+def _read(item: Item, root: Path, backbone: Backbone, previous: dict[str, np.ndarray]) -> _Read:
+    """Hash the file and, unless an unchanged copy is already embedded, decode and prepare it."""
+    path = root / item.path
+    try:
+        data = read_bytes(path, name=item.path)
+        digest = hashlib.sha256(data).hexdigest()
+        hashed = replace(item, sha256=digest)
+        if digest in previous:
+            return _Read(hashed)
+        image = load_image(data, name=item.path, max_side=DECODE_MAX_SIDE)
+        return _Read(hashed, prepared=backbone.prepare(image))
+    except ImageError as exc:
+        reason = str(exc).removeprefix(f"{item.path}: ")
+        return _Read(item, error=reason)
+    except RecommenderError as exc:
+        return _Read(item, error=str(exc))
+
+
+def _map_ordered(fn: Callable[[T], R], values: Sequence[T], *, workers: int) -> Iterator[R]:
+    """`map` on a thread pool, results in input order, at most a few batches ahead of the consumer."""
+    if workers <= 1:
+        yield from map(fn, values)
+        return
+    ahead = workers * 4
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recommender-read") as pool:
+        futures = [pool.submit(fn, v) for v in values[:ahead]]
+        next_index = len(futures)
+        position = 0
+        while position < len(futures):
+            yield futures[position].result()
+            futures[position] = None  # type: ignore[call-overload]  # free the result
+            position += 1
+            if next_index < len(values):
+                futures.append(pool.submit(fn, values[next_index]))
+                next_index += 1
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=True)
+

@@ -1,0 +1,188 @@
+"""The command line: parses flags, calls the library, prints results; errors become one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from . import __version__, settings
+from .backbones import BACKBONES, FITS, POOLINGS
+from .errors import RecommenderError
+
+# Items listed individually before a build report summarises the rest.
+_SHOW_SKIPS = 5
+
+
+class _Group(click.Group):
+    """Turns library errors into `Error: <one line>` and exit status 1, unless --debug asks for the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except RecommenderError as exc:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            sys.stderr.close()  # output piped into `head`: nothing left to say
+            raise click.exceptions.Exit(1) from None
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+                "(run with --debug for the traceback)"
+            ) from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.obj or {}).get("debug"))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--index-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Folder of built indexes [env {settings.ENV_INDEX_DIR}; default: index/ in the repository].")
+@click.option("--debug", is_flag=True, envvar="RECOMMENDER_DEBUG", help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="recommender")
+@click.pass_context
+def cli(ctx: click.Context, index_dir: str | None, debug: bool) -> None:
+    """Index catalogs of pictures and find the items that look most alike."""
+    ctx.obj = {"debug": debug, "index_dir": settings.index_dir(index_dir)}
+
+
+def _index_option(func: Any) -> Any:
+    return click.option(
+        "--index", "index_name", default=None, metavar="NAME",
+        help=f"Index to use [env {settings.ENV_INDEX}; default: {settings.DEFAULT_INDEX}].",
+    )(func)
+
+
+@cli.command("index")
+@click.argument("source", type=click.Path(exists=False))
+@click.option("--name", required=True, help="Name of the index (a folder under the index folder).")
+@click.option("--model", default=None, metavar="M",
+              help=f"Backbone: {', '.join(BACKBONES)}, A+B for a hybrid, a hub id or a local folder "
+                   f"[env {settings.ENV_MODEL}; default: {settings.DEFAULT_MODEL}].")
+@click.option("--weights", default=None, metavar="W", help="Hybrid weights, e.g. 0.7,0.3.")
+@click.option("--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True,
+              help="DINOv2 global descriptor.")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Model input size (multiple of 14).")
+@click.option("--fit", type=click.Choice(FITS), default="pad", show_default=True,
+              help="pad: whole picture on a white square; crop: centre square.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Index only the first N items.")
+@click.option("--image-column", default=None, metavar="C", help="CSV column with image paths.")
+@click.option("--label-column", default=None, metavar="C", help="CSV column with labels.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage precision of the embeddings.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pictures per model call.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
+              image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
+              dtype: str, batch_size: int | None, quiet: bool) -> None:
+    """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV."""
+    from .build import build_index
+
+    report = build_index(
+        source, name=name, model=model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
+        limit=limit, image_column=image_column, label_column=label_column, index_dir=ctx.obj["index_dir"],
+        dtype=dtype, batch_size=batch_size, progress=not quiet,
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for skip in report.skipped[:_SHOW_SKIPS]:
+        click.echo(f"skipped {skip}", err=True)
+    if len(report.skipped) > _SHOW_SKIPS:
+        click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped", err=True)
+    speed = f" ({report.images_per_second:.1f} images/s)" if report.embedded else ""
+    click.echo(
+        f"indexed {report.count} pictures into {report.folder}: {report.embedded} embedded, {report.reused} "
+        f"unchanged, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s{speed}"
+    )
+
+
+def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
+    where: dict[str, list[str]] = {}
+    for value in values:
+        key, sep, wanted = value.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got {value!r}", param_hint="--where")
+        where.setdefault(key.strip(), []).append(wanted.strip())
+    return where
+
+
+@cli.command("search")
+@click.argument("image", type=click.Path(exists=False))
+@_index_option
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of matches.")
+@click.option("--where", multiple=True, metavar="KEY=VALUE",
+              help="Only items whose label or metadata KEY equals VALUE (repeat: same key OR, keys AND).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of matches.")
+@click.pass_context
+def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, where: tuple[str, ...],
+               as_json: bool) -> None:
+    """Find the catalog items that look most like IMAGE."""
+    from .index import Index
+    from .recommend import look_alikes
+
+    filters = _parse_where(where)
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    matches = look_alikes(image, index, k=k, where=filters)
+    if as_json:
+        click.echo(json.dumps([m.to_dict() for m in matches], indent=2, ensure_ascii=False))
+        return
+    if not matches:
+        click.echo("no matches (the filters leave no item)")
+        return
+    width = max(len(m.label or "-") for m in matches)
+    for m in matches:
+        click.echo(f"{m.rank:>3}  {m.score:6.3f}  {(m.label or '-'):<{width}}  {m.path}")
+
+
+@cli.command("info")
+@_index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--verify", is_flag=True, help="Check every file's checksum, however large.")
+@click.pass_context
+def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: bool) -> None:
+    """What an index holds: backbone, size, labels, where it came from."""
+    from .index import Index
+
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"], verify=verify or None)
+    m = index.manifest
+    labels = sorted({item.label for item in index.items if item.label is not None})
+    columns = sorted({k for item in index.items for k in item.metadata})
+    if as_json:
+        click.echo(json.dumps({**m, "folder": str(index.folder), "size_bytes": index.size_bytes,
+                               "label_names": labels, "metadata_columns": columns}, indent=2, ensure_ascii=False))
+        return
+    shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
+    rows = [
+        ("index", f"{index.name}  ({index.folder})"),
+        ("items", f"{len(index)}  ({m['dtype']}, {index.size_bytes / 1e6:.1f} MB on disk)"),
+        ("backbone", f"{m['backbone_name']}  {_spec_text(m['backbone'])}"),
+        ("weights", m["weights"]),
+        ("dim", str(m["dim"])),
+        ("labels", shown if labels else "none (unlabeled)"),
+        ("metadata", ", ".join(columns) or "none"),
+        ("source", f"{m['catalog'].get('source')}  ({m['catalog'].get('kind')})"),
+        ("built", f"{m['created']} by recommender {m['library_version']} (format {m['format_version']})"),
+    ]
+    if m.get("stats"):
+        rows.append(("last build", ", ".join(f"{k} {v}" for k, v in m["stats"].items())))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in spec.items() if k != "model")
+
+
+def main() -> None:
+    cli(prog_name="python -m recommender")

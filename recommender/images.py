@@ -1,0 +1,235 @@
+"""Turning paths, bytes or PIL images into clean RGB pictures, or a clear `ImageError`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageSource = str | os.PathLike | bytes | Image.Image
+Fit = Literal["pad", "crop"]
+
+#: Everything is composited and padded onto this colour: catalog sprites and products sit on white.
+BACKGROUND = (255, 255, 255)
+
+# Pillow raises these (and more) for broken files; we turn each into an ImageError with the reason.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError)
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+def describe(source: ImageSource) -> str:
+    """A short name for a source, used at the front of error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "image"
+    return "upload"
+
+
+def read_bytes(source: str | os.PathLike, *, name: str | None = None) -> bytes:
+    """The bytes of a file, or an ImageError saying why it cannot be read."""
+    label = name or str(source)
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(f"{label}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from None
+
+
+def load_image(source: ImageSource, *, name: str | None = None, max_side: int | None = None) -> Image.Image:
+    """Open `source` fully and return it as an RGB image.
+
+    Alpha is composited on white; palette, grayscale, 16-bit, float and CMYK pictures are
+    converted; EXIF orientation is applied; animated pictures give their first frame.
+    Decompression bombs (Pillow's own pixel limit), truncated data and non-images raise
+    `ImageError` naming the file and the reason. `max_side` shrinks large pictures on the way
+    (JPEGs are decoded at reduced scale, which is much faster).
+    """
+    label = name or describe(source)
+    if isinstance(source, Image.Image):
+        img = source
+        _decode(img, label, max_side)
+    else:
+        data = source if isinstance(source, bytes) else read_bytes(source, name=label)
+        img = _open(data, label, max_side)
+    with contextlib.suppress(_DECODE_ERRORS):  # a broken EXIF block is no reason to refuse the pixels
+        img = ImageOps.exif_transpose(img) or img
+    rgb = to_rgb(img, label)
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return rgb
+
+
+def _open(data: bytes, label: str, max_side: int | None) -> Image.Image:
+    if not data:
+        raise ImageError(f"{label}: empty file")
+    head = data[:1024].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        raise ImageError(f"{label}: SVG is a vector format and is not supported; convert it to PNG first")
+    if head.startswith((b"<!doctype html", b"<html")):
+        raise ImageError(f"{label}: this is an HTML page, not an image")
+    with warnings.catch_warnings():
+        # Pillow only warns between 1x and 2x its pixel limit; we refuse there too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageError(f"{label}: not a recognised image format") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb(label, exc) from None
+        except _DECODE_ERRORS as exc:
+            raise ImageError(f"{label}: broken image header ({_reason(exc)})") from None
+    if img.format == "PNG":
+        short = png_shortfall(data)
+        if short:
+            raise ImageError(f"{label}: broken or truncated image ({short})")
+    _decode(img, label, max_side)
+    return img
+
+
+# (x start, y start, x step, y step) of the seven Adam7 interlacing passes
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def png_shortfall(data: bytes) -> str | None:
+    """Why a PNG's pixel data is shorter than its header promises, or None when it is complete.
+
+    Pillow fills missing rows with black when the compressed stream ends early (a header that
+    lies about the size); counting the inflated bytes is the only way to notice.
+    """
+    pos, header, inflater, produced = 8, None, zlib.decompressobj(), 0
+    expected = None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR" and len(body) >= 13:
+            header = struct.unpack(">IIBBBBB", body[:13])
+            expected = _png_raw_size(header)
+        elif kind == b"IDAT" and expected is not None:
+            try:
+                while body and produced < expected:
+                    produced += len(inflater.decompress(body, 1 << 20))
+                    body = inflater.unconsumed_tail
+            except zlib.error as exc:
+                return f"corrupt pixel data: {exc}"
+            if produced >= expected:
+                return None
+        elif kind == b"IEND":
+            break
+    if expected is None:
+        return None  # not a PNG we can reason about; Pillow's own checks apply
+    return f"pixel data ends after {produced:,} of {expected:,} bytes"
+
+
+def _png_raw_size(header: tuple[int, ...]) -> int | None:
+    width, height, depth, colour, _, _, interlace = header
+    if colour not in _PNG_CHANNELS:
+        return None
+    bits = _PNG_CHANNELS[colour] * depth
+
+    def rows(w: int, h: int) -> int:
+        return h * (1 + (w * bits + 7) // 8) if w and h else 0  # one filter byte a row
+
+    if not interlace:
+        return rows(width, height)
+    return sum(rows(max(0, -(-(width - xs) // dx)), max(0, -(-(height - ys) // dy))) for xs, ys, dx, dy in _ADAM7)
+
+
+def _decode(img: Image.Image, label: str, max_side: int | None) -> None:
+    """Decode every pixel now, so that truncated data fails here and not half-way through later work."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            Image._decompression_bomb_check(img.size)  # also for PIL images handed to us
+            if max_side and img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb(label, exc) from None
+        except _DECODE_ERRORS as exc:
+            raise ImageError(f"{label}: broken or truncated image ({_reason(exc)})") from None
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"{label}: image has no pixels ({img.width}x{img.height})")
+
+
+def _bomb(label: str, exc: Exception) -> ImageError:
+    return ImageError(
+        f"{label}: too many pixels for a picture (limit {Image.MAX_IMAGE_PIXELS:,}); refused as a possible "
+        f"decompression bomb ({_reason(exc)})"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def to_rgb(img: Image.Image, label: str = "image") -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, compositing transparency onto white."""
+    try:
+        if img.mode.startswith("I") or img.mode == "F":
+            img = _high_bit_depth_to_l(img)
+        has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
+        if has_alpha:
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+            return Image.alpha_composite(canvas, rgba).convert("RGB")
+        if img.mode == "RGB":
+            return img
+        return img.convert("RGB")
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"{label}: cannot convert {img.mode} pixels to RGB ({_reason(exc)})") from None
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    # 16-bit and 32-bit grayscale: Pillow's own convert() clips at 255, which turns most
+    # 16-bit pictures white, so scale by the real range instead.
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+    elif img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        top = 65535.0
+    else:
+        top = 255.0
+    scaled = np.nan_to_num(arr / top * 255.0, nan=0.0)
+    out = Image.fromarray(np.clip(scaled, 0, 255).round().astype(np.uint8), mode="L")
+    if "transparency" in img.info:
+        out.info["transparency"] = img.info["transparency"]
+    return out
+
+
+def fit_square(img: Image.Image, size: int, *, fit: Fit = "pad") -> Image.Image:
+    """Resize to `size` x `size`: `pad` keeps the whole picture on a white square, `crop` cuts the centre."""
+    w, h = img.size
+    if fit == "pad":
+        scale = size / max(w, h)
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        resized = img.resize(new, Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (size, size), BACKGROUND)
+        canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
+        return canvas
+    if fit == "crop":
+        scale = size / min(w, h)
+        new = (max(size, round(w * scale)), max(size, round(h * scale)))
+        resized = img.resize(new, Image.Resampling.BICUBIC)
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2
+        return resized.crop((left, top, left + size, top + size))
+    raise ValueError(f"unknown fit {fit!r}; use 'pad' or 'crop'")

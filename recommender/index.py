@@ -1,0 +1,529 @@
+"""Built indexes on disk: the folder format, atomic writes, integrity checks on load, and exact search.
+
+An index is a folder `<index dir>/<name>/` holding
+
+* `manifest.json`: format version, backbone spec and weights identity, dim, count, dtype, the
+  catalog it came from, and the names and sha256 of the two data files below;
+* `embeddings-<id>.safetensors`: one `(count, dim)` float16/float32 tensor of unit rows;
+* `items-<id>.json`: the items, column by column (ids, relative paths, labels, hashes, metadata).
+
+The manifest is the commit point. A build writes new data files under fresh names, then
+replaces the manifest with one atomic rename; a crash at any moment leaves either the old
+manifest (whose files were never touched) or the new one. No pickle is involved anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import struct
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, settings
+from .backbones import Backbone, load_backbone, normalise
+from .catalog import Item
+from .errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, RecommenderError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DTYPES = {"F16": np.float16, "F32": np.float32}
+# Files up to this size are checked against their sha256 on every load; larger ones on `info --verify`.
+_VERIFY_LIMIT = 64 << 20
+# Score this many rows at a time so that a memory-mapped float16 index is never copied whole.
+_CHUNK_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result: rank (1 = best), cosine score, the item and the absolute path of its picture."""
+
+    rank: int
+    score: float
+    item: Item
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.item.id
+
+    @property
+    def label(self) -> str | None:
+        return self.item.label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "id": self.item.id,
+            "label": self.item.label,
+            "score": round(self.score, 6),
+            "path": str(self.path),
+            "metadata": dict(self.item.metadata),
+        }
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise RecommenderError(
+            f"bad index name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def index_folder(name: str, index_dir: str | Path | None = None) -> Path:
+    return settings.index_dir(index_dir) / check_name(name)
+
+
+def list_indexes(index_dir: str | Path | None = None) -> list[str]:
+    """Names of the folders in the index folder that hold a manifest."""
+    root = settings.index_dir(index_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+class Index:
+    """A loaded index: its manifest, memory-mapped embeddings and items; searched with `search`."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], embeddings: np.ndarray, items: list[Item]) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.embeddings = embeddings  # (N, D) float16/float32, memory-mapped, unit rows
+        self.items = items
+        self._positions: dict[str, int] | None = None
+
+    # ----------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, name: str | Path, *, index_dir: str | Path | None = None, verify: bool | None = None) -> Index:
+        """Open the index `name` (or a folder path), checking format, shapes and checksums.
+
+        Raises `IndexNotFoundError`, `IndexLoadError` (corrupt or truncated) or
+        `IndexMismatchError` (another format version), each saying how to rebuild.
+        """
+        folder = Path(name) if isinstance(name, Path) or os.sep in str(name) else index_folder(name, index_dir)
+        label = folder.name
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            if folder.is_dir():
+                raise IndexLoadError(f"index {label!r} is incomplete (no {MANIFEST}); {_rebuild_hint(label)}")
+            known = list_indexes(folder.parent)
+            listing = f"; available: {', '.join(known)}" if known else ""
+            raise IndexNotFoundError(
+                f"no index named {label!r} in {folder.parent}{listing}; build one with "
+                f"`python -m recommender index SOURCE --name {label}`"
+            )
+        manifest = _read_json(manifest_path, label)
+        _check_manifest(manifest, label)
+        files = manifest["files"]
+        emb_path, items_path = folder / files["embeddings"], folder / files["items"]
+        count, dim = manifest["count"], manifest["dim"]
+        check = verify if verify is not None else emb_path.exists() and emb_path.stat().st_size <= _VERIFY_LIMIT
+        if check:
+            _verify_hash(emb_path, files.get("embeddings_sha256"), label)
+        _verify_hash(items_path, files.get("items_sha256"), label)
+        embeddings = _open_safetensors(emb_path, "embeddings", (count, dim), label)
+        items = _decode_items(_read_json(items_path, label), count, label)
+        return cls(folder, manifest, embeddings, items)
+
+    # ----------------------------------------------------------------------------- facts
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.folder.name)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def root(self) -> Path:
+        """The folder the items' paths are relative to."""
+        return Path(self.manifest["catalog"]["root"])
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.manifest["catalog"].get("labeled"))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+    def path_of(self, item: Item) -> Path:
+        return (self.root / item.path).resolve()
+
+    def position(self, item_id: str) -> int:
+        """The row of the item with this id, or a clear error."""
+        if self._positions is None:
+            self._positions = {item.id: i for i, item in enumerate(self.items)}
+        try:
+            return self._positions[item_id]
+        except KeyError:
+            raise RecommenderError(f"no item with id {item_id!r} in index {self.name!r}") from None
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """(D,) float32 embedding of an item."""
+        return np.asarray(self.embeddings[self.position(item_id)], dtype=np.float32)
+
+    # ----------------------------------------------------------------------------- backbone
+
+    def backbone(self, *, device: str | None = None) -> Backbone:
+        """The backbone this index was built with, checked to have the same weights."""
+        spec = dict(self.manifest["backbone"])
+        backbone = load_backbone(**spec, device=device)
+        self.check_backbone(backbone)
+        return backbone
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Raise `IndexMismatchError` unless `backbone` embeds exactly as the one that built this index."""
+        mine = self.manifest["backbone"]
+        if backbone.spec != mine:
+            raise IndexMismatchError(
+                f"index {self.name!r} was built with {_describe_spec(mine)}, not {_describe_spec(backbone.spec)}; "
+                f"search it with the same backbone or {_rebuild_hint(self.name, backbone.spec)}"
+            )
+        if backbone.identity != self.manifest["weights"]:
+            raise IndexMismatchError(
+                f"index {self.name!r} was built with other weights for {backbone.name} "
+                f"({self.manifest['weights']}, now {backbone.identity}); {_rebuild_hint(self.name, backbone.spec)}"
+            )
+        if backbone.dim != self.dim:
+            raise IndexMismatchError(f"index {self.name!r} holds {self.dim}-d vectors but {backbone.name} gives "
+                                     f"{backbone.dim}-d; {_rebuild_hint(self.name, backbone.spec)}")
+
+    # ----------------------------------------------------------------------------- search
+
+    def mask(self, where: Mapping[str, str | Sequence[str]] | None) -> np.ndarray | None:
+        """Boolean (N,) mask of the items matching every `key=value` filter (values of one key are OR-ed).
+
+        Keys are `label`, `id` or metadata columns; values compare case-insensitively.
+        """
+        if not where:
+            return None
+        keys = {"label", "id"} | {k for item in self.items[:1000] for k in item.metadata}
+        mask = np.ones(len(self.items), dtype=bool)
+        for key, wanted in where.items():
+            if key not in keys:
+                raise RecommenderError(f"cannot filter on {key!r}: index {self.name!r} has {', '.join(sorted(keys))}")
+            values = {wanted.casefold()} if isinstance(wanted, str) else {w.casefold() for w in wanted}
+            column = [_field(item, key) for item in self.items]
+            mask &= np.fromiter(((v or "").casefold() in values for v in column), dtype=bool, count=len(column))
+        return mask
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) cosine scores of (Q, D) (or (D,)) query vectors against every item."""
+        q = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))  # (Q, D)
+        if q.shape[1] != self.dim:
+            raise IndexMismatchError(
+                f"query vectors are {q.shape[1]}-d but index {self.name!r} holds {self.dim}-d vectors; "
+                "embed queries with the backbone the index was built with"
+            )
+        if self._dense is not None:
+            return q @ self._dense.T
+        out = np.empty((q.shape[0], len(self.items)), dtype=np.float32)
+        for start in range(0, len(self.items), _CHUNK_ROWS):
+            block = np.asarray(self.embeddings[start : start + _CHUNK_ROWS], dtype=np.float32)  # (B, D)
+            out[:, start : start + len(block)] = q @ block.T
+        return out
+
+    @cached_property
+    def _dense(self) -> np.ndarray | None:
+        # Small indexes are kept as one float32 matrix: a single BLAS call per query.
+        if self.embeddings.size * 4 <= 256 << 20:
+            return np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        return None
+
+    def search(
+        self,
+        query: np.ndarray,
+        *,
+        k: int = 10,
+        where: Mapping[str, str | Sequence[str]] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[Match]:
+        """The k items most similar to one query vector, best first; `where` filters, `exclude` drops ids."""
+        return self.search_many(np.atleast_2d(query), k=k, where=where, exclude=exclude)[0]
+
+    def search_many(
+        self,
+        queries: np.ndarray,
+        *,
+        k: int = 10,
+        where: Mapping[str, str | Sequence[str]] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[list[Match]]:
+        """`search` for each row of a (Q, D) array of query vectors."""
+        if k < 1:
+            raise RecommenderError(f"k must be at least 1, not {k}")
+        scores = self.scores(queries)  # (Q, N)
+        allowed = self.mask(where)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        for item_id in exclude:
+            scores[:, self.position(item_id)] = -np.inf
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
+            np.arange(scores.shape[1]), (scores.shape[0], 1))
+        results = []
+        for row, candidates in zip(scores, top):
+            order = candidates[np.argsort(-row[candidates], kind="stable")]
+            results.append([
+                Match(rank=r, score=float(row[i]), item=self.items[i], path=self.path_of(self.items[i]))
+                for r, i in enumerate((i for i in order if np.isfinite(row[i])), start=1)
+            ])
+        return results
+
+    def __repr__(self) -> str:
+        return f"<Index {self.name} {len(self)} items, {self.dim}-d, {self.manifest['backbone']['model']}>"
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+def write_index(
+    folder: Path,
+    *,
+    embeddings: np.ndarray,
+    items: Sequence[Item],
+    backbone: Backbone,
+    catalog: Mapping[str, Any],
+    dtype: str = "float16",
+    stats: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write an index atomically (see the module docstring) and return its manifest."""
+    if dtype not in ("float16", "float32"):
+        raise RecommenderError(f"dtype must be float16 or float32, not {dtype!r}")
+    assert embeddings.shape == (len(items), backbone.dim), (embeddings.shape, len(items), backbone.dim)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _lock(folder):
+        tag = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        emb_name, items_name = f"embeddings-{tag}.safetensors", f"items-{tag}.json"
+        data = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
+        emb_sha = _write_atomic(folder / emb_name, _safetensors_bytes("embeddings", data))
+        items_sha = _write_atomic(folder / items_name, json.dumps(_encode_items(items), ensure_ascii=False).encode())
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "name": folder.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "backbone": backbone.spec,
+            "backbone_name": backbone.name,
+            "weights": backbone.identity,
+            "dim": backbone.dim,
+            "count": len(items),
+            "dtype": dtype,
+            "catalog": dict(catalog),
+            "files": {
+                "embeddings": emb_name,
+                "embeddings_sha256": emb_sha,
+                "items": items_name,
+                "items_sha256": items_sha,
+            },
+            "stats": dict(stats or {}),
+        }
+        _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        _fsync_dir(folder)
+        _remove_stale(folder, keep={MANIFEST, emb_name, items_name, ".lock"})
+    return manifest
+
+
+def _write_atomic(path: Path, data: bytes) -> str:
+    """Write to a temporary name, flush to disk, then rename over `path`; returns the sha256."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not possible on every platform
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    # Files of earlier versions and temporaries of crashed builds; a concurrent build holds the lock.
+    for path in folder.iterdir():
+        if path.is_file() and path.name not in keep and (
+            path.name.startswith(("embeddings-", "items-")) or path.name.endswith(".tmp")
+        ):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """One writer per index folder at a time (advisory lock; a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------- formats
+
+
+def _safetensors_bytes(key: str, array: np.ndarray) -> bytes:
+    """A safetensors file holding one tensor (the format is a JSON header then raw little-endian data)."""
+    dtype = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}[array.dtype]
+    raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    header = {key: {"dtype": dtype, "shape": list(array.shape), "data_offsets": [0, len(raw)]},
+              "__metadata__": {"format": "recommender-index", "version": str(FORMAT_VERSION)}}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # keep the data 8-byte aligned
+    return struct.pack("<Q", len(head)) + head + raw
+
+
+def _open_safetensors(path: Path, key: str, shape: tuple[int, int], label: str) -> np.ndarray:
+    """Memory-map one tensor of a safetensors file after checking the header against the file's size."""
+    bad = f"index {label!r} is corrupt: {path.name}"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            (head_len,) = struct.unpack("<Q", fh.read(8))
+            if head_len > min(size - 8, 1 << 24):
+                raise IndexLoadError(f"{bad} is truncated or not a safetensors file; {_rebuild_hint(label)}")
+            header = json.loads(fh.read(head_len))
+    except FileNotFoundError:
+        raise IndexLoadError(f"{bad} is missing; {_rebuild_hint(label)}") from None
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        raise IndexLoadError(f"{bad} is truncated or not a safetensors file; {_rebuild_hint(label)}") from None
+    entry = header.get(key) if isinstance(header, dict) else None
+    if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPES:
+        raise IndexLoadError(f"{bad} holds no {key!r} tensor of float16/float32; {_rebuild_hint(label)}")
+    dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+    start, end = (int(x) for x in entry.get("data_offsets", (0, 0)))
+    if list(entry.get("shape", ())) != list(shape):
+        raise IndexLoadError(f"{bad} holds shape {entry.get('shape')} but the manifest says {list(shape)}; "
+                             f"{_rebuild_hint(label)}")
+    if end - start != shape[0] * shape[1] * dtype.itemsize or 8 + head_len + end != size:
+        raise IndexLoadError(f"{bad} is truncated ({size} bytes, expected {8 + head_len + end}); "
+                             f"{_rebuild_hint(label)}")
+    if shape[0] == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=8 + head_len + start, shape=shape)
+
+
+def _encode_items(items: Sequence[Item]) -> dict[str, Any]:
+    columns = sorted({k for item in items for k in item.metadata})
+    return {
+        "id": [i.id for i in items],
+        "path": [i.path for i in items],
+        "label": [i.label for i in items],
+        "sha256": [i.sha256 for i in items],
+        "metadata": {c: [i.metadata.get(c) for i in items] for c in columns},
+    }
+
+
+def _decode_items(data: Any, count: int, label: str) -> list[Item]:
+    try:
+        ids, paths, labels, hashes = data["id"], data["path"], data["label"], data["sha256"]
+        meta = data.get("metadata") or {}
+        if not all(len(col) == count for col in (ids, paths, labels, hashes, *meta.values())):
+            raise ValueError("column lengths differ from the manifest's count")
+        columns = list(meta)
+        return [
+            Item(id=str(ids[i]), path=str(paths[i]), label=labels[i], sha256=hashes[i],
+                 metadata={c: meta[c][i] for c in columns if meta[c][i] is not None})
+            for i in range(count)
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexLoadError(f"index {label!r} has a malformed items file ({exc}); {_rebuild_hint(label)}") from None
+
+
+def _read_json(path: Path, label: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise IndexLoadError(f"index {label!r} is corrupt: {path.name} is missing; {_rebuild_hint(label)}") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise IndexLoadError(
+            f"index {label!r} is corrupt: {path.name} is not valid JSON ({str(exc)[:80]}); {_rebuild_hint(label)}"
+        ) from None
+
+
+def _check_manifest(manifest: Any, label: str) -> None:
+    if not isinstance(manifest, dict):
+        raise IndexLoadError(f"index {label!r} has a malformed manifest; {_rebuild_hint(label)}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        why = "a newer version of recommender; upgrade it" if newer else "an older version of recommender"
+        raise IndexMismatchError(
+            f"index {label!r} has format version {version} (built by {why}), this library reads version "
+            f"{FORMAT_VERSION} (library {__version__}); {_rebuild_hint(label)}"
+        )
+    required = {"backbone": dict, "weights": str, "dim": int, "count": int, "catalog": dict, "files": dict}
+    for key, kind in required.items():
+        if not isinstance(manifest.get(key), kind):
+            raise IndexLoadError(f"index {label!r} has a malformed manifest (bad {key!r}); {_rebuild_hint(label)}")
+    for key in ("embeddings", "items"):
+        name = manifest["files"].get(key)
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise IndexLoadError(f"index {label!r} has a malformed manifest (bad file {name!r}); "
+                                 f"{_rebuild_hint(label)}")
+
+
+def _verify_hash(path: Path, expected: str | None, label: str) -> None:
+    if not expected:
+        return
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise IndexLoadError(f"index {label!r} is corrupt: {path.name} is missing; {_rebuild_hint(label)}") from None
+    if digest.hexdigest() != expected:
+        raise IndexLoadError(
+            f"index {label!r} is corrupt: {path.name} does not match its checksum (truncated or changed); "
+            f"{_rebuild_hint(label)}"
+        )
+
+
+def _field(item: Item, key: str) -> str | None:
+    if key == "label":
+        return item.label
+    if key == "id":
+        return item.id
+    return item.metadata.get(key)
+
+
+def _describe_spec(spec: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in spec.items())
+
+
+def _rebuild_hint(name: str, spec: Mapping[str, Any] | None = None) -> str:
+    model = f" --model {spec['model']}" if spec else ""
+    return f"rebuild it with `python -m recommender index SOURCE --name {name}{model}`"

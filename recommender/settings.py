@@ -1,0 +1,56 @@
+"""Where settings come from: CLI flag > environment variable > default, in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Environment variables the library reads; the README documents each.
+ENV_INDEX_DIR = "RECOMMENDER_INDEX_DIR"
+ENV_CACHE_DIR = "RECOMMENDER_CACHE_DIR"
+ENV_MODEL = "RECOMMENDER_MODEL"
+ENV_INDEX = "RECOMMENDER_INDEX"
+ENV_DEVICE = "RECOMMENDER_DEVICE"
+
+DEFAULT_MODEL = "dinov2-small"
+DEFAULT_INDEX = "pokemon"
+
+#: The repository root (the folder holding app.py, assets/ and index/).
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pick(flag: str | None, env: str, default: str) -> str:
+    if flag:
+        return flag
+    return os.environ.get(env) or default
+
+
+def index_dir(flag: str | Path | None = None) -> Path:
+    """The folder that holds one sub-folder per built index."""
+    return Path(_pick(str(flag) if flag else None, ENV_INDEX_DIR, str(ROOT / "index")))
+
+
+def cache_dir(flag: str | Path | None = None) -> Path:
+    """The folder for small derived files (weight hashes, cached patch features)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recommender"
+    return Path(_pick(str(flag) if flag else None, ENV_CACHE_DIR, str(default)))
+
+
+def model_name(flag: str | None = None) -> str:
+    """The backbone to build indexes with when none is named."""
+    return _pick(flag, ENV_MODEL, DEFAULT_MODEL)
+
+
+def index_name(flag: str | None = None) -> str:
+    """The index to search when none is named."""
+    return _pick(flag, ENV_INDEX, DEFAULT_INDEX)
+
+
+def device(flag: str | None = None) -> str:
+    """`cuda` when a GPU is present, else `cpu`, unless set explicitly."""
+    chosen = _pick(flag, ENV_DEVICE, "auto")
+    if chosen != "auto":
+        return chosen
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

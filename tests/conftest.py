@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny random DINOv2 saved to disk, generated catalogs, and isolated data folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+# No test may reach the network: the hub client must answer from disk or fail at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: label -> (shape, colour) of the generated labeled catalog
+SHAPES = {
+    "red-circle": ("circle", (220, 30, 30)),
+    "green-square": ("square", (30, 180, 60)),
+    "blue-triangle": ("triangle", (40, 60, 220)),
+}
+
+
+def draw_shape(shape: str, colour: tuple[int, int, int], *, seed: int, size: tuple[int, int] = (96, 96),
+               background: tuple[int, ...] = (255, 255, 255), mode: str = "RGB") -> Image.Image:
+    """A shape on a plain background, its size and position varied by `seed`."""
+    rng = random.Random(seed)
+    img = Image.new(mode, size, background)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    s = int(min(w, h) * rng.uniform(0.45, 0.7))
+    x, y = rng.randint(2, max(2, w - s - 2)), rng.randint(2, max(2, h - s - 2))
+    fill = colour if mode == "RGB" else (*colour, 255)
+    if shape == "circle":
+        draw.ellipse([x, y, x + s, y + s], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x, y, x + s, y + s], fill=fill)
+    else:
+        draw.polygon([(x + s // 2, y), (x, y + s), (x + s, y + s)], fill=fill)
+    return img
+
+
+def make_labeled_catalog(root: Path, per_label: int = 4) -> Path:
+    """Class folders of generated shapes: root/<label>/<i>.png."""
+    for n, (label, (shape, colour)) in enumerate(SHAPES.items()):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_label):
+            draw_shape(shape, colour, seed=100 * n + i).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised DINOv2 (patch 14, 2 layers, 32-d) saved like a real one; the path is its folder.
+
+    A large initializer range makes its CLS tokens differ between pictures (with the default 0.02
+    every picture gets almost the same vector), so that retrieval tests mean something.
+    """
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-dinov2")
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          patch_size=14, image_size=224, initializer_range=0.5)
+    Dinov2Model(config).save_pretrained(folder)
+    stats = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    (folder / "preprocessor_config.json").write_text(json.dumps(stats))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_registers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The with-registers variant (4 register tokens), saved without a preprocessor config."""
+    import torch
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("tiny-dinov2-reg")
+    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, patch_size=14, image_size=224, num_register_tokens=4,
+                                       initializer_range=0.5)
+    Dinov2WithRegistersModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own index and cache folders, and no model or index chosen by the environment."""
+    monkeypatch.setenv("RECOMMENDER_INDEX_DIR", str(tmp_path / "index"))
+    monkeypatch.setenv("RECOMMENDER_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("RECOMMENDER_MODEL", "RECOMMENDER_INDEX", "RECOMMENDER_DEVICE", "RECOMMENDER_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def labeled_catalog(tmp_path: Path) -> Path:
+    return make_labeled_catalog(tmp_path / "shapes")

@@ -1,0 +1,220 @@
+"""backbones: names, options and errors; unit-length embeddings of the right size; real CNN weights."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import SHAPES, draw_shape
+from PIL import Image
+
+from recommender.backbones import (
+    BACKBONES,
+    DINOV2_MODELS,
+    Hybrid,
+    load_backbone,
+    parse_weights,
+)
+from recommender.errors import ModelError
+
+
+def pictures(n_each: int = 2) -> tuple[list[Image.Image], list[str]]:
+    images, labels = [], []
+    for k, (label, (shape, colour)) in enumerate(SHAPES.items()):
+        for i in range(n_each):
+            images.append(draw_shape(shape, colour, seed=1000 + 10 * k + i))
+            labels.append(label)
+    return images, labels
+
+
+def assert_unit_rows(x: np.ndarray, n: int, dim: int) -> None:
+    assert x.shape == (n, dim) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("pooling", "factor"), [("cls", 1), ("mean", 1), ("cls+mean", 2)])
+def test_dinov2_from_a_local_folder(tiny_model, pooling, factor):
+    backbone = load_backbone(str(tiny_model), pooling=pooling)
+    assert backbone.dim == 32 * factor
+    images, _ = pictures()
+    out = backbone.embed(images, batch_size=4)  # two batches
+    assert_unit_rows(out, len(images), 32 * factor)
+    assert backbone.spec == {"model": str(tiny_model.resolve()), "pooling": pooling, "image_size": 224, "fit": "pad"}
+    assert backbone.identity.startswith("sha256:")
+
+
+def test_dinov2_is_deterministic_and_batch_independent(tiny_model):
+    backbone = load_backbone(str(tiny_model))
+    images, _ = pictures()
+    together = backbone.embed(images)
+    alone = np.concatenate([backbone.embed([img]) for img in images])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_same_picture_scores_one_and_shapes_group(tiny_model):
+    backbone = load_backbone(str(tiny_model))
+    images, labels = pictures(3)
+    x = backbone.embed(images)
+    sims = x @ x.T
+    np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-5)
+    same = np.equal.outer(labels, labels) & ~np.eye(len(labels), dtype=bool)
+    assert sims[same].mean() > sims[~np.equal.outer(labels, labels)].mean()
+
+
+def test_registers_variant_and_missing_processor_config(tiny_model_registers):
+    backbone = load_backbone(str(tiny_model_registers), pooling="mean")
+    assert backbone.registers == 4
+    images, _ = pictures(1)
+    assert_unit_rows(backbone.embed(images), 3, 32)
+    grid = backbone.patch_features(images[:1])
+    assert grid.shape == (1, 16, 16, 32)  # register tokens are not patches
+
+
+@pytest.mark.parametrize("size", [112, 336])
+def test_dinov2_image_sizes_and_patch_grid(tiny_model, size):
+    backbone = load_backbone(str(tiny_model), image_size=size)
+    grid = backbone.patch_features(pictures(1)[0][:2])
+    side = size // 14
+    assert grid.shape == (2, side, side, 32)
+    np.testing.assert_allclose(np.linalg.norm(grid, axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [225, 230, 14, 2000])
+def test_bad_image_sizes_are_refused(tiny_model, size):
+    with pytest.raises(ModelError, match="multiple of 14"):
+        load_backbone(str(tiny_model), image_size=size)
+
+
+def test_fit_crop_differs_from_pad(tiny_model):
+    wide = Image.new("RGB", (300, 100), "white")
+    wide.paste((200, 0, 0), (0, 0, 60, 100))  # red only at the far left: cropped away
+    pad = load_backbone(str(tiny_model), fit="pad").embed([wide])
+    crop = load_backbone(str(tiny_model), fit="crop").embed([wide])
+    assert float((pad @ crop.T)[0, 0]) < 0.999
+
+
+def test_model_loaded_once(tiny_model):
+    a = load_backbone(str(tiny_model))
+    b = load_backbone(str(tiny_model), pooling="mean")
+    assert a.model is b.model
+
+
+def test_colour_histogram_ignores_the_background():
+    hist = load_backbone("colour-histogram")
+    assert hist.dim == 512 and hist.spec == {"model": "colour-histogram"}
+    red_on_white = draw_shape("circle", (220, 30, 30), seed=1)
+    red_on_grey = draw_shape("square", (220, 30, 30), seed=2, background=(128, 128, 128))
+    blue_on_white = draw_shape("circle", (30, 30, 220), seed=1)
+    x = hist.embed([red_on_white, red_on_grey, blue_on_white])
+    assert_unit_rows(x, 3, 512)
+    assert x[0] @ x[1] > 0.95  # same colour, whatever the background
+    assert x[0] @ x[2] < 0.05
+    blank = hist.embed([Image.new("RGB", (10, 10), "white")])
+    assert_unit_rows(blank, 1, 512)  # a blank picture keeps its only bin
+
+
+def test_hybrid_cosine_is_the_weighted_mean_of_its_parts(tiny_model):
+    images, _ = pictures(1)
+    spec = f"{tiny_model}+colour-histogram"
+    hybrid = load_backbone(spec, weights="3,1")
+    assert isinstance(hybrid, Hybrid) and hybrid.dim == 32 + 512
+    assert hybrid.weights == [0.75, 0.25]
+    x = hybrid.embed(images)
+    assert_unit_rows(x, 3, 544)
+    a = load_backbone(str(tiny_model)).embed(images)
+    b = load_backbone("colour-histogram").embed(images)
+    np.testing.assert_allclose(x @ x.T, 0.75 * (a @ a.T) + 0.25 * (b @ b.T), atol=1e-5)
+    rebuilt = load_backbone(**hybrid.spec)
+    assert rebuilt.spec == hybrid.spec and rebuilt.identity == hybrid.identity
+    assert hybrid.patch_features(images[:1]).shape == (1, 16, 16, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model": "resnet-9000"}, "unknown model 'resnet-9000'"),
+        ({"model": "colour-histogram", "weights": "1,2"}, "only applies to hybrids"),
+        ({"model": "colour-histogram+efficientnet-lite0", "weights": "1"}, "2 parts .* but 1 weights"),
+        ({"model": "colour-histogram+", "weights": None}, "bad hybrid"),
+        ({"model": "offline+colour-histogram"}, "bad hybrid"),
+        ({"model": "offline", "weights": "1,1"}, "fixed weights"),
+        ({"model": "colour-histogram", "pooling": "max"}, "unknown pooling"),
+        ({"model": "colour-histogram", "fit": "stretch"}, "unknown fit"),
+    ],
+)
+def test_bad_names_and_options(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        load_backbone(**kwargs)
+
+
+def test_bad_weights():
+    assert parse_weights("0.7, 0.3") == [0.7, 0.3]
+    assert parse_weights(None) == []
+    for bad in ("a,b", "-1,2", "0,0", "nan,1"):
+        with pytest.raises(ModelError):
+            parse_weights(bad)
+
+
+def test_folder_that_is_not_dinov2(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelError, match="not DINOv2"):
+        load_backbone(str(tmp_path))
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(ModelError, match="config.json"):
+        load_backbone(str(tmp_path))
+
+
+def test_uncached_hub_model_fails_fast_with_a_way_out(monkeypatch):
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    for name in ("dinov2-small", "facebook/dinov2-base", "someone/some-model"):
+        started = time.perf_counter()
+        with pytest.raises(ModelError) as err:
+            load_backbone(name)
+        assert time.perf_counter() - started < 5
+        assert "RECOMMENDER_MODEL" in str(err.value) and "--model offline" in str(err.value)
+
+
+def test_unreachable_hub_is_detected_quickly(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="cannot be reached"):
+        load_backbone("dinov2-small")
+    assert time.perf_counter() - started < 5
+
+
+def test_environment_picks_the_default_model(tiny_model, monkeypatch):
+    monkeypatch.setenv("RECOMMENDER_MODEL", str(tiny_model))
+    assert load_backbone().name == str(tiny_model.resolve())
+    assert load_backbone("colour-histogram").name == "colour-histogram"  # the argument wins
+
+
+def test_every_documented_name_is_accepted_or_explains_itself():
+    assert set(DINOV2_MODELS) <= set(BACKBONES)
+    for name in BACKBONES:
+        try:
+            load_backbone(name)
+        except ModelError as exc:  # DINOv2 names: not cached here
+            assert name in DINOV2_MODELS and "RECOMMENDER_MODEL" in str(exc)
+
+
+def test_efficientnet_with_real_weights():
+    cnn = load_backbone("efficientnet-lite0")
+    assert cnn.dim == 1280 and cnn.identity.startswith("sha256:")
+    images, labels = pictures(2)
+    x = cnn.embed(images)
+    assert_unit_rows(x, len(images), 1280)
+    grid = cnn.patch_features(images[:1])
+    assert grid.shape == (1, 7, 7, 1280)
+    sims = x @ x.T
+    same = np.equal.outer(labels, labels) & ~np.eye(len(labels), dtype=bool)
+    assert sims[same].min() > sims[~np.equal.outer(labels, labels)].max()  # real features group the shapes
+
+
+def test_offline_alias():
+    offline = load_backbone("offline")
+    assert offline.name == "offline" and offline.dim == 1280 + 512
+    assert offline.spec["model"] == "offline"
+    assert_unit_rows(offline.embed(pictures(1)[0]), 3, 1792)

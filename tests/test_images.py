@@ -1,0 +1,182 @@
+"""images: every odd but valid picture becomes clean RGB; every broken one a clear ImageError."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recommender.errors import ImageError
+from recommender.images import fit_square, load_image
+
+
+def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_with_header(width: int, height: int, *, depth: int = 8, colour: int = 2, rows: bytes = b"") -> bytes:
+    """A PNG whose IHDR says width x height, with whatever pixel rows are given (possibly too few)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows))
+            + png_chunk(b"IEND", b""))
+
+
+def test_accepts_path_bytes_and_pil(tmp_path):
+    img = Image.new("RGB", (5, 4), (10, 20, 30))
+    path = tmp_path / "a.png"
+    img.save(path)
+    for source in (path, str(path), path.read_bytes(), img):
+        out = load_image(source)
+        assert out.mode == "RGB" and out.size == (5, 4) and out.getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_alpha_is_composited_on_white():
+    img = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    img.putpixel((1, 0), (255, 0, 0, 128))
+    out = load_image(encode(img, "PNG"))
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    r, g, b = out.getpixel((1, 0))
+    assert r == 255 and 120 <= g <= 135 and g == b
+
+
+def test_palette_with_transparency_and_la():
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.putpixel((0, 0), 0)
+    pal.putpixel((1, 0), 1)
+    out = load_image(encode(pal, "PNG", transparency=0))
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 0)) == (0, 0, 255)
+    gif = load_image(encode(pal, "GIF", transparency=0))
+    assert gif.getpixel((0, 0)) == (255, 255, 255) and gif.getpixel((1, 0)) == (0, 0, 255)
+    la = Image.new("LA", (1, 1), (0, 0))
+    assert load_image(encode(la, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_grayscale_one_bit_and_16_bit():
+    assert load_image(encode(Image.new("L", (1, 1), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
+    assert load_image(encode(Image.new("1", (1, 1), 1), "PNG")).getpixel((0, 0)) == (255, 255, 255)
+    sixteen = Image.fromarray(np.full((2, 2), 32768, dtype=np.uint16))
+    data = encode(sixteen, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    value = load_image(data).getpixel((0, 0))
+    assert value[0] == value[1] == value[2] and 126 <= value[0] <= 129  # half of full scale, not clipped white
+
+
+def test_16_bit_rgb_png():
+    row = b"\x00" + np.full((3, 3), 40000, dtype=">u2").tobytes()
+    out = load_image(png_with_header(3, 2, depth=16, colour=2, rows=row * 2))
+    assert out.getpixel((0, 0)) == (156, 156, 156)
+
+
+def test_float_and_int32_modes():
+    f = Image.fromarray(np.full((1, 1), 0.5, dtype=np.float32), mode="F")
+    assert load_image(f).getpixel((0, 0))[0] in (127, 128)
+    i = Image.fromarray(np.full((1, 1), 200, dtype=np.int32), mode="I")
+    assert load_image(i).getpixel((0, 0)) == (200, 200, 200)
+
+
+def test_cmyk_jpeg():
+    cmyk = Image.new("CMYK", (8, 8), (255, 0, 0, 0))  # pure cyan
+    r, g, b = load_image(encode(cmyk, "JPEG", quality=95)).getpixel((4, 4))
+    assert r < 40 and g > 215 and b > 215
+
+
+def test_exif_rotation_is_applied():
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 4, 4))  # a red corner, top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = load_image(encode(img, "JPEG", exif=exif.tobytes(), quality=100, subsampling=0))
+    assert out.size == (10, 20)
+    assert out.getpixel((8, 1))[0] > 200 and out.getpixel((1, 1))[0] < 60  # now top right, as displayed
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated_pictures_give_their_first_frame(fmt):
+    frames = [Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))]
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
+    r, _, b = load_image(data).getpixel((1, 1))
+    assert r > 200 and b < 50
+
+
+def test_tiny_and_strip_pictures_fit_a_square():
+    for size in [(1, 1), (4000, 1), (1, 3000)]:
+        img = load_image(encode(Image.new("RGB", size, (0, 0, 0)), "PNG"))
+        for fit in ("pad", "crop"):
+            assert fit_square(img, 224, fit=fit).size == (224, 224)
+
+
+def test_pad_keeps_the_whole_picture_on_white_and_crop_cuts():
+    tall = Image.new("RGB", (10, 100), (0, 0, 0))
+    padded = fit_square(tall, 50, fit="pad")
+    assert padded.getpixel((0, 25)) == (255, 255, 255) and padded.getpixel((25, 0)) == (0, 0, 0)
+    cropped = fit_square(tall, 50, fit="crop")
+    assert cropped.getpixel((0, 25)) == (0, 0, 0)
+    with pytest.raises(ValueError):
+        fit_square(tall, 50, fit="stretch")  # type: ignore[arg-type]
+
+
+def test_max_side_shrinks_large_pictures():
+    big = encode(Image.new("RGB", (3000, 2000), (5, 5, 5)), "JPEG")
+    assert max(load_image(big, max_side=500).size) == 500
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"just some text, not a picture\n", "not a recognised image format"),
+        (b"<!DOCTYPE html><html><body>hi</body></html>", "HTML page"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "SVG"),
+    ],
+)
+def test_non_images_are_refused_with_a_reason(data, reason):
+    with pytest.raises(ImageError, match=reason):
+        load_image(data, name="query.jpg")
+    with pytest.raises(ImageError, match=r"^query\.jpg: "):
+        load_image(data, name="query.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_files_are_refused(fmt):
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), fmt)
+    with pytest.raises(ImageError, match="truncated|broken"):
+        load_image(data[: len(data) // 2])
+
+
+def test_header_that_lies_about_its_size_is_refused():
+    with pytest.raises(ImageError, match="truncated|broken"):
+        load_image(png_with_header(2000, 2000, rows=b"\x00" + b"\x00" * 6000))
+
+
+@pytest.mark.parametrize("side", [30000, 10000])  # far above, and between 1x and 2x, Pillow's limit
+def test_decompression_bombs_are_refused(side):
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(png_with_header(side, side))
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own limit, never disabled
+
+
+def test_bomb_handed_over_as_a_pil_image_is_refused():
+    img = Image.open(io.BytesIO(png_with_header(9500, 9500, rows=b"")))  # opening only warns
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(img)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="folder"):
+        load_image(tmp_path)
