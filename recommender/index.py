@@ -107,12 +107,12 @@ class Index:
 
     @classmethod
     def load(cls, name: str | Path, *, index_dir: str | Path | None = None, verify: bool | None = None) -> Index:
-        """Open the index `name` (or a folder path), checking format, shapes and checksums.
+        """Open the index called `name` (or the folder, when given a `Path`), checking format, shapes and checksums.
 
         Raises `IndexNotFoundError`, `IndexLoadError` (corrupt or truncated) or
         `IndexMismatchError` (another format version), each saying how to rebuild.
         """
-        folder = Path(name) if isinstance(name, Path) or os.sep in str(name) else index_folder(name, index_dir)
+        folder = name if isinstance(name, Path) else index_folder(name, index_dir)  # a Path is a folder
         label = folder.name
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
