@@ -1,0 +1,51 @@
+"""The project's own promises: README commands match CI, lint is clean, modules say what they own, no pickle."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted([*ROOT.glob("recommender/*.py"), *ROOT.glob("*.py"), *ROOT.glob("benchmarks/*.py")])
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [line for block in blocks[:2] for line in block.strip().splitlines()]
+
+
+def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
+    start, test = readme_commands()
+    assert "pip install torch==2.13.0" in start and start.endswith("python app.py")
+    assert "pip install -q torch==2.13.0" in test and test.endswith("python -m pytest")
+    assert test in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+                    reason="ruff is not installed")
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_module_opens_with_a_one_line_docstring(path):
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    assert doc, f"{path.name} has no module docstring"
+    assert len(doc.splitlines()[0]) <= 120
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_pickle_anywhere(path):
+    text = path.read_text()
+    assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|joblib)\b", text, flags=re.M)
+    assert "allow_pickle=True" not in text
+    for call in re.findall(r"torch\.load\(([^)]*)\)", text):
+        assert "weights_only=True" in call
