@@ -23,6 +23,7 @@ from .catalog import Catalog, Item, Skip, read_catalog
 from .errors import CatalogError, ImageError, IndexLoadError, RecommenderError
 from .images import load_image, read_bytes
 from .index import Index, index_folder, write_index
+from .recommend import calibrate
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,6 +74,7 @@ def build_index(
     label_column: str | None = None,
     index_dir: str | Path | None = None,
     dtype: str = "float16",
+    domain: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -81,6 +83,7 @@ def build_index(
 
     Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
     usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
+    `domain` names what the items are (e.g. "Pokémon") for answers and web searches.
     """
     folder = index_folder(name, index_dir)
     catalog = source if isinstance(source, Catalog) else read_catalog(
@@ -90,60 +93,14 @@ def build_index(
     notes: list[str] = []
     previous = _previous_vectors(folder, backbone, dtype, notes)
     started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
-    skipped = list(catalog.skipped)
-
-    reads = _map_ordered(
-        lambda item: _read(item, catalog.root, backbone, previous),
-        catalog.items,
-        workers=workers or min(8, (os.cpu_count() or 2) * 2),
-    )
-    items: list[Item] = []
-    vectors: list[np.ndarray] = []
-    pending: list[tuple[int, Any]] = []  # (position in `vectors`, prepared pixels)
-    seen: dict[str, str] = {}
-    reused = embedded = 0
-    size = batch_size or backbone.batch_size
-
-    def flush() -> None:
-        nonlocal embedded
-        if pending:
-            out = backbone.embed_prepared([p for _, p in pending])  # (B, D)
-            for (slot, _), vec in zip(pending, out):
-                vectors[slot] = vec
-            embedded += len(pending)
-            pending.clear()
-
-    bar = _progress(len(catalog.items), f"indexing {name}", enabled=progress)
-    try:
-        for read in reads:
-            bar.update(1)
-            item = read.item
-            if read.error:
-                skipped.append(Skip(item.path, read.error))
-                continue
-            assert item.sha256 is not None
-            if item.sha256 in seen:
-                skipped.append(Skip(item.path, f"same picture as {seen[item.sha256]}"))
-                continue
-            seen[item.sha256] = item.path
-            items.append(item)
-            if read.prepared is None:
-                vectors.append(previous[item.sha256])
-                reused += 1
-                continue
-            vectors.append(np.empty(0, dtype=np.float32))  # filled by flush()
-            pending.append((len(vectors) - 1, read.prepared))
-            if len(pending) >= size:
-                flush()
-        flush()
-    finally:
-        bar.close()
-
+    embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous, dedupe=True,
+                           batch_size=batch_size, workers=workers, progress=progress, desc=f"indexing {name}")
+    items, skipped = embedded.items, catalog.skipped + embedded.skipped
     if not items:
         first = f" (first: {skipped[0]})" if skipped else ""
         raise CatalogError(f"{catalog.source}: none of its {len(catalog.items)} pictures could be read{first}")
-    matrix = np.stack(vectors).astype(np.float32)  # (N, D)
-    removed = len(set(previous) - set(seen)) if previous else 0
+    matrix = embedded.vectors  # (N, D)
+    removed = len(set(previous) - {item.sha256 for item in items}) if previous else 0
     seconds = time.perf_counter() - started
     catalog_info = {
         "source": str(Path(catalog.source).resolve()),
@@ -153,13 +110,94 @@ def build_index(
         "labels": len({item.label for item in items if item.label is not None}),
         "columns": catalog.columns,
         "limit": limit,
+        "domain": domain,
     }
-    stats = {"embedded": embedded, "reused": reused, "skipped": len(skipped), "removed": removed,
+    stats = {"embedded": embedded.embedded, "reused": embedded.reused, "skipped": len(skipped), "removed": removed,
              "seconds": round(seconds, 3)}
+    # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
+    stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
+    calibration = calibrate(stored, [item.label for item in items])
     write_index(folder, embeddings=matrix, items=items, backbone=backbone, catalog=catalog_info, dtype=dtype,
-                stats=stats)
-    return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded, reused=reused,
+                stats=stats, calibration=calibration)
+    return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded.embedded, reused=embedded.reused,
                        skipped=skipped, removed=removed, seconds=seconds, notes=notes)
+
+
+@dataclass
+class Embedded:
+    """Items that could be read (with their content hashes), their (N, D) vectors, and the ones skipped."""
+
+    items: list[Item]
+    vectors: np.ndarray
+    skipped: list[Skip]
+    embedded: int
+    reused: int
+
+
+def embed_items(
+    items: Sequence[Item],
+    root: Path,
+    backbone: Backbone,
+    *,
+    previous: dict[str, np.ndarray] | None = None,
+    dedupe: bool = False,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "embedding",
+) -> Embedded:
+    """Read, hash, decode and embed catalog pictures in batches; unreadable ones are skipped with a reason.
+
+    Pictures are read and prepared in worker threads while the model embeds the previous batch.
+    `previous` maps content hashes to vectors that need no embedding again; `dedupe` skips
+    pictures whose bytes repeat an earlier item's.
+    """
+    previous = previous or {}
+    reads = _map_ordered(lambda item: _read(item, root, backbone, previous), items,
+                         workers=workers or min(8, (os.cpu_count() or 2) * 2))
+    kept: list[Item] = []
+    vectors: list[np.ndarray] = []
+    pending: list[tuple[int, Any]] = []  # (position in `vectors`, prepared pixels)
+    skipped: list[Skip] = []
+    seen: dict[str, str] = {}
+    counts = {"embedded": 0, "reused": 0}
+    size = batch_size or backbone.batch_size
+
+    def flush() -> None:
+        if pending:
+            out = backbone.embed_prepared([p for _, p in pending])  # (B, D)
+            for (slot, _), vec in zip(pending, out):
+                vectors[slot] = vec
+            counts["embedded"] += len(pending)
+            pending.clear()
+
+    bar = _progress(len(items), desc, enabled=progress)
+    try:
+        for read in reads:
+            bar.update(1)
+            item = read.item
+            if read.error:
+                skipped.append(Skip(item.path, read.error))
+                continue
+            assert item.sha256 is not None
+            if dedupe and item.sha256 in seen:
+                skipped.append(Skip(item.path, f"same picture as {seen[item.sha256]}"))
+                continue
+            seen.setdefault(item.sha256, item.path)
+            kept.append(item)
+            if read.prepared is None:
+                vectors.append(previous[item.sha256])
+                counts["reused"] += 1
+                continue
+            vectors.append(np.empty(0, dtype=np.float32))  # filled by flush()
+            pending.append((len(vectors) - 1, read.prepared))
+            if len(pending) >= size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+    matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, backbone.dim), np.float32)
+    return Embedded(items=kept, vectors=matrix, skipped=skipped, **counts)
 
 
 def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[str]) -> dict[str, np.ndarray]:

@@ -79,19 +79,21 @@ def _index_option(func: Any) -> Any:
 @click.option("--label-column", default=None, metavar="C", help="CSV column with labels.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Storage precision of the embeddings.")
+@click.option("--domain", default=None, metavar="WORD",
+              help='What the items are, for answers and web searches (e.g. "Pokémon", "watch").')
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pictures per model call.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
               image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
-              dtype: str, batch_size: int | None, quiet: bool) -> None:
+              dtype: str, domain: str | None, batch_size: int | None, quiet: bool) -> None:
     """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV."""
     from .build import build_index
 
     report = build_index(
         source, name=name, model=model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
         limit=limit, image_column=image_column, label_column=label_column, index_dir=ctx.obj["index_dir"],
-        dtype=dtype, batch_size=batch_size, progress=not quiet,
+        dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
     )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
@@ -142,6 +144,62 @@ def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, w
     width = max(len(m.label or "-") for m in matches)
     for m in matches:
         click.echo(f"{m.rank:>3}  {m.score:6.3f}  {(m.label or '-'):<{width}}  {m.path}")
+
+
+@cli.command("identify")
+@click.argument("image", type=click.Path(exists=False))
+@_index_option
+@click.option("--name-with", "reference", default=None, metavar="REFERENCE",
+              help="Name the closest picture through this labeled index (for unlabeled catalogs).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Matches to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as a JSON object.")
+@click.pass_context
+def identify_cmd(ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int,
+                 as_json: bool) -> None:
+    """Say which catalog item IMAGE is, or that it comes from another universe."""
+    from .index import Index
+    from .recommend import identify
+
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    ref = Index.load(reference, index_dir=ctx.obj["index_dir"]) if reference else None
+    answer = identify(image, index, k=k, reference=ref)
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    click.echo(answer.message)
+    if answer.another_image:
+        click.echo(f"another picture of {answer.label}: {answer.another_image}")
+    click.echo(f"(in the catalog when the best score is at least {answer.threshold:.2f}, calibrated on this index)")
+    if answer.labels:
+        click.echo("best labels: " + ", ".join(f"{ls.label} {ls.score:.3f}" for ls in answer.labels))
+
+
+@cli.command("evaluate")
+@_index_option
+@click.option("--queries", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of class sub-folders named by label.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as a JSON object.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def evaluate_cmd(ctx: click.Context, index_name: str | None, queries: str, as_json: bool, quiet: bool) -> None:
+    """How well an index names held-out pictures: recall@1/5/10 and mAP@5."""
+    from .evaluate import evaluate_queries
+    from .index import Index
+
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    result = evaluate_queries(index, queries, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    metrics = result.to_dict()
+    click.echo(f"{result.queries} queries against {index.name!r} ({index.manifest['backbone_name']})")
+    for key in ("recall@1", "recall@5", "recall@10", "mAP@5"):
+        click.echo(f"  {key:<10} {metrics[key]:.3f}")
+    click.echo(f"  {metrics['ms_per_query']:.1f} ms a query, index {metrics['index_mb']:.1f} MB")
+    if result.unknown_labels:
+        click.echo(f"labels not in the index: {', '.join(result.unknown_labels[:10])}", err=True)
+    for skip in result.skipped[:_SHOW_SKIPS]:
+        click.echo(f"skipped {skip}", err=True)
 
 
 @cli.command("info")

@@ -159,6 +159,49 @@ class Index:
     def labeled(self) -> bool:
         return bool(self.manifest["catalog"].get("labeled"))
 
+    @cached_property
+    def label_names(self) -> list[str]:
+        """The distinct labels, sorted (empty for an unlabeled index)."""
+        return sorted({item.label for item in self.items if item.label is not None})
+
+    @cached_property
+    def label_codes(self) -> np.ndarray:
+        """(N,) int: each item's position in `label_names`, or -1 when it has no label."""
+        code = {label: i for i, label in enumerate(self.label_names)}
+        return np.array([code.get(item.label, -1) if item.label is not None else -1 for item in self.items],
+                        dtype=np.int64)
+
+    @cached_property
+    def _label_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        # Labeled items sorted by label, and where each label's run starts: one reduceat per query batch.
+        codes = self.label_codes
+        order = np.argsort(codes, kind="stable")
+        order = order[codes[order] >= 0]
+        starts = np.searchsorted(codes[order], np.arange(len(self.label_names)))
+        return order, starts
+
+    def label_scores(self, scores: np.ndarray) -> np.ndarray:
+        """(Q, L) best item score per label, from (Q, N) item scores; columns follow `label_names`."""
+        order, starts = self._label_groups
+        if not len(starts):
+            return np.zeros((scores.shape[0], 0), dtype=np.float32)
+        return np.maximum.reduceat(scores[:, order], starts, axis=1)
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """How this index decides that a picture is in the catalog (see `recommend.calibrate`)."""
+        stored = self.manifest.get("calibration")
+        if not stored:  # indexes written before calibration existed: derive it once, in memory
+            from .recommend import calibrate
+
+            stored = self.manifest["calibration"] = calibrate(self.embeddings, [i.label for i in self.items])
+        return stored
+
+    @property
+    def domain(self) -> str | None:
+        """What the catalog's items are, for messages and web searches (e.g. "Pokémon"), if known."""
+        return self.manifest["catalog"].get("domain")
+
     @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
@@ -303,6 +346,7 @@ def write_index(
     catalog: Mapping[str, Any],
     dtype: str = "float16",
     stats: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write an index atomically (see the module docstring) and return its manifest."""
     if dtype not in ("float16", "float32"):
@@ -334,6 +378,7 @@ def write_index(
                 "items_sha256": items_sha,
             },
             "stats": dict(stats or {}),
+            "calibration": dict(calibration or {}),
         }
         _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
         _fsync_dir(folder)

@@ -1,12 +1,67 @@
-"""The user's questions of an index: which catalog items look most like this picture."""
+"""The user's questions of an index: what looks like this, which one is it, or is it from another universe."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .backbones import Backbone
-from .images import ImageSource, load_image
+from .errors import RecommenderError
+from .images import ImageSource, describe, load_image, read_bytes
 from .index import Index, Match
+
+#: How many catalog items the leave-one-out calibration uses as queries (all of them in small catalogs).
+CALIBRATION_QUERIES = 2000
+#: Unlabeled catalogs: a picture is "in the catalog" when it is at least as close to its nearest item
+#: as all but this fraction of catalog items are to theirs.
+UNLABELED_QUANTILE = 0.05
+# Scores this close to 1 mean "the same picture" (float16 storage loses the last digits).
+_SAME_PICTURE = 0.9995
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """A label's score for a query: the best score among its items, and that item."""
+
+    label: str
+    score: float
+    best: Match
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The answer to "which one is this?": the label, its score, the decision, and the evidence."""
+
+    label: str | None
+    score: float
+    in_catalog: bool
+    threshold: float
+    message: str
+    another_image: Path | None
+    matches: list[Match]
+    labels: list[LabelScore] = field(default_factory=list)
+    named_with: str | None = None
+    named_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "score": round(self.score, 6),
+            "in_catalog": self.in_catalog,
+            "threshold": round(self.threshold, 6),
+            "message": self.message,
+            "another_image": str(self.another_image) if self.another_image else None,
+            "matches": [m.to_dict() for m in self.matches],
+            "labels": [{"label": ls.label, "score": round(ls.score, 6), "id": ls.best.item.id} for ls in self.labels],
+            "named_with": self.named_with,
+            "named_score": None if self.named_score is None else round(self.named_score, 6),
+        }
 
 
 def look_alikes(
@@ -22,9 +77,203 @@ def look_alikes(
     The picture is embedded with the index's own backbone (loaded once and cached) unless one is
     given, in which case it must match the index's (`IndexMismatchError` otherwise).
     """
+    return index.search(embed_query(image, index, backbone=backbone), k=k, where=where)
+
+
+def embed_query(image: ImageSource, index: Index, *, backbone: Backbone | None = None,
+                name: str | None = None) -> np.ndarray:
+    """(D,) unit vector of a query picture, with the backbone the index was built with."""
     if backbone is None:
         backbone = index.backbone()
     else:
         index.check_backbone(backbone)
-    query = backbone.embed([load_image(image)])[0]  # (D,)
-    return index.search(query, k=k, where=where)
+    return backbone.embed([load_image(image, name=name)])[0]
+
+
+def identify(
+    image: ImageSource,
+    index: Index,
+    *,
+    k: int = 10,
+    reference: Index | None = None,
+    backbone: Backbone | None = None,
+) -> Identification:
+    """Which catalog item (label) is this picture, or is it from another universe?
+
+    Labeled index: labels are ranked by their best-matching item, and the answer carries the
+    label, its score, the calibrated in-catalog decision and *another* picture of that label.
+    Unlabeled index: the closest picture is found; with a labeled `reference` index (built
+    with any backbone) that picture is named through it.
+    """
+    name = describe(image)
+    if isinstance(image, (str, os.PathLike)):
+        image = read_bytes(image)  # once: hashed to recognise catalog pictures, then decoded
+    digest = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else None
+    query = embed_query(image, index, backbone=backbone, name=name)  # (D,)
+    scores = index.scores(query)[0]  # (N,)
+    matches = index.search(query, k=k)
+    threshold = float(index.calibration["threshold"])
+    best_score = float(scores.max())
+    in_catalog = best_score >= threshold
+    if reference is None:
+        if not index.labeled:
+            return _unlabeled_answer(index, matches, best_score, in_catalog, threshold)
+        labels = rank_labels(index, scores, top=5)
+        top = labels[0]
+        another = another_picture(index, top.label, scores, exclude_sha256=digest)
+        return Identification(
+            label=top.label, score=top.score, in_catalog=in_catalog, threshold=threshold,
+            message=_message(top.label, top.score, in_catalog, index.domain), another_image=another,
+            matches=matches, labels=labels,
+        )
+    if not reference.labeled:
+        raise RecommenderError(f"index {reference.name!r} has no labels, so it cannot name pictures")
+    # Name the closest picture of this catalog through the reference catalog.
+    closest = matches[0]
+    named = identify(closest.path, reference, k=k)
+    return Identification(
+        label=named.label, score=best_score, in_catalog=in_catalog, threshold=threshold,
+        message=_message(named.label, best_score, in_catalog, reference.domain, closest=closest,
+                         named_score=named.score),
+        another_image=named.another_image, matches=matches, labels=named.labels, named_with=reference.name,
+        named_score=named.score,
+    )
+
+
+def rank_labels(index: Index, scores: np.ndarray, *, top: int = 5) -> list[LabelScore]:
+    """Labels ranked by their best item's score (one (N,) score vector -> the `top` labels)."""
+    codes = index.label_codes  # (N,) label position or -1
+    best = index.label_scores(scores[None, :])[0]  # (L,)
+    order = np.argsort(-best, kind="stable")[:top]
+    ranked = []
+    for rank, code in enumerate(order, start=1):
+        members = np.flatnonzero(codes == code)
+        i = int(members[np.argmax(scores[members])])
+        item = index.items[i]
+        ranked.append(LabelScore(label=index.label_names[code], score=float(best[code]),
+                                 best=Match(rank=rank, score=float(scores[i]), item=item, path=index.path_of(item))))
+    return ranked
+
+
+def another_picture(index: Index, label: str, scores: np.ndarray, *, exclude_sha256: str | None = None) -> Path | None:
+    """A catalog picture of `label` other than the query and, where there is one, other than its best match.
+
+    The seed paper's "find the name ... and return with another image of it": the best match is
+    already on screen, so a second picture of the same thing tells the user more.
+    """
+    members = np.flatnonzero(index.label_codes == index.label_names.index(label))
+    # Not the query itself: recognised by its bytes when known, else by a score of ~1 (a PIL image).
+    if exclude_sha256 is not None:
+        members = [i for i in members if index.items[i].sha256 != exclude_sha256]
+    else:
+        members = [i for i in members if scores[i] < _SAME_PICTURE]
+    if not members:
+        return None
+    members.sort(key=lambda i: -scores[i])
+    shown = int(np.argmax(scores))  # the best match, already on screen
+    pick = members[1] if members[0] == shown and len(members) > 1 else members[0]
+    return index.path_of(index.items[pick])
+
+
+def calibrate(embeddings: np.ndarray, labels: Sequence[str | None], *, queries: int = CALIBRATION_QUERIES,
+              seed: int = 0) -> dict[str, Any]:
+    """The score above which a picture counts as "in the catalog", learnt from the catalog itself.
+
+    Labeled catalogs (leave-one-out): each sampled item is a query against all the others. Its
+    best score among items of its own label is what a new picture of a known thing scores; its
+    best score among other labels is what a picture of something the catalog lacks scores. The
+    threshold is the cut that separates the two best (highest balanced accuracy).
+    Unlabeled catalogs: the 5th percentile of each item's score to its nearest other item.
+    """
+    n = len(labels)
+    if n < 2:
+        return {"threshold": 0.5, "method": "default (fewer than two items)", "queries": 0}
+    names = sorted({label for label in labels if label is not None})
+    position = {label: i for i, label in enumerate(names)}
+    codes = np.array([position[label] if label is not None else -1 for label in labels], dtype=np.int64)  # (N,)
+    picked = np.sort(np.random.default_rng(seed).choice(n, size=min(n, queries), replace=False))  # (Q,)
+    inside, outside, nearest = _leave_one_out(embeddings, codes, picked)
+    peers = np.append(np.bincount(codes[codes >= 0], minlength=len(names)), 0)  # items a label; last: unlabeled
+    has_peer = peers[codes[picked]] > 1  # (Q,) another item of the same label exists (code -1 reads the 0)
+    labeled = has_peer.any() and np.isfinite(outside[has_peer]).any()
+    if not labeled:
+        threshold = float(np.quantile(nearest, UNLABELED_QUANTILE))
+        return {"threshold": round(threshold, 4), "method": f"unlabeled: {UNLABELED_QUANTILE:.0%} quantile of "
+                "nearest-neighbour scores", "queries": len(picked), "nearest": _summary(nearest)}
+    inside, outside = inside[has_peer], outside[has_peer]
+    threshold, accuracy = _best_split(inside, outside)
+    return {
+        "threshold": round(threshold, 4),
+        "method": "labeled leave-one-out: best same-label vs best other-label score, balanced-accuracy cut",
+        "queries": int(has_peer.sum()),
+        "balanced_accuracy": round(accuracy, 4),
+        "same_label": _summary(inside),
+        "other_label": _summary(outside),
+    }
+
+
+def _leave_one_out(embeddings: np.ndarray, codes: np.ndarray, picked: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each picked item: best score to another item of its label, to another label, and to any other item.
+
+    Blocks of queries against blocks of items, so that memory stays small for millions of items.
+    """
+    q_block, n_block = 256, 1 << 16
+    inside = np.full(len(picked), -np.inf, dtype=np.float32)
+    outside = np.full(len(picked), -np.inf, dtype=np.float32)
+    for q0 in range(0, len(picked), q_block):
+        rows = picked[q0 : q0 + q_block]
+        queries = np.asarray(embeddings[rows], dtype=np.float32)  # (b, D)
+        qcodes = codes[rows]
+        for n0 in range(0, len(codes), n_block):
+            block = np.asarray(embeddings[n0 : n0 + n_block], dtype=np.float32)  # (c, D)
+            sims = queries @ block.T  # (b, c)
+            own = rows - n0
+            hit = (own >= 0) & (own < len(block))
+            sims[np.flatnonzero(hit), own[hit]] = -np.inf  # not itself
+            same = (qcodes[:, None] == codes[None, n0 : n0 + len(block)]) & (qcodes[:, None] >= 0)
+            inside[q0 : q0 + len(rows)] = np.maximum(inside[q0 : q0 + len(rows)],
+                                                     np.where(same, sims, -np.inf).max(axis=1))
+            outside[q0 : q0 + len(rows)] = np.maximum(outside[q0 : q0 + len(rows)],
+                                                      np.where(same, -np.inf, sims).max(axis=1))
+    return inside, outside, np.maximum(inside, outside)
+
+
+def _best_split(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+    """The threshold t maximising (P(pos >= t) + P(neg < t)) / 2, and that balanced accuracy."""
+    candidates = np.unique(np.concatenate([positive, negative]))
+    pos, neg = np.sort(positive), np.sort(negative)
+    tpr = 1.0 - np.searchsorted(pos, candidates, side="left") / len(pos)
+    tnr = np.searchsorted(neg, candidates, side="left") / len(neg)
+    accuracy = (tpr + tnr) / 2
+    best = int(np.argmax(accuracy))
+    return float(candidates[best]), float(accuracy[best])
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    q = np.quantile(values, [0.05, 0.5, 0.95])
+    return {"p05": round(float(q[0]), 4), "median": round(float(q[1]), 4), "p95": round(float(q[2]), 4)}
+
+
+def _unlabeled_answer(index: Index, matches: list[Match], score: float, in_catalog: bool,
+                      threshold: float) -> Identification:
+    closest = matches[0]
+    if in_catalog:
+        message = f"The closest picture is {closest.item.id} ({score:.2f})"
+    else:
+        message = (f"You gave a picture from another universe; the closest picture in the catalog is "
+                   f"{closest.item.id} ({score:.2f})")
+    return Identification(label=None, score=score, in_catalog=in_catalog, threshold=threshold, message=message,
+                          another_image=None, matches=matches)
+
+
+def _message(label: str | None, score: float, in_catalog: bool, domain: str | None, *, closest: Match | None = None,
+             named_score: float | None = None) -> str:
+    thing = domain or "catalog item"
+    if closest is not None:
+        found = f"the closest picture is {closest.item.id} ({score:.2f}), which looks like {label} ({named_score:.2f})"
+        return f"{found[0].upper()}{found[1:]}" if in_catalog else (
+            f"You gave a picture from another universe; {found}")
+    if in_catalog:
+        return f"This is {label} ({score:.2f})"
+    return f"You gave a picture from another universe; the {thing} that looks most like it is {label} ({score:.2f})"
