@@ -113,7 +113,7 @@ def build_index(
         "domain": domain,
     }
     stats = {"embedded": embedded.embedded, "reused": embedded.reused, "skipped": len(skipped), "removed": removed,
-             "seconds": round(seconds, 3)}
+             "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32")}
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])

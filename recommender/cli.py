@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from . import __version__, settings
-from .backbones import BACKBONES, FITS, POOLINGS
+from .backbones import BACKBONES, FITS, POOLINGS, PRECISIONS
 from .errors import RecommenderError
 
 # Items listed individually before a build report summarises the rest.
@@ -81,19 +81,23 @@ def _index_option(func: Any) -> Any:
               help="Storage precision of the embeddings.")
 @click.option("--domain", default=None, metavar="WORD",
               help='What the items are, for answers and web searches (e.g. "Pokémon", "watch").')
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help=f"auto: bf16 where it is native and agrees with fp32; fp32: exact [env {settings.ENV_PRECISION}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pictures per model call.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
               image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
-              dtype: str, domain: str | None, batch_size: int | None, quiet: bool) -> None:
+              dtype: str, domain: str | None, precision: str | None, batch_size: int | None, quiet: bool) -> None:
     """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV."""
+    from .backbones import load_backbone
     from .build import build_index
 
+    backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
+                             precision=precision)
     report = build_index(
-        source, name=name, model=model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
-        limit=limit, image_column=image_column, label_column=label_column, index_dir=ctx.obj["index_dir"],
-        dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
+        source, name=name, backbone=backbone, limit=limit, image_column=image_column, label_column=label_column,
+        index_dir=ctx.obj["index_dir"], dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
     )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)

@@ -11,6 +11,7 @@ ENV_CACHE_DIR = "RECOMMENDER_CACHE_DIR"
 ENV_MODEL = "RECOMMENDER_MODEL"
 ENV_INDEX = "RECOMMENDER_INDEX"
 ENV_DEVICE = "RECOMMENDER_DEVICE"
+ENV_PRECISION = "RECOMMENDER_PRECISION"
 
 DEFAULT_MODEL = "dinov2-small"
 DEFAULT_INDEX = "pokemon"
@@ -54,3 +55,8 @@ def device(flag: str | None = None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def precision(flag: str | None = None) -> str:
+    """`auto` (bf16 where the hardware has it), `bf16` or `fp32`."""
+    return _pick(flag, ENV_PRECISION, "auto")

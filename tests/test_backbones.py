@@ -218,3 +218,22 @@ def test_offline_alias():
     assert offline.name == "offline" and offline.dim == 1280 + 512
     assert offline.spec["model"] == "offline"
     assert_unit_rows(offline.embed(pictures(1)[0]), 3, 1792)
+
+
+def test_bf16_agrees_with_fp32(tiny_model):
+    images, _ = pictures(2)
+    exact = load_backbone(str(tiny_model), precision="fp32")
+    fast = load_backbone(str(tiny_model), precision="bf16")
+    assert exact.precision == "fp32" and fast.precision == "bf16"
+    cosine = (exact.embed(images) * fast.embed(images)).sum(axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_precision_choices(monkeypatch):
+    assert load_backbone("efficientnet-lite0").precision == "fp32"  # auto: bf16 would cost the CNN 0.008 cosine
+    assert load_backbone("efficientnet-lite0", precision="bf16").precision == "bf16"
+    with pytest.raises(ModelError, match="unknown precision"):
+        load_backbone("colour-histogram", precision="fp8")
+    monkeypatch.setenv("RECOMMENDER_PRECISION", "fp8")
+    with pytest.raises(ModelError, match="unknown precision"):
+        load_backbone("colour-histogram")
