@@ -222,3 +222,76 @@ def _column(path: Path, header: list[str], given: str | None, candidates: tuple[
             f"name it with --{role}-column"
         )
     return None
+
+
+#: Limits on an uploaded archive: members, total unpacked bytes, and unpacked/packed ratio (zip bombs).
+ARCHIVE_MAX_MEMBERS = 50_000
+ARCHIVE_MAX_BYTES = 2 << 30
+ARCHIVE_MAX_RATIO = 200
+
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path, list[Skip]]:
+    """Unpack a zip of pictures (class folders, a flat folder, or a CSV with its pictures) into `dest`.
+
+    Only picture files and CSVs are written, and only inside `dest`: members with absolute paths,
+    `..`, links or other special files are skipped with a reason; a zip bomb (too many members,
+    too many bytes, or a suspicious compression ratio) is refused before anything is written.
+    Returns the catalog source to index (the CSV if there is exactly one, else the folder).
+    """
+    import shutil
+    import stat
+    import zipfile
+    import zlib
+
+    path, target = Path(archive), Path(dest).resolve()
+    try:
+        bundle = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CatalogError(f"{path.name}: not a readable zip archive ({exc})") from None
+    skipped: list[Skip] = []
+    with bundle:
+        members = bundle.infolist()
+        if len(members) > ARCHIVE_MAX_MEMBERS:
+            raise CatalogError(f"{path.name}: {len(members):,} files, more than the {ARCHIVE_MAX_MEMBERS:,} allowed")
+        total = sum(m.file_size for m in members)
+        packed = max(1, sum(m.compress_size for m in members))
+        if total > ARCHIVE_MAX_BYTES or (total / packed > ARCHIVE_MAX_RATIO and total > 64 << 20):
+            raise CatalogError(f"{path.name}: unpacks to {total / 1e6:,.0f} MB from {packed / 1e6:,.1f} MB; refused "
+                               "as a possible zip bomb")
+        target.mkdir(parents=True, exist_ok=True)
+        csvs: list[Path] = []
+        for member in members:
+            name = member.filename
+            if member.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
+                continue
+            mode = member.external_attr >> 16
+            parts = Path(name.replace("\\", "/")).parts
+            if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                skipped.append(Skip(name, "path leaves the archive's folder"))
+                continue
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # type bits unset: an ordinary file from most zippers
+                skipped.append(Skip(name, "a link or special file, not a regular file"))
+                continue
+            out = target.joinpath(*parts)
+            if not (is_image_file(out) or out.suffix.lower() == ".csv"):
+                skipped.append(Skip(name, "neither a picture nor a CSV"))
+                continue
+            if not _inside(out.resolve(), target):
+                skipped.append(Skip(name, "path leaves the archive's folder"))
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # zipfile never returns more than the declared size, which the totals above bounded.
+                with bundle.open(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                out.unlink(missing_ok=True)
+                skipped.append(Skip(name, f"corrupt in the archive ({exc})"))
+                continue
+            if out.suffix.lower() == ".csv":
+                csvs.append(out)
+    if len(csvs) == 1:
+        return csvs[0], skipped
+    if len(csvs) > 1:
+        skipped.append(Skip(", ".join(p.name for p in csvs), "several CSVs: indexing the pictures as folders"))
+    return target, skipped
