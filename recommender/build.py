@@ -75,6 +75,7 @@ def build_index(
     index_dir: str | Path | None = None,
     dtype: str = "float16",
     domain: str | None = None,
+    fingerprint: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -83,7 +84,8 @@ def build_index(
 
     Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
     usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
-    `domain` names what the items are (e.g. "Pokémon") for answers and web searches.
+    `domain` names what the items are (e.g. "Pokémon") for answers and web searches; `fingerprint`
+    records the identity of the source, so that callers can tell when it changed.
     """
     folder = index_folder(name, index_dir)
     catalog = source if isinstance(source, Catalog) else read_catalog(
@@ -111,6 +113,7 @@ def build_index(
         "columns": catalog.columns,
         "limit": limit,
         "domain": domain,
+        "fingerprint": fingerprint,
     }
     stats = {"embedded": embedded.embedded, "reused": embedded.reused, "skipped": len(skipped), "removed": removed,
              "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32")}

@@ -8,6 +8,7 @@ from pathlib import Path
 #: Environment variables the library reads; the README documents each.
 ENV_INDEX_DIR = "RECOMMENDER_INDEX_DIR"
 ENV_CACHE_DIR = "RECOMMENDER_CACHE_DIR"
+ENV_DATA_DIR = "RECOMMENDER_DATA_DIR"
 ENV_MODEL = "RECOMMENDER_MODEL"
 ENV_INDEX = "RECOMMENDER_INDEX"
 ENV_DEVICE = "RECOMMENDER_DEVICE"
@@ -35,6 +36,12 @@ def cache_dir(flag: str | Path | None = None) -> Path:
     """The folder for small derived files (weight hashes, cached patch features)."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recommender"
     return Path(_pick(str(flag) if flag else None, ENV_CACHE_DIR, str(default)))
+
+
+def data_dir(flag: str | Path | None = None) -> Path:
+    """The folder for catalogs uploaded through the app (unpacked pictures)."""
+    default = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "recommender"
+    return Path(_pick(str(flag) if flag else None, ENV_DATA_DIR, str(default)))
 
 
 def model_name(flag: str | None = None) -> str:

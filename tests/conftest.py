@@ -90,7 +90,9 @@ def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own index and cache folders, and no model or index chosen by the environment."""
     monkeypatch.setenv("RECOMMENDER_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("RECOMMENDER_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("RECOMMENDER_MODEL", "RECOMMENDER_INDEX", "RECOMMENDER_DEVICE", "RECOMMENDER_DEBUG"):
+    monkeypatch.setenv("RECOMMENDER_DATA_DIR", str(tmp_path / "data"))
+    for name in ("RECOMMENDER_MODEL", "RECOMMENDER_INDEX", "RECOMMENDER_DEVICE", "RECOMMENDER_DEBUG",
+                 "RECOMMENDER_PRECISION"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 

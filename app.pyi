@@ -1,0 +1,201 @@
+"""The Gradio web app: layout and callbacks only; every answer comes from the `recommender` library."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import html
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from recommender import RecommenderError, load_image
+from recommender.service import Service
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ROOT / "assets" / "examples"
+THUMBNAIL = 256
+MAX_UPLOAD = "10mb"
+log = logging.getLogger("recommender.app")
+
+from gradio.events import Dependency
+
+class QueryImage(gr.Image):
+    """A gr.Image that hands the raw upload to the library, so a broken file gets its one-line reason.
+
+    Gradio's own preprocessing opens the file with Pillow and fails with a generic error on
+    garbage; the library's loader says what is wrong with it instead.
+    """
+
+    is_template = True  # Gradio's marker for subclasses that reuse their parent's front-end component
+
+    def preprocess(self, payload: Any) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            try:
+                return base64.b64decode(payload.url.split(",", 1)[1], validate=False)
+            except (ValueError, IndexError):
+                raise gr.Error("The picture could not be decoded (bad data URL).") from None
+        return payload.path
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Library errors become a one-line gr.Error; anything else is logged and reported briefly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except RecommenderError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(exc).__name__}); the server keeps running.",
+                           print_exception=False) from None
+
+    return wrapper
+
+
+@functools.lru_cache(maxsize=512)
+def thumbnail(path: str) -> Image.Image:
+    """A small copy of a catalog picture: served from Gradio's cache, never from the catalog's folder."""
+    img = load_image(path).copy()
+    img.thumbnail((THUMBNAIL, THUMBNAIL))
+    return img
+
+
+def build_ui(service: Service) -> gr.Blocks:
+    """The page: query and answer, look-alikes, the catalog, and the user's own catalogs."""
+    examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+
+    @user_errors
+    def answer(image: str | bytes | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+        if image is None:
+            raise gr.Error("Upload, paste or take a picture first.")
+        result = service.identify(image, index=index_name, k=int(k))
+        index = service.index(index_name)
+        another = thumbnail(str(result.another_image)) if result.another_image else None
+        gallery = [(thumbnail(str(m.path)), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
+        scores = {f"{m.rank}. {m.label or m.item.id}": max(0.0, m.score) for m in result.matches}
+        headline = "### " + result.message
+        detail = (f"Score {result.score:.3f}; pictures scoring at least {result.threshold:.2f} count as in the "
+                  f"catalog (calibrated on **{index.name}**).")
+        if result.named_with:
+            detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
+        state = {"query": image if isinstance(image, str) else None, "index": index.name,
+                 "matches": [str(m.path) for m in result.matches], "label": result.label}
+        return f"{headline}\n\n{detail}", another, gallery, scores, state
+
+    with gr.Blocks(title="Look-alike: a visual recommender") as demo:
+        index_state = gr.State(None)  # the index this session searches; None = the default catalog
+        result_state = gr.State({})
+        gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
+        status = gr.Markdown(service.status())
+        if service.choice.notice:
+            gr.Markdown(f"> **Offline mode.** {service.choice.notice}", elem_id="notice")
+        with gr.Tab("Look-alikes"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    query = QueryImage(label="Your picture", sources=["upload", "clipboard", "webcam"],
+                                       type="filepath", height=320, elem_id="query")
+                    k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
+                    search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
+                    if examples:
+                        gr.Examples(examples=examples, inputs=query, label="Examples")
+                with gr.Column(scale=2):
+                    message = gr.Markdown(elem_id="answer")
+                    with gr.Row():
+                        another = gr.Image(label="Another picture of it", interactive=False, height=220,
+                                           elem_id="another")
+                        scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
+                    gallery = gr.Gallery(label="Look-alikes (click one)", columns=4, height="auto",
+                                         allow_preview=False, elem_id="gallery")
+        with gr.Tab("Your own catalog"):
+            gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
+                        "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
+            with gr.Row():
+                chooser = gr.Dropdown(choices=service.indexes(), value=service.default.name, label="Index to search",
+                                      allow_custom_value=False, elem_id="chooser")
+                refresh = gr.Button("Refresh list")
+            with gr.Row():
+                upload = gr.File(label="Zip of pictures", file_types=[".zip"], elem_id="upload")
+                new_name = gr.Textbox(label="Name of the new index", value="my-catalog", elem_id="new-name")
+            build = gr.Button("Build index", elem_id="build")
+            build_report = gr.Markdown(elem_id="build-report")
+
+        search.click(answer, inputs=[query, k, index_state], outputs=[message, another, gallery, scores,
+                                                                       result_state], api_visibility="private")
+        query.upload(answer, inputs=[query, k, index_state], outputs=[message, another, gallery, scores,
+                                                                       result_state], api_visibility="private")
+
+        @user_errors
+        def choose(name: str) -> tuple[Any, ...]:
+            index = service.index(name)
+            return (None if index.name == service.default.name else index.name), service.status(index)
+
+        chooser.change(choose, inputs=chooser, outputs=[index_state, status], api_visibility="private")
+        refresh.click(lambda: gr.Dropdown(choices=service.indexes()), outputs=chooser, api_visibility="private")
+
+        @user_errors
+        def build_upload(archive: str | None, name: str, progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+                         ) -> tuple[Any, ...]:
+            if not archive:
+                raise gr.Error("Choose a zip file first.")
+            report = service.build_upload(archive, name)
+            lines = [f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in "
+                     f"{report.seconds:.1f} s."]
+            if report.skipped:
+                lines.append(f"\n{len(report.skipped)} skipped:")
+                lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
+                if len(report.skipped) > 20:
+                    lines.append(f"- ... and {len(report.skipped) - 20} more")
+            return "\n".join(lines), gr.Dropdown(choices=service.indexes(), value=report.name)
+
+        build.click(build_upload, inputs=[upload, new_name], outputs=[build_report, chooser], api_visibility="private")
+
+        # The named API: one picture in, the answer's text out (its first words name what it is).
+        api_image = QueryImage(type="filepath", visible=False)
+        api_text = gr.Textbox(visible=False)
+
+        @user_errors
+        def identify_api(image: str | None) -> str:
+            """Identify a picture against the default catalog; returns the answer as text."""
+            if not image:
+                raise gr.Error("No picture given.")
+            return service.identify(image).message
+
+        api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Start the look-alike web app.")
+    parser.add_argument("--host", default=None, help="Address to listen on [env GRADIO_SERVER_NAME; 127.0.0.1].")
+    parser.add_argument("--port", type=int, default=None, help="Port [env GRADIO_SERVER_PORT; 7860].")
+    parser.add_argument("--share", action="store_true", help="Also serve through a public Gradio share link.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    service = Service()
+    log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
+    demo = build_ui(service)
+    demo.queue(default_concurrency_limit=max(1, (os.cpu_count() or 2) // 2), max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
+                allowed_paths=[str(EXAMPLES)], show_error=True)
+
+
+if __name__ == "__main__":
+    main()
