@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from click.testing import CliRunner
 
 from recommender import websearch
 from recommender.catalog import Item
+from recommender.cli import cli
 from recommender.errors import RecommenderError, WebSearchUnavailable
 from recommender.websearch import (
     DuckDuckGoProvider,
@@ -113,6 +116,20 @@ def test_real_client_on_this_offline_machine_fails_fast_and_clearly():
     with pytest.raises(WebSearchUnavailable, match=ONE_LINE):
         WebSearch(DuckDuckGoProvider()).search("Pikachu Pokémon", kind="page")
     assert time.monotonic() - start < 5
+
+
+def test_cli_offline_exits_non_zero_with_one_line_and_no_traceback():
+    pytest.importorskip("ddgs")
+    env = {**os.environ, "DDGS_PROXY": CLOSED_PROXY, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "recommender", "links", "Pikachu"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - start < 5
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("Error: web search unavailable: ")
 
 
 # --- cleaning, ranking and duplicates ---------------------------------------------------------------------------
@@ -424,3 +441,48 @@ def test_ddgs_failures_become_one_line_reasons(fake_ddgs):
         with pytest.raises(WebSearchUnavailable) as info:
             DuckDuckGoProvider().fetch("x", kind="image", limit=5, timeout=4)
         assert (info.value.reason, info.value.retryable, info.value.rate_limited) == (reason, retryable, rate_limited)
+
+
+# --- the CLI, with a fake provider in-process ---------------------------------------------------------------------
+
+
+LINKS = [
+    Link("Pikachu (Pokémon) - Bulbapedia", "https://bulbapedia.bulbagarden.net/wiki/Pikachu_(Pok%C3%A9mon)", "",
+         None, "page"),
+    Link("Pikachu | Pokédex", "https://www.pokemon.com/us/pokedex/pikachu", "", "https://t.example/p.png", "page"),
+    Link("dup", "https://www.pokemon.com/us/pokedex/pikachu/", "", None, "page"),
+]
+
+
+def test_cli_json_prints_an_array_of_links():
+    provider = FakeProvider(LINKS)
+    set_provider(provider)
+    result = CliRunner().invoke(cli, ["links", "Pikachu", "--json", "-k", "5", "--kind", "images"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data == [
+        {"title": "Pikachu (Pokémon) - Bulbapedia", "url": LINKS[0].url, "source": "bulbapedia.bulbagarden.net",
+         "thumbnail": None, "kind": "image", "image": None},
+        {"title": "Pikachu | Pokédex", "url": LINKS[1].url, "source": "pokemon.com",
+         "thumbnail": "https://t.example/p.png", "kind": "image", "image": None},
+    ]
+    assert provider.calls[0]["query"] == "Pikachu Pokémon" and provider.calls[0]["kind"] == "image"
+
+
+def test_cli_text_lists_domain_title_and_url():
+    set_provider(FakeProvider(LINKS))
+    result = CliRunner().invoke(cli, ["links", "Pikachu", "--domain", ""])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["1", "bulbapedia.bulbagarden.net", "Pikachu", "(Pokémon)", "-", "Bulbapedia"]
+    assert lines[1].strip() == LINKS[0].url and len(lines) == 4
+
+
+def test_cli_says_when_nothing_was_found_and_fails_in_one_line():
+    set_provider(FakeProvider([]))
+    result = CliRunner().invoke(cli, ["links", "Missingno"])
+    assert result.exit_code == 0 and result.output == "no links found for 'Missingno Pokémon'\n"
+    set_provider(FakeProvider(errors=[WebSearchUnavailable("no network (cannot resolve duckduckgo.com)")]))
+    result = CliRunner().invoke(cli, ["links", "Pikachu", "--json"])
+    assert result.exit_code == 1
+    assert result.output == "Error: web search unavailable: no network (cannot resolve duckduckgo.com)\n"
