@@ -15,10 +15,12 @@ from .errors import (
     IndexNotFoundError,
     ModelError,
     RecommenderError,
+    WebSearchUnavailable,
 )
 from .images import load_image
 from .index import Index, Match, list_indexes
 from .recommend import look_alikes
+from .websearch import Link, search_media
 
 __all__ = [
     "BACKBONES",
@@ -32,13 +34,16 @@ __all__ = [
     "IndexMismatchError",
     "IndexNotFoundError",
     "Item",
+    "Link",
     "Match",
     "ModelError",
     "RecommenderError",
+    "WebSearchUnavailable",
     "build_index",
     "list_indexes",
     "load_backbone",
     "load_image",
     "look_alikes",
     "read_catalog",
+    "search_media",
 ]

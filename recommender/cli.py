@@ -242,6 +242,34 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
         click.echo(f"{key:<{width}}  {value}")
 
 
+@cli.command("links")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["pages", "images", "videos"]), default="pages", show_default=True,
+              help="What to look for on the web.")
+@click.option("-k", "k", type=click.IntRange(1, 50), default=8, show_default=True, help="Number of links.")
+@click.option("--domain", default=None, metavar="TEXT",
+              help="Word added to NAME in the query; '' for none [env RECOMMENDER_WEB_DOMAIN; default: Pokémon].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Total deadline of the search [env RECOMMENDER_WEB_TIMEOUT; default: 4].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of links.")
+def links_cmd(name: str, kind: str, k: int, domain: str | None, timeout: float | None, as_json: bool) -> None:
+    """Related pages, images or videos on the web for NAME (e.g. a recognised Pokémon)."""
+    from .websearch import build_query, default_search
+
+    query = build_query(name, domain)
+    links = default_search().search(query, kind=kind, limit=k, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps([link.to_dict() for link in links], indent=2, ensure_ascii=False))
+        return
+    if not links:
+        click.echo(f"no links found for {query!r}")
+        return
+    width = max(len(link.source) for link in links)
+    for n, link in enumerate(links, 1):
+        click.echo(f"{n:>3}  {link.source:<{width}}  {link.title}")
+        click.echo(f"     {'':<{width}}  {link.url}")
+
+
 def _spec_text(spec: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in spec.items() if k != "model")
 

@@ -29,3 +29,17 @@ class IndexNotFoundError(IndexLoadError):
 
 class IndexMismatchError(IndexLoadError):
     """An index was built with another backbone, settings or format than the one in use."""
+
+
+class WebSearchUnavailable(RecommenderError):
+    """Related links cannot be had now: no network, a timeout, a rate limit, or the provider failed or is off.
+
+    `reason` is one line for people; `retryable` says whether trying again at once may help (a
+    timeout or a dropped connection, not a missing network); `rate_limited` asks callers to back off.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = False, rate_limited: bool = False) -> None:
+        self.reason = " ".join(str(reason).split())  # one line, whatever the provider said
+        self.retryable = retryable
+        self.rate_limited = rate_limited
+        super().__init__(f"web search unavailable: {self.reason}")
