@@ -25,16 +25,15 @@ MAX_UPLOAD = "10mb"
 log = logging.getLogger("recommender.app")
 
 
-class QueryImage(gr.Image):
-    """A gr.Image that hands the raw upload to the library, so a broken file gets its one-line reason.
+def raw_uploads(image: gr.Image) -> gr.Image:
+    """Make a gr.Image hand the raw upload (a path, or bytes) to the library.
 
-    Gradio's own preprocessing opens the file with Pillow and fails with a generic error on
-    garbage; the library's loader says what is wrong with it instead.
+    Gradio's own preprocessing opens the file with Pillow and fails with a generic message on
+    garbage; the library's loader says what is wrong instead. (Overriding on the instance, not
+    in a subclass: Gradio writes a .pyi stub beside every component subclass.)
     """
 
-    is_template = True  # Gradio's marker for subclasses that reuse their parent's front-end component
-
-    def preprocess(self, payload: Any) -> str | bytes | None:
+    def preprocess(payload: Any) -> str | bytes | None:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
@@ -43,6 +42,9 @@ class QueryImage(gr.Image):
             except (ValueError, IndexError):
                 raise gr.Error("The picture could not be decoded (bad data URL).") from None
         return payload.path
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,8 +106,8 @@ def build_ui(service: Service) -> gr.Blocks:
         with gr.Tab("Look-alikes"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    query = QueryImage(label="Your picture", sources=["upload", "clipboard", "webcam"],
-                                       type="filepath", height=320, elem_id="query")
+                    query = raw_uploads(gr.Image(label="Your picture", sources=["upload", "clipboard", "webcam"],
+                                                 type="filepath", height=320, elem_id="query"))
                     k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
                     search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
                     if examples:
@@ -162,7 +164,7 @@ def build_ui(service: Service) -> gr.Blocks:
         build.click(build_upload, inputs=[upload, new_name], outputs=[build_report, chooser], api_visibility="private")
 
         # The named API: one picture in, the answer's text out (its first words name what it is).
-        api_image = QueryImage(type="filepath", visible=False)
+        api_image = raw_uploads(gr.Image(type="filepath", visible=False))
         api_text = gr.Textbox(visible=False)
 
         @user_errors
