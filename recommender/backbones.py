@@ -37,7 +37,7 @@ HISTOGRAM = "colour-histogram"
 #: The backbone that runs with no network here, chosen by measurement (see README, "Backbones").
 OFFLINE = "offline"
 OFFLINE_PARTS = (CNN, HISTOGRAM)
-OFFLINE_WEIGHTS = (0.8, 0.2)
+OFFLINE_WEIGHTS = (0.85, 0.15)
 
 #: Every name `load_backbone` accepts besides hub ids and local folders, with a one-line description.
 BACKBONES = {
