@@ -16,7 +16,9 @@ import gradio as gr
 from PIL import Image
 
 from recommender import RecommenderError, load_image
+from recommender.errors import WebSearchUnavailable
 from recommender.service import Service
+from recommender.websearch import search_media
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
@@ -47,6 +49,11 @@ def raw_uploads(image: gr.Image) -> gr.Image:
     return image
 
 
+def upload_name(image: str | bytes) -> str:
+    """What to call an upload in messages: its own file name (Gradio keeps it), not the server's temp path."""
+    return Path(image).name if isinstance(image, str) else "upload"
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Library errors become a one-line gr.Error; anything else is logged and reported briefly."""
 
@@ -66,6 +73,34 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def links_html(label: str | None, domain: str | None) -> str:
+    """Related media for a recognised name as HTML: thumbnails the browser loads, links open in a new tab.
+
+    The server never fetches the remote pages or pictures; a web that cannot be reached is one line.
+    """
+    if not label:
+        return "<p class='links-note'>No name was recognised, so there is nothing to search the web for.</p>"
+    try:
+        images = search_media(label, kind="image", limit=6, domain=domain or "")
+        pages = search_media(label, kind="page", limit=6, domain=domain or "")
+    except WebSearchUnavailable as exc:
+        return f"<p class='links-note' id='links-offline'>Related media unavailable: {html.escape(str(exc))}</p>"
+    a = 'target="_blank" rel="noopener noreferrer"'
+    thumbs = "".join(
+        f'<a href="{html.escape(link.url)}" {a} title="{html.escape(link.title)}">'
+        f'<img src="{html.escape(link.thumbnail or link.image or "")}" alt="{html.escape(link.title)}" '
+        f'loading="lazy" referrerpolicy="no-referrer" style="height:72px;margin:2px;border-radius:4px"></a>'
+        for link in images if link.thumbnail or link.image
+    )
+    items = "".join(
+        f'<li><a href="{html.escape(link.url)}" {a}>{html.escape(link.title)}</a> '
+        f'<small>{html.escape(link.source)}</small></li>' for link in pages
+    )
+    if not thumbs and not items:
+        return f"<p class='links-note'>No related media found for {html.escape(label)}.</p>"
+    return f"<div id='links'><div>{thumbs}</div><ul>{items}</ul></div>"
+
+
 @functools.lru_cache(maxsize=512)
 def thumbnail(path: str) -> Image.Image:
     """A small copy of a catalog picture: served from Gradio's cache, never from the catalog's folder."""
@@ -82,7 +117,7 @@ def build_ui(service: Service) -> gr.Blocks:
     def answer(image: str | bytes | None, k: int, index_name: str | None) -> tuple[Any, ...]:
         if image is None:
             raise gr.Error("Upload, paste or take a picture first.")
-        result = service.identify(image, index=index_name, k=int(k))
+        result = service.identify(image, index=index_name, k=int(k), name=upload_name(image))
         index = service.index(index_name)
         another = thumbnail(str(result.another_image)) if result.another_image else None
         gallery = [(thumbnail(str(m.path)), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
@@ -120,6 +155,8 @@ def build_ui(service: Service) -> gr.Blocks:
                         scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
                     gallery = gr.Gallery(label="Look-alikes (click one)", columns=4, height="auto",
                                          allow_preview=False, elem_id="gallery")
+                    gr.Markdown("#### Related on the web")
+                    links = gr.HTML(elem_id="related")
         with gr.Tab("Your own catalog"):
             gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
                         "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
@@ -133,10 +170,15 @@ def build_ui(service: Service) -> gr.Blocks:
             build = gr.Button("Build index", elem_id="build")
             build_report = gr.Markdown(elem_id="build-report")
 
-        search.click(answer, inputs=[query, k, index_state], outputs=[message, another, gallery, scores,
-                                                                       result_state], api_visibility="private")
-        query.upload(answer, inputs=[query, k, index_state], outputs=[message, another, gallery, scores,
-                                                                       result_state], api_visibility="private")
+        def related(state: dict[str, Any]) -> str:
+            index = service.index(state.get("index")) if state else None
+            return links_html(state.get("label") if state else None, index.domain if index else None)
+
+        outputs = [message, another, gallery, scores, result_state]
+        for event in (search.click, query.upload):
+            # Links come second, so the answer never waits for the web.
+            event(answer, inputs=[query, k, index_state], outputs=outputs, api_visibility="private").success(
+                related, inputs=result_state, outputs=links, api_visibility="private")
 
         @user_errors
         def choose(name: str) -> tuple[Any, ...]:
@@ -172,7 +214,7 @@ def build_ui(service: Service) -> gr.Blocks:
             """Identify a picture against the default catalog; returns the answer as text."""
             if not image:
                 raise gr.Error("No picture given.")
-            return service.identify(image).message
+            return service.identify(image, name=upload_name(image)).message
 
         api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
     return demo

@@ -97,15 +97,16 @@ def identify(
     k: int = 10,
     reference: Index | None = None,
     backbone: Backbone | None = None,
+    name: str | None = None,
 ) -> Identification:
     """Which catalog item (label) is this picture, or is it from another universe?
 
     Labeled index: labels are ranked by their best-matching item, and the answer carries the
     label, its score, the calibrated in-catalog decision and *another* picture of that label.
     Unlabeled index: the closest picture is found; with a labeled `reference` index (built
-    with any backbone) that picture is named through it.
+    with any backbone) that picture is named through it. `name` is how errors call the picture.
     """
-    name = describe(image)
+    name = name or describe(image)
     if isinstance(image, (str, os.PathLike)):
         image = read_bytes(image)  # once: hashed to recognise catalog pictures, then decoded
     digest = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else None

@@ -143,9 +143,10 @@ class Service:
     def indexes(self) -> list[str]:
         return list_indexes(self.index_dir)
 
-    def identify(self, image: ImageSource, *, index: str | None = None, k: int = 8) -> Identification:
+    def identify(self, image: ImageSource, *, index: str | None = None, k: int = 8,
+                 name: str | None = None) -> Identification:
         chosen = self.index(index)
-        return identify(image, chosen, k=k, backbone=self.backbone_for(chosen))
+        return identify(image, chosen, k=k, backbone=self.backbone_for(chosen), name=name)
 
     def build_upload(self, archive: str | Path, name: str, *, progress: bool = True,
                      on_extracted: Callable[[list[Skip]], None] | None = None) -> BuildReport:

@@ -450,13 +450,34 @@ def register_provider(name: str, factory: Callable[[], Provider]) -> None:
 
 
 def make_provider(name: str | None = None) -> Provider:
-    """The provider called `name`, else the one $RECOMMENDER_WEB_PROVIDER names, else DuckDuckGo."""
-    chosen = (name or os.environ.get(ENV_PROVIDER, "") or DEFAULT_PROVIDER).strip().lower()
+    """The provider called `name`, else the one $RECOMMENDER_WEB_PROVIDER names, else DuckDuckGo.
+
+    Besides the registered names, `package.module:factory` imports a factory from code of your
+    own (another search service; the app's browser tests plug in a fake this way).
+    """
+    chosen = (name or os.environ.get(ENV_PROVIDER, "") or DEFAULT_PROVIDER).strip()
+    if ":" in chosen:
+        return _import_factory(chosen)()
     try:
-        factory = PROVIDERS[chosen]
+        factory = PROVIDERS[chosen.lower()]
     except KeyError:
-        raise RecommenderError(f"unknown web search provider {chosen!r}: use one of {', '.join(PROVIDERS)}") from None
+        raise RecommenderError(
+            f"unknown web search provider {chosen!r}: use one of {', '.join(PROVIDERS)} or package.module:factory"
+        ) from None
     return factory()
+
+
+def _import_factory(path: str) -> Callable[[], Provider]:
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RecommenderError(f"web search provider {path!r} cannot be imported ({exc})") from None
+    if not callable(factory):
+        raise RecommenderError(f"web search provider {path!r} is not callable")
+    return factory
 
 
 _default: WebSearch | None = None

@@ -181,3 +181,17 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="folder"):
         load_image(tmp_path)
+
+
+def test_pixel_art_enlarged_with_nearest_neighbour_is_shrunk_back():
+    from recommender.images import pixel_upscale_factor
+
+    rng = np.random.default_rng(0)
+    sprite = Image.fromarray(rng.integers(0, 255, (13, 9, 3), dtype=np.uint8))
+    for k in (2, 3, 5):
+        big = sprite.resize((9 * k, 13 * k), Image.Resampling.NEAREST)
+        assert pixel_upscale_factor(big) == k
+        assert np.array_equal(np.asarray(fit_square(big, 56)), np.asarray(fit_square(sprite, 56)))
+    smooth = sprite.resize((27, 39), Image.Resampling.BICUBIC)
+    assert pixel_upscale_factor(smooth) == 1
+    assert pixel_upscale_factor(Image.new("RGB", (1, 5))) == 1

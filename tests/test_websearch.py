@@ -335,6 +335,18 @@ def test_providers_are_chosen_by_name(monkeypatch):
         search_media("Pikachu")
 
 
+def test_providers_can_be_imported_by_path(monkeypatch):
+    provider = websearch.make_provider("fake_web:FakeProvider")
+    assert provider.name == "fake"
+    monkeypatch.setenv("RECOMMENDER_WEB_PROVIDER", "fake_web:FakeProvider")
+    set_provider(None)
+    assert [link.source for link in search_media("Pikachu")] == ["fans0.example.com", "fans1.example.com"]
+    for bad, why in [("fake_web:Nope", "cannot be imported"), ("no_such_module:x", "cannot be imported"),
+                     ("fake_web:__doc__", "not callable")]:
+        with pytest.raises(RecommenderError, match=why):
+            websearch.make_provider(bad)
+
+
 def test_bad_arguments_are_named():
     searcher = WebSearch(FakeProvider())
     with pytest.raises(RecommenderError, match="unknown link kind 'gifs'"):
