@@ -1,0 +1,155 @@
+"""The app for real: `python app.py` on a free port, driven by Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+PIKACHU = ROOT / "assets" / "pokemon" / "sprites" / "025.png"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start app.py and wait until it serves its page (the first start builds the Pokémon index)."""
+    port = free_port()
+    log_path = folder / f"app-{port}.log"
+    full_env = {**os.environ, "RECOMMENDER_INDEX_DIR": str(folder / "index"),
+                "RECOMMENDER_CACHE_DIR": str(folder / "cache"), "RECOMMENDER_DATA_DIR": str(folder / "data"),
+                "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "tests"), "PYTHONUNBUFFERED": "1", **env}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=full_env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"app.py did not serve its page in time: {log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def app_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="session")
+def app_url(app_folder: Path, tiny_model: Path) -> Iterator[str]:
+    process, url = start_app(app_folder, {"RECOMMENDER_MODEL": str(tiny_model),
+                                          "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"})
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, app_url: str) -> Iterator[object]:
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})  # type: ignore[attr-defined]
+    page.goto(app_url)
+    page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+    yield page
+    page.close()
+
+
+def ask(page: object, picture: Path) -> str:
+    """Upload a picture and wait for a new answer; returns the answer's text."""
+    before = page.inner_text("#answer")  # type: ignore[attr-defined]
+    page.set_input_files("#query input[type=file]", str(picture))  # type: ignore[attr-defined]
+    page.wait_for_function(
+        "before => { const t = document.querySelector('#answer').innerText;"
+        " return t !== before && t.includes('(') && !t.includes('processing'); }",
+        arg=before, timeout=60_000)
+    return page.inner_text("#answer")  # type: ignore[attr-defined]
+
+
+def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
+    answer = ask(page, PIKACHU)
+    assert answer.startswith("This is Pikachu (1.00)")  # a catalog picture is itself
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
+    assert "1. Pikachu" in page.inner_text("#scores")
+    assert page.locator("#another img").count() == 1  # another picture of Pikachu
+    page.wait_for_selector("#related a", timeout=30_000)
+    links = page.locator("#related a")
+    assert "Pikachu Pokémon fan page 0" in page.inner_text("#related")
+    assert links.first.get_attribute("target") == "_blank"
+    assert "noopener" in (links.first.get_attribute("rel") or "")
+    page.screenshot(path=str(tmp_path / "result.png"), full_page=True)
+
+
+def test_garbage_gets_a_one_line_error_and_the_next_picture_still_works(page, tmp_path):
+    garbage = tmp_path / "holiday.jpg"
+    garbage.write_text("<html><body>not a picture</body></html>")
+    page.set_input_files("#query input[type=file]", str(garbage))
+    toast = page.wait_for_selector(".toast-body", timeout=30_000)
+    assert "holiday.jpg: this is an HTML page, not an image" in toast.inner_text()
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(PIKACHU.read_bytes()[:200])
+    page.set_input_files("#query input[type=file]", str(truncated))
+    page.wait_for_function("[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('cut.png'))",
+                           timeout=30_000)
+    assert ask(page, ROOT / "assets" / "pokemon" / "sprites" / "004.png").startswith("This is Charmander")
+
+
+def test_the_named_api_answers_gradio_clients(app_url):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    text = client.predict(handle_file(str(PIKACHU)), api_name="/identify")
+    assert text.startswith("This is Pikachu")
+
+
+def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tiny_model, browser, app_url,
+                                                            app_folder):
+    # A second server with the real ddgs client: no network here, so the links line says why, quickly,
+    # and the rest of the answer is there regardless. It loads the first server's index (same model).
+    folder = tmp_path_factory.mktemp("app-offline")
+    process, url = start_app(folder, {"RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "duckduckgo",
+                                      "RECOMMENDER_INDEX_DIR": str(app_folder / "index")})
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+        started = time.monotonic()
+        assert ask(page, PIKACHU).startswith("This is Pikachu")
+        page.wait_for_selector("#links-offline", timeout=30_000)
+        assert time.monotonic() - started < 15
+        assert "Related media unavailable: web search unavailable" in page.inner_text("#related")
+        assert page.locator("#gallery img").count() >= 8
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
