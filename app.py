@@ -114,7 +114,7 @@ def build_ui(service: Service) -> gr.Blocks:
     examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
 
     @user_errors
-    def answer(image: str | bytes | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+    def answer(image: str | bytes | Image.Image | None, k: int, index_name: str | None) -> tuple[Any, ...]:
         if image is None:
             raise gr.Error("Upload, paste or take a picture first.")
         result = service.identify(image, index=index_name, k=int(k), name=upload_name(image))
@@ -127,8 +127,11 @@ def build_ui(service: Service) -> gr.Blocks:
                   f"catalog (calibrated on **{index.name}**).")
         if result.named_with:
             detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
-        state = {"query": image if isinstance(image, str) else None, "index": index.name,
-                 "matches": [str(m.path) for m in result.matches], "label": result.label}
+        if isinstance(image, Image.Image):
+            detail += f" Searched the part you cropped ({image.width}×{image.height} px)."
+        state = {"query": image if isinstance(image, str) else None, "index": index.name, "label": result.label,
+                 "matches": [{"path": str(m.path), "label": m.label or m.item.id, "score": m.score}
+                             for m in result.matches]}
         return f"{headline}\n\n{detail}", another, gallery, scores, state
 
     with gr.Blocks(title="Look-alike: a visual recommender") as demo:
@@ -145,6 +148,12 @@ def build_ui(service: Service) -> gr.Blocks:
                                                  type="filepath", height=320, elem_id="query"))
                     k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
                     search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
+                    with gr.Accordion("Search a part of the picture", open=False):
+                        # Filled with the query after each answer; no uploads here, so it only holds good pictures.
+                        editor = gr.ImageEditor(type="pil", sources=(), transforms=("crop",), brush=False,
+                                                eraser=False, layers=False, label="Crop, then search",
+                                                format="png", elem_id="crop")  # lossless: same pixels
+                        crop_search = gr.Button("Search this part", elem_id="crop-search")
                     if examples:
                         gr.Examples(examples=examples, inputs=query, label="Examples")
                 with gr.Column(scale=2):
@@ -155,6 +164,11 @@ def build_ui(service: Service) -> gr.Blocks:
                         scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
                     gallery = gr.Gallery(label="Look-alikes (click one)", columns=4, height="auto",
                                          allow_preview=False, elem_id="gallery")
+                    with gr.Row():
+                        selected = gr.Markdown("Click a look-alike to see where it matches your picture.",
+                                               elem_id="selected")
+                        more = gr.Button("More like this", elem_id="more", size="sm")
+                    overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
                     gr.Markdown("#### Related on the web")
                     links = gr.HTML(elem_id="related")
         with gr.Tab("Your own catalog"):
@@ -174,11 +188,42 @@ def build_ui(service: Service) -> gr.Blocks:
             index = service.index(state.get("index")) if state else None
             return links_html(state.get("label") if state else None, index.domain if index else None)
 
+        def to_editor(state: dict[str, Any]) -> Image.Image | None:
+            return load_image(state["query"], max_side=1024) if state.get("query") else gr.skip()
+
+        @user_errors
+        def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+            part = (value or {}).get("composite")
+            if part is None:
+                raise gr.Error("Search a picture first, then crop it here.")
+            return answer(part, k, index_name)
+
+        @user_errors
+        def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
+            match = state["matches"][evt.index]
+            return f"**{match['label']}** · {match['score']:.2f}", None, match["path"]
+
+        @user_errors
+        def more_like_this(path: str | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+            if not path:
+                raise gr.Error("Click a look-alike first.")
+            return (thumbnail(path), *answer(path, k, index_name))
+
         outputs = [message, another, gallery, scores, result_state]
-        for event in (search.click, query.upload):
-            # Links come second, so the answer never waits for the web.
-            event(answer, inputs=[query, k, index_state], outputs=outputs, api_visibility="private").success(
-                related, inputs=result_state, outputs=links, api_visibility="private")
+        chosen = gr.State(None)  # the look-alike clicked last
+        searches = [
+            (search.click, answer, [query, k, index_state], outputs),
+            (query.upload, answer, [query, k, index_state], outputs),
+            (crop_search.click, answer_part, [editor, k, index_state], outputs),
+            (more.click, more_like_this, [chosen, k, index_state], [query, *outputs]),
+        ]
+        for event, fn, inputs, outs in searches:
+            # Links come after the answer, so the answer never waits for the web.
+            done = event(fn, inputs=inputs, outputs=outs, api_visibility="private")
+            done.success(related, inputs=result_state, outputs=links, api_visibility="private")
+            if fn is not answer_part:
+                done.success(to_editor, inputs=result_state, outputs=editor, api_visibility="private")
+        gallery.select(pick, inputs=result_state, outputs=[selected, overlay, chosen], api_visibility="private")
 
         @user_errors
         def choose(name: str) -> tuple[Any, ...]:

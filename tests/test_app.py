@@ -86,15 +86,21 @@ def page(browser: object, app_url: str) -> Iterator[object]:
     page.close()
 
 
+# A settled answer: it starts with one of the answer's sentences (no progress timer in front of it).
+SETTLED = ("before => { const t = document.querySelector('#answer').innerText.trim();"
+           " return t !== before && /^(This is|You gave|The closest)/.test(t); }")
+
+
+def new_answer(page: object, before: str) -> str:
+    page.wait_for_function(SETTLED, arg=before.strip(), timeout=60_000)  # type: ignore[attr-defined]
+    return page.inner_text("#answer").strip()  # type: ignore[attr-defined]
+
+
 def ask(page: object, picture: Path) -> str:
     """Upload a picture and wait for a new answer; returns the answer's text."""
     before = page.inner_text("#answer")  # type: ignore[attr-defined]
     page.set_input_files("#query input[type=file]", str(picture))  # type: ignore[attr-defined]
-    page.wait_for_function(
-        "before => { const t = document.querySelector('#answer').innerText;"
-        " return t !== before && t.includes('(') && !t.includes('processing'); }",
-        arg=before, timeout=60_000)
-    return page.inner_text("#answer")  # type: ignore[attr-defined]
+    return new_answer(page, before)
 
 
 def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
@@ -153,3 +159,20 @@ def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tin
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_click_a_look_alike_then_more_like_this_and_search_a_part(page):
+    ask(page, PIKACHU)
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
+    page.locator("#gallery img").nth(1).click()
+    page.wait_for_function("document.querySelector('#selected').innerText.includes('·')", timeout=30_000)
+    picked = page.inner_text("#selected").split("·")[0].strip()
+    before = page.inner_text("#answer")
+    page.click("#more")
+    assert new_answer(page, before).startswith(f"This is {picked} (1.00)")  # that picture, now the query
+    page.click("text=Search a part of the picture")
+    page.wait_for_selector("#crop canvas", timeout=30_000)
+    page.click("#crop-search")
+    page.wait_for_function("document.querySelector('#answer').innerText.includes('the part you cropped')",
+                           timeout=60_000)
+    assert page.inner_text("#answer").strip().startswith(f"This is {picked} (1.00)")  # uncropped: that picture
