@@ -128,17 +128,19 @@ def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of matches.")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Only items whose label or metadata KEY equals VALUE (repeat: same key OR, keys AND).")
+@click.option("--like", multiple=True, metavar="ID", help="An item id to move the results toward (repeatable).")
+@click.option("--dislike", multiple=True, metavar="ID", help="An item id to move away from and leave out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of matches.")
 @click.pass_context
 def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, where: tuple[str, ...],
-               as_json: bool) -> None:
+               like: tuple[str, ...], dislike: tuple[str, ...], as_json: bool) -> None:
     """Find the catalog items that look most like IMAGE."""
     from .index import Index
     from .recommend import look_alikes
 
     filters = _parse_where(where)
     index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
-    matches = look_alikes(image, index, k=k, where=filters)
+    matches = look_alikes(image, index, k=k, where=filters, liked=like, disliked=dislike)
     if as_json:
         click.echo(json.dumps([m.to_dict() for m in matches], indent=2, ensure_ascii=False))
         return

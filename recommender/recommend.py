@@ -71,13 +71,40 @@ def look_alikes(
     k: int = 10,
     where: Mapping[str, str | Sequence[str]] | None = None,
     backbone: Backbone | None = None,
+    liked: Sequence[str] = (),
+    disliked: Sequence[str] = (),
 ) -> list[Match]:
     """The k catalog items that look most like `image`, best first.
 
     The picture is embedded with the index's own backbone (loaded once and cached) unless one is
-    given, in which case it must match the index's (`IndexMismatchError` otherwise).
+    given, in which case it must match the index's (`IndexMismatchError` otherwise). `liked` and
+    `disliked` item ids steer the ranking (see `refine`); disliked items are left out.
     """
-    return index.search(embed_query(image, index, backbone=backbone), k=k, where=where)
+    query = refine(embed_query(image, index, backbone=backbone), index, liked=liked, disliked=disliked)
+    return index.search(query, k=k, where=where, exclude=disliked)
+
+
+#: Rocchio's weights for the query, the mean of liked items and the mean of disliked items.
+#: Chosen with benchmarks/feedback.py (a simulated user on held-out Pokémon sprites); see the README.
+FEEDBACK_WEIGHTS = (1.0, 0.75, 0.25)
+
+
+def refine(query: np.ndarray, index: Index, *, liked: Sequence[str] = (), disliked: Sequence[str] = (),
+           weights: tuple[float, float, float] = FEEDBACK_WEIGHTS) -> np.ndarray:
+    """Move a (D,) query vector toward the liked items and away from the disliked ones (Rocchio).
+
+    q' = a*q + b*mean(liked) - c*mean(disliked), renormalised; ids unknown to the index are an error.
+    """
+    a, b, c = weights
+    moved = a * np.asarray(query, dtype=np.float32)
+    if liked:
+        moved = moved + b * np.mean([index.vector(i) for i in liked], axis=0)
+    if disliked:
+        moved = moved - c * np.mean([index.vector(i) for i in disliked], axis=0)
+    norm = float(np.linalg.norm(moved))
+    if norm < 1e-6:  # everything cancelled out: keep the original question
+        return np.asarray(query, dtype=np.float32)
+    return (moved / norm).astype(np.float32)
 
 
 def embed_query(image: ImageSource, index: Index, *, backbone: Backbone | None = None,
@@ -98,21 +125,27 @@ def identify(
     reference: Index | None = None,
     backbone: Backbone | None = None,
     name: str | None = None,
+    liked: Sequence[str] = (),
+    disliked: Sequence[str] = (),
 ) -> Identification:
     """Which catalog item (label) is this picture, or is it from another universe?
 
     Labeled index: labels are ranked by their best-matching item, and the answer carries the
     label, its score, the calibrated in-catalog decision and *another* picture of that label.
     Unlabeled index: the closest picture is found; with a labeled `reference` index (built
-    with any backbone) that picture is named through it. `name` is how errors call the picture.
+    with any backbone) that picture is named through it. `name` is how errors call the picture;
+    `liked` and `disliked` item ids refine the question (see `refine`).
     """
     name = name or describe(image)
     if isinstance(image, (str, os.PathLike)):
         image = read_bytes(image)  # once: hashed to recognise catalog pictures, then decoded
     digest = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else None
     query = embed_query(image, index, backbone=backbone, name=name)  # (D,)
+    query = refine(query, index, liked=liked, disliked=disliked)
     scores = index.scores(query)[0]  # (N,)
-    matches = index.search(query, k=k)
+    for item_id in disliked:
+        scores[index.position(item_id)] = -np.inf  # "less like this": not offered again
+    matches = index.search(query, k=k, exclude=disliked)
     threshold = float(index.calibration["threshold"])
     best_score = float(scores.max())
     in_catalog = best_score >= threshold

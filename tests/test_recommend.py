@@ -221,3 +221,44 @@ def test_identify_and_evaluate_from_the_command_line(shapes, labeled_catalog, tm
     metrics = json.loads(evaluated.stdout)
     assert {"recall@1", "recall@5", "mAP@5", "queries"} <= set(metrics) and metrics["queries"] == 12
     assert metrics["recall@1"] == 1.0  # every query is in the catalog: its own picture names it
+
+
+def test_feedback_moves_the_ranking_toward_liked_and_away_from_disliked(tmp_path):
+    from recommender.recommend import look_alikes, refine
+
+    rows = [("a0", "a", unit(1.0, 0.0, 0.0)), ("a1", "a", unit(0.95, 0.3, 0.0)), ("b0", "b", unit(0.6, 0.8, 0.0)),
+            ("b1", "b", unit(0.5, 0.85, 0.1)), ("c0", "c", unit(0.6, 0.0, 0.8))]
+    index = crafted_index(tmp_path, rows)
+    query = unit(1.0, 0.1, 0.05)
+    first = [m.item.id for m in index.search(query, k=5)]
+    assert first[:2] == ["a0", "a1"] and first.index("b1") > first.index("c0")
+    liked = [m.item.id for m in index.search(refine(query, index, liked=["b0", "b1"]), k=5)]
+    assert liked.index("b0") < first.index("b0") and liked.index("b1") < liked.index("c0")  # toward the liked
+    assert [m.item.id for m in index.search(refine(query, index, liked=["b0"], weights=(1, 3, 0)), k=2)] == [
+        "b0", "b1"]
+    away = refine(query, index, disliked=["a0"])
+    assert float(away @ index.vector("a0")) < float(query @ index.vector("a0"))  # away from the disliked
+    assert refine(query, index) is not query and np.allclose(refine(query, index), query)
+    picture = tmp_path / "a0.png"
+    ids = [m.item.id for m in look_alikes(picture, index, k=5, disliked=["a0"])]
+    assert "a0" not in ids and len(ids) == 4
+    answer = identify(picture, index, liked=["c0"], disliked=["a0"])
+    assert "a0" not in [m.item.id for m in answer.matches]
+    with pytest.raises(RecommenderError, match="no item with id 'zz'"):
+        refine(query, index, liked=["zz"])
+
+
+def test_feedback_from_the_command_line(shapes, labeled_catalog):
+    runner = CliRunner()
+    query = str(labeled_catalog / "red-circle" / "0.png")
+    plain = json.loads(runner.invoke(cli, ["search", query, "--index", "shapes", "--json", "-k", "12"]).stdout)
+    assert plain[0]["id"] == "red-circle/0.png"
+    out = runner.invoke(cli, ["search", query, "--index", "shapes", "--json", "-k", "12", "--dislike",
+                              "red-circle/0.png", "--like", "blue-triangle/1.png"])
+    moved = json.loads(out.stdout)
+    assert "red-circle/0.png" not in [m["id"] for m in moved] and len(moved) == 11
+    rank = {m["id"]: m["rank"] for m in moved}
+    before = {m["id"]: m["rank"] for m in plain}
+    assert rank["blue-triangle/1.png"] < before["blue-triangle/1.png"]
+    bad = runner.invoke(cli, ["search", query, "--index", "shapes", "--like", "nope.png"])
+    assert bad.exit_code == 1 and "no item with id 'nope.png'" in bad.stderr
