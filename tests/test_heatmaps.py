@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import SHAPES, draw_shape, make_labeled_catalog
 from PIL import Image
 
 from recommender import heatmaps
 from recommender.build import build_index
+from recommender.cli import cli
 from recommender.errors import ModelError, RecommenderError
 from recommender.heatmaps import catalog_heatmap, explain, has_spatial_features, similarity_matrix
 from recommender.index import Index
@@ -192,3 +194,38 @@ def test_backbone_without_spatial_features(labeled: Index, index_dir: Path) -> N
         explain(draw_shape("circle", (220, 30, 30), seed=3), index.items[0], index)
     # The similarity matrix needs no spatial features.
     assert similarity_matrix(index, limit=4).matrix.shape == (4, 4)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("name", ["labeled", "flat"])
+def test_cli_writes_pngs(labeled: Index, unlabeled: Index, index_dir: Path, tmp_path: Path, name: str) -> None:
+    runner = CliRunner()
+    heat = tmp_path / "heat.png"
+    args = ["--index-dir", str(index_dir), "heatmap", "--index", name, "--features", "5", "--limit", "9",
+            "--out", str(heat)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert heat.read_bytes().startswith(PNG) and "9 items" in result.output
+    query = tmp_path / "query.png"
+    draw_shape("triangle", (40, 60, 220), seed=9).save(query)
+    pic = tmp_path / "explain.png"
+    result = runner.invoke(cli, ["--index-dir", str(index_dir), "explain", str(query), "--index", name, "--rank", "2",
+                                 "--out", str(pic)])
+    assert result.exit_code == 0, result.output
+    assert pic.read_bytes().startswith(PNG) and "#2" in result.output
+
+
+def test_cli_errors_are_one_line(labeled: Index, index_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--index-dir", str(index_dir)]
+    result = runner.invoke(cli, [*base, "heatmap", "--index", "labeled", "--labels", "nope", "--out",
+                                 str(tmp_path / "x.png")])
+    assert result.exit_code == 1 and "unknown label(s) 'nope'" in result.output
+    assert "Traceback" not in result.output
+    query = tmp_path / "q.png"
+    draw_shape("circle", (220, 30, 30), seed=1).save(query)
+    result = runner.invoke(cli, [*base, "explain", str(query), "--index", "labeled", "--rank", "99", "--out",
+                                 str(tmp_path / "y.png")])
+    assert result.exit_code == 1 and "--rank 12" in result.output
