@@ -137,6 +137,10 @@ def test_explain_shapes_and_ranges(labeled: Index, tmp_path: Path) -> None:
     assert e.match_overlay.size == (200, 200) == e.match_heat.shape[::-1]
     assert e.image.width >= e.query_overlay.width + e.match_overlay.width and e.image.height > 200
     assert e.rank == 1 and e.item == match.item and e.peak >= 0
+    # detail=2: the model sees pictures twice as large, for a grid twice as fine; the panels do not change.
+    fine = explain(query, match.item, labeled, size=200, detail=2, pairs=0)
+    assert fine.query_map.shape == (2 * grid, 2 * grid) and fine.query_overlay.size == e.query_overlay.size
+    assert fine.pairs == [] and fine.rank is None
     assert len(e.pairs) <= 5
     for pair in e.pairs:
         assert 0 <= pair.query_xy[0] <= 120 and 0 <= pair.query_xy[1] <= 90
