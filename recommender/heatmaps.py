@@ -115,10 +115,10 @@ class SimilarityMatrix:
     `image` is the drawn heatmap when one was drawn (`catalog_heatmap`), else None.
     """
 
-    matrix: np.ndarray  # (M, M) float32 cosine similarities, rows and columns in display order
+    matrix: np.ndarray = field(repr=False)  # (M, M) float32 cosine similarities, rows and columns in display order
     labels: list[str]  # (M,) tick labels in display order: item label, else its id; "query" for the query
     ids: list[str | None]  # (M,) item ids in display order; None for the query
-    order: np.ndarray  # (M,) int: display position -> position in the selection before clustering
+    order: np.ndarray = field(repr=False)  # (M,) int: display position -> position in the selection before clustering
     features: int | None  # principal components used, None for the raw embeddings
     explained: float | None  # fraction of the catalog's variance those components hold
     dim: int  # dimensions of the raw embeddings
@@ -506,12 +506,12 @@ class Explanation:
     image: Image.Image = field(repr=False)
     query_overlay: Image.Image = field(repr=False)
     match_overlay: Image.Image = field(repr=False)
-    query_map: np.ndarray  # (Hq, Wq) float32 in [0, 1], per patch of the query
-    match_map: np.ndarray  # (Hm, Wm) float32 in [0, 1], per patch of the item
+    query_map: np.ndarray = field(repr=False)  # (Hq, Wq) float32 in [0, 1], per patch of the query
+    match_map: np.ndarray = field(repr=False)  # (Hm, Wm) float32 in [0, 1], per patch of the item
     query_heat: np.ndarray = field(repr=False)  # (h, w) float32 in [0, 1]: query_map upsampled onto its panel
     match_heat: np.ndarray = field(repr=False)  # (h, w) float32 in [0, 1], the same for the item's panel
     peak: float = 0.0
-    pairs: list[PatchPair] = field(default_factory=list)
+    pairs: list[PatchPair] = field(default_factory=list, repr=False)
     item: Item | None = None
     rank: int | None = None
     score: float | None = None
@@ -586,7 +586,7 @@ def explain(
 
     a = fq.reshape(-1, fq.shape[-1])  # (Pq, C) unit rows
     b = fm.reshape(-1, fm.shape[-1])  # (Pm, C)
-    sim = a @ b.T  # (Pq, Pm) patch-to-patch cosines
+    sim = np.clip(a @ b.T, -1.0, 1.0)  # (Pq, Pm) patch-to-patch cosines (float16 storage can overshoot 1)
     sim[~q_valid.ravel(), :] = -np.inf  # padding is not part of either picture
     sim[:, ~m_valid.ravel()] = -np.inf
     best_q, best_m = sim.max(axis=1), sim.max(axis=0)  # (Pq,), (Pm,)

@@ -11,6 +11,7 @@ from conftest import SHAPES, draw_shape, make_labeled_catalog
 from PIL import Image
 
 from recommender import heatmaps
+from recommender.backbones import load_backbone
 from recommender.build import build_index
 from recommender.cli import cli
 from recommender.errors import ModelError, RecommenderError
@@ -194,6 +195,7 @@ def test_backbone_without_spatial_features(labeled: Index, index_dir: Path) -> N
     index = Index.load("histogram", index_dir=index_dir)
     assert not has_spatial_features(index.backbone())
     assert has_spatial_features(labeled.backbone())
+    assert has_spatial_features(load_backbone(f"{labeled.manifest['backbone']['model']}+colour-histogram"))
     with pytest.raises(ModelError, match="no spatial features"):
         explain(draw_shape("circle", (220, 30, 30), seed=3), index.items[0], index)
     # The similarity matrix needs no spatial features.
