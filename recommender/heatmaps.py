@@ -519,6 +519,18 @@ class Explanation:
     def save(self, path: str | os.PathLike) -> Path:
         return _save_png(self.image, path)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no pictures): the item, scores and the pairs in picture pixels."""
+        return {
+            "rank": self.rank,
+            "id": self.item.id if self.item else None,
+            "label": self.item.label if self.item else None,
+            "score": None if self.score is None else round(self.score, 6),
+            "peak": round(self.peak, 6),
+            "pairs": [{"query_xy": [round(v, 1) for v in p.query_xy], "match_xy": [round(v, 1) for v in p.match_xy],
+                       "similarity": round(p.similarity, 4)} for p in self.pairs],
+        }
+
 
 def has_spatial_features(backbone: Backbone) -> bool:
     """Whether `explain` works with this backbone (DINOv2 and the CNN do; the colour histogram does not)."""

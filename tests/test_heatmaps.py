@@ -142,7 +142,7 @@ def test_explain_shapes_and_ranges(labeled: Index, tmp_path: Path) -> None:
     fine = explain(query, match.item, labeled, size=200, detail=2, pairs=0)
     assert fine.query_map.shape == (2 * grid, 2 * grid) and fine.query_overlay.size == e.query_overlay.size
     assert fine.pairs == [] and fine.rank is None
-    assert len(e.pairs) <= 5
+    assert len(e.pairs) <= 5 and len(e.to_dict()["pairs"]) == len(e.pairs)
     for pair in e.pairs:
         assert 0 <= pair.query_xy[0] <= 120 and 0 <= pair.query_xy[1] <= 90
         assert 0 <= pair.match_xy[0] <= 96 and 0 <= pair.match_xy[1] <= 96
