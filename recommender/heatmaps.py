@@ -10,7 +10,7 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,16 @@ class _LRU:
 # Patch features are kept as float16: half the memory, and overlays do not need more precision.
 _FEATURES = _LRU(96 << 20)
 _PCA_CACHE = _LRU(64 << 20)
+
+
+def _cached(key: Hashable, compute: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+    """`compute()` once per key in the in-memory cache; a None answer is remembered too."""
+    value = _FEATURES.get(key)
+    if value is None:
+        value = compute()
+        value = np.zeros(0, dtype=np.float32) if value is None else value  # the LRU cannot hold None
+        _FEATURES.put(key, value)
+    return None if value.size == 0 else value
 
 
 def clear_caches() -> None:
@@ -586,13 +596,16 @@ def explain(
 
     query_img = load_image(query, max_side=DECODE_MAX_SIDE)
     match_img = load_image(index.path_of(item), name=item.path, max_side=DECODE_MAX_SIDE)
-    fq, fm, ref = _features(part, index, item, query_img, match_img, disk_cache=disk_cache)
+    # Names of the two pictures for the caches: the query by its pixels, the item by its file's sha256.
+    q_id = ("pixels", _pixels_key(query_img))
+    m_id = ("item", index.name, _item_key(index, item))
+    fq, fm, ref = _features(part, index, item, query_img, match_img, q_id, m_id, disk_cache=disk_cache)
 
     q_view, m_view = _View.of(query_img, part), _View.of(match_img, part)
     q_valid, m_valid = q_view.valid(fq.shape[:2]), m_view.valid(fm.shape[:2])  # (Hq, Wq), (Hm, Wm) bool
     # (Hq, Wq), (Hm, Wm) share of each patch that shows the object; all ones unless the background is plain
-    q_fg = _foreground_share(query_img, q_view, fq.shape[:2], part) if mask_background else None
-    m_fg = _foreground_share(match_img, m_view, fm.shape[:2], part) if mask_background else None
+    q_fg = _foreground_share(query_img, q_id, q_view, fq.shape[:2], part) if mask_background else None
+    m_fg = _foreground_share(match_img, m_id, m_view, fm.shape[:2], part) if mask_background else None
     q_share = _object_share(q_valid, q_fg).ravel()  # (Pq,) in [0, 1]: 0 on padding and plain background
     m_share = _object_share(m_valid, m_fg).ravel()  # (Pm,)
 
@@ -620,8 +633,8 @@ def explain(
     ]
 
     lut = _colour_table(cmap)
-    q_panel, q_heat = _overlay(query_img, q_map, q_view, size, lut, alpha, mask=mask_background)
-    m_panel, m_heat = _overlay(match_img, m_map, m_view, size, lut, alpha, mask=mask_background)
+    q_panel, q_heat = _overlay(query_img, q_map, q_view, size, lut, alpha, mask=q_id if mask_background else None)
+    m_panel, m_heat = _overlay(match_img, m_map, m_view, size, lut, alpha, mask=m_id if mask_background else None)
     title = f"#{rank} " if rank else ""
     title += _tick(item, 40) + (f"   cosine {score:.3f}" if score is not None else "")
     image = _compose(q_panel, m_panel, pair_list, query_img.size, match_img.size, lut, "query", title,
@@ -690,8 +703,9 @@ def _background_colour(image: Image.Image) -> tuple[int, int, int]:
     return tuple(c if c < 248 else 255 for c in colour)  # type: ignore[return-value]
 
 
-def _features(part: Backbone, index: Index, item: Item, query: Image.Image, match: Image.Image, *,
-              disk_cache: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _features(part: Backbone, index: Index, item: Item, query: Image.Image, match: Image.Image,
+              q_id: tuple[str, ...], m_id: tuple[str, ...], *, disk_cache: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Hq, Wq, C) query, (Hm, Wm, C) item and (R, C) plain-background patch features, float32.
 
     Whatever is not cached is computed in one model call.
@@ -699,8 +713,8 @@ def _features(part: Backbone, index: Index, item: Item, query: Image.Image, matc
     pkey = _part_key(part)
     colours = dict.fromkeys([(255, 255, 255), _background_colour(query), _background_colour(match)])
     keys = {
-        "query": ("query", pkey, _pixels_key(query)),
-        "item": ("item", pkey, index.name, _item_key(index, item)),
+        "query": (*q_id, pkey),
+        "item": (*m_id, pkey),
         **{c: ("plain", pkey, c) for c in colours},
     }
     found = {name: _FEATURES.get(key) for name, key in keys.items()}
@@ -799,16 +813,21 @@ def _foreground(image: Image.Image) -> np.ndarray | None:
     return ~np.isin(regions, touching[touching > 0])
 
 
-def _foreground_share(image: Image.Image, view: _View, grid: tuple[int, int], part: Backbone) -> np.ndarray | None:
+def _foreground_share(image: Image.Image, image_id: tuple[str, ...], view: _View, grid: tuple[int, int],
+                      part: Backbone) -> np.ndarray | None:
     """(H, W) share of each patch of the model's input that shows the object, or None (no plain background)."""
     from .images import fit_square
 
-    square = fit_square(image, view.side, fit=getattr(part, "fit", "pad"))  # what the model saw, S x S
-    objects = _foreground(square)
-    if objects is None:
-        return None
-    share = Image.fromarray(objects.astype(np.uint8) * 255).resize(grid[::-1], Image.Resampling.BOX)
-    return np.asarray(share, dtype=np.float32) / 255.0
+    fit = getattr(part, "fit", "pad")
+
+    def compute() -> np.ndarray | None:
+        objects = _foreground(fit_square(image, view.side, fit=fit))  # on what the model saw, S x S
+        if objects is None:
+            return None
+        share = Image.fromarray(objects.astype(np.uint8) * 255).resize(grid[::-1], Image.Resampling.BOX)
+        return np.asarray(share, dtype=np.float32) / 255.0
+
+    return _cached((*image_id, "share", view.side, fit, grid), compute)
 
 
 def _object_share(valid: np.ndarray, share: np.ndarray | None) -> np.ndarray:
@@ -873,10 +892,11 @@ class _View:
 
 
 def _overlay(image: Image.Image, grid_map: np.ndarray, view: _View, height: int, lut: np.ndarray,
-             alpha: float, *, mask: bool) -> tuple[Image.Image, np.ndarray]:
+             alpha: float, *, mask: tuple[str, ...] | None) -> tuple[Image.Image, np.ndarray]:
     """The picture at panel size with the map upsampled smoothly onto it; returns (panel, (h, w) heat).
 
-    With `mask`, the heat is cut to the object where the picture has a plain light background.
+    With `mask` (the picture's cache name), the heat is cut to the object where the picture has a
+    plain light background.
     """
     w, h = view.panel_size(height)
     src_w = view.source[2] - view.source[0]
@@ -890,12 +910,19 @@ def _overlay(image: Image.Image, grid_map: np.ndarray, view: _View, height: int,
     box = (x0 * gw / view.side, y0 * gh / view.side, x1 * gw / view.side, y1 * gh / view.side)
     heat_img = Image.fromarray(grid_map.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BICUBIC, box=box)
     heat = np.clip(np.asarray(heat_img, dtype=np.float32), 0.0, 1.0)  # (h, w); bicubic may overshoot
-    if mask:
-        objects = _foreground(picture)  # (h, w) bool, or None when the background is not plain
-        if objects is not None:
+    if mask is not None:
+
+        def soft_mask() -> np.ndarray | None:
+            objects = _foreground(picture)  # (h, w) bool, or None when the background is not plain
+            if objects is None:
+                return None
             # A slightly blurred mask gives the overlay soft, anti-aliased edges on the outline.
             soft = Image.fromarray(objects.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(1.2))
-            heat = heat * (np.asarray(soft, dtype=np.float32) / 255.0)
+            return np.asarray(soft, dtype=np.float32) / 255.0  # (h, w) in [0, 1]
+
+        cut = _cached((*mask, "mask", w, h, view.source), soft_mask)
+        if cut is not None:
+            heat = heat * cut
     level = np.round(heat * 255).astype(np.uint8)  # (h, w)
     colours = Image.fromarray(lut[level])  # (h, w, 3) colour-mapped heat
     # The picture mostly in grey under the heat: its shapes stay readable, the heat's colours stay unmixed.
