@@ -276,5 +276,57 @@ def _spec_text(spec: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in spec.items() if k != "model")
 
 
+@cli.command("heatmap")
+@_index_option
+@click.option("--features", default="all", show_default=True, metavar="K",
+              help="Cosines on the first K principal components of the catalog (1, 5, 10, ...) or 'all' dimensions.")
+@click.option("--labels", default=None, metavar="A,B,C", help="Show items of these labels (comma-separated).")
+@click.option("--query", "query", default=None, type=click.Path(exists=False), metavar="IMAGE",
+              help="Show this picture and its nearest items instead.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many items [default: 40].")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.pass_context
+def heatmap_cmd(ctx: click.Context, index_name: str | None, features: str, labels: str | None, query: str | None,
+                limit: int | None, out: str) -> None:
+    """Draw the cosine-similarity matrix of catalog items, clustered so look-alikes form blocks."""
+    from .heatmaps import DEFAULT_LIMIT, catalog_heatmap
+    from .index import Index
+
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    chosen = [name.strip() for name in labels.split(",") if name.strip()] if labels else None
+    sim = catalog_heatmap(index, features=features, labels=chosen, query=query, limit=limit or DEFAULT_LIMIT,
+                          out=out)
+    click.echo(f"wrote {out}: {len(sim.labels)} items of {index.name!r}, {sim.description}")
+
+
+@cli.command("explain")
+@click.argument("image", type=click.Path(exists=False))
+@_index_option
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which match to explain (1 = the best).")
+@click.option("--pairs", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Mutually closest patch pairs to draw as lines.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.pass_context
+def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: int, pairs: int, out: str) -> None:
+    """Show where IMAGE and one of its matches look alike: query | match, side by side with overlays."""
+    from .heatmaps import explain
+    from .images import load_image
+    from .index import Index
+    from .recommend import look_alikes
+
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    backbone = index.backbone()
+    picture = load_image(image)  # read once for both the search and the overlays
+    matches = look_alikes(picture, index, k=rank, backbone=backbone)
+    if len(matches) < rank:
+        raise RecommenderError(f"index {index.name!r} has only {len(matches)} items; choose --rank {len(matches)} "
+                               "or lower")
+    match = matches[rank - 1]
+    explain(picture, match, index, backbone=backbone, pairs=pairs, out=out)
+    click.echo(f"wrote {out}: query vs #{match.rank} {match.label or match.id} (cosine {match.score:.3f})")
+
+
 def main() -> None:
     cli(prog_name="python -m recommender")
