@@ -17,6 +17,7 @@ from PIL import Image
 
 from recommender import RecommenderError, load_image
 from recommender.errors import WebSearchUnavailable
+from recommender.heatmaps import SimilarityMatrix, catalog_heatmap, explain, has_spatial_features
 from recommender.service import Service
 from recommender.websearch import search_media
 
@@ -101,6 +102,17 @@ def links_html(label: str | None, domain: str | None) -> str:
     return f"<div id='links'><div>{thumbs}</div><ul>{items}</ul></div>"
 
 
+def similarity_picture(service: Service, index_name: str, features: str) -> SimilarityMatrix:
+    """The catalog heatmap, drawn once per index version and feature count."""
+    index = service.index(index_name)
+    return _similarity_picture(index, features, index.manifest["files"]["embeddings"])
+
+
+@functools.lru_cache(maxsize=16)
+def _similarity_picture(index: Any, features: str, version: str) -> SimilarityMatrix:
+    return catalog_heatmap(index, features=features)
+
+
 @functools.lru_cache(maxsize=512)
 def thumbnail(path: str) -> Image.Image:
     """A small copy of a catalog picture: served from Gradio's cache, never from the catalog's folder."""
@@ -129,8 +141,8 @@ def build_ui(service: Service) -> gr.Blocks:
             detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
         if isinstance(image, Image.Image):
             detail += f" Searched the part you cropped ({image.width}×{image.height} px)."
-        state = {"query": image if isinstance(image, str) else None, "index": index.name, "label": result.label,
-                 "matches": [{"path": str(m.path), "label": m.label or m.item.id, "score": m.score}
+        state = {"query": image, "index": index.name, "label": result.label,
+                 "matches": [{"id": m.item.id, "path": str(m.path), "label": m.label or m.item.id, "score": m.score}
                              for m in result.matches]}
         return f"{headline}\n\n{detail}", another, gallery, scores, state
 
@@ -171,6 +183,13 @@ def build_ui(service: Service) -> gr.Blocks:
                     overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
                     gr.Markdown("#### Related on the web")
                     links = gr.HTML(elem_id="related")
+        with gr.Tab("Catalog") as catalog_tab:
+            gr.Markdown("How alike the catalog's items are: cosine similarities of a representative set, ordered "
+                        "so that look-alikes form blocks. With fewer features (principal components of the whole "
+                        "catalog) only the broadest traits count; with all of them, the full picture.")
+            features = gr.Radio(["1", "5", "10", "all"], value="all", label="Features", elem_id="features")
+            matrix_note = gr.Markdown(elem_id="matrix-note")
+            matrix = gr.Image(label="Similarity matrix", interactive=False, elem_id="matrix")
         with gr.Tab("Your own catalog"):
             gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
                         "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
@@ -189,7 +208,7 @@ def build_ui(service: Service) -> gr.Blocks:
             return links_html(state.get("label") if state else None, index.domain if index else None)
 
         def to_editor(state: dict[str, Any]) -> Image.Image | None:
-            return load_image(state["query"], max_side=1024) if state.get("query") else gr.skip()
+            return load_image(state["query"], max_side=1024) if state.get("query") is not None else gr.skip()
 
         @user_errors
         def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None) -> tuple[Any, ...]:
@@ -201,7 +220,13 @@ def build_ui(service: Service) -> gr.Blocks:
         @user_errors
         def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
             match = state["matches"][evt.index]
-            return f"**{match['label']}** · {match['score']:.2f}", None, match["path"]
+            index = service.index(state["index"])
+            backbone = service.backbone_for(index)
+            title = f"**{match['label']}** · {match['score']:.2f}"
+            if not has_spatial_features(backbone):
+                return f"{title} (this backbone has no spatial features to show where)", None, match["path"]
+            shown = explain(state["query"], match["id"], index, backbone=backbone)
+            return f"{title}: warm colours mark the regions that match", shown.image, match["path"]
 
         @user_errors
         def more_like_this(path: str | None, k: int, index_name: str | None) -> tuple[Any, ...]:
@@ -224,6 +249,16 @@ def build_ui(service: Service) -> gr.Blocks:
             if fn is not answer_part:
                 done.success(to_editor, inputs=result_state, outputs=editor, api_visibility="private")
         gallery.select(pick, inputs=result_state, outputs=[selected, overlay, chosen], api_visibility="private")
+
+        @user_errors
+        def draw_matrix(count: str, index_name: str | None) -> tuple[Any, ...]:
+            index = service.index(index_name)
+            drawn = similarity_picture(service, index.name, count)
+            return drawn.image, f"**{index.name}**: {len(drawn.labels)} items, similarities on {drawn.description}."
+
+        for event in (catalog_tab.select, features.change):
+            event(draw_matrix, inputs=[features, index_state], outputs=[matrix, matrix_note],
+                  api_visibility="private")
 
         @user_errors
         def choose(name: str) -> tuple[Any, ...]:

@@ -167,6 +167,8 @@ def test_click_a_look_alike_then_more_like_this_and_search_a_part(page):
     page.locator("#gallery img").nth(1).click()
     page.wait_for_function("document.querySelector('#selected').innerText.includes('·')", timeout=30_000)
     picked = page.inner_text("#selected").split("·")[0].strip()
+    page.wait_for_selector("#overlay img", timeout=30_000)  # where the two pictures match
+    assert "warm colours mark the regions that match" in page.inner_text("#selected")
     before = page.inner_text("#answer")
     page.click("#more")
     assert new_answer(page, before).startswith(f"This is {picked} (1.00)")  # that picture, now the query
@@ -176,3 +178,13 @@ def test_click_a_look_alike_then_more_like_this_and_search_a_part(page):
     page.wait_for_function("document.querySelector('#answer').innerText.includes('the part you cropped')",
                            timeout=60_000)
     assert page.inner_text("#answer").strip().startswith(f"This is {picked} (1.00)")  # uncropped: that picture
+
+
+def test_the_catalog_tab_draws_the_similarity_matrix(page):
+    page.click("button[role=tab]:has-text('Catalog')")
+    page.wait_for_selector("#matrix img", timeout=60_000)
+    page.wait_for_function("document.querySelector('#matrix-note').innerText.includes('all')", timeout=30_000)
+    assert "pokemon" in page.inner_text("#matrix-note")
+    page.click("#features label:has-text('5')")
+    page.wait_for_function("document.querySelector('#matrix-note').innerText.includes('5 principal components')",
+                           timeout=60_000)
