@@ -19,7 +19,7 @@ from .errors import (
 )
 from .images import load_image
 from .index import Index, Match, list_indexes
-from .recommend import look_alikes
+from .recommend import Identification, identify, look_alikes, refine
 from .websearch import Link, search_media
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "BuildReport",
     "Catalog",
     "CatalogError",
+    "Identification",
     "ImageError",
     "Index",
     "IndexLoadError",
@@ -40,10 +41,12 @@ __all__ = [
     "RecommenderError",
     "WebSearchUnavailable",
     "build_index",
+    "identify",
     "list_indexes",
     "load_backbone",
     "load_image",
     "look_alikes",
     "read_catalog",
+    "refine",
     "search_media",
 ]
