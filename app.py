@@ -18,6 +18,8 @@ from PIL import Image
 from recommender import RecommenderError, load_image
 from recommender.errors import WebSearchUnavailable
 from recommender.heatmaps import SimilarityMatrix, catalog_heatmap, explain, has_spatial_features
+from recommender.maps import HOVER_SCRIPT, map_figure
+from recommender.recommend import embed_query
 from recommender.service import Service
 from recommender.websearch import search_media
 
@@ -126,10 +128,13 @@ def build_ui(service: Service) -> gr.Blocks:
     examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
 
     @user_errors
-    def answer(image: str | bytes | Image.Image | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+    def answer(image: str | bytes | Image.Image | None, k: int, index_name: str | None, *,
+               liked: list[str] | None = None, disliked: list[str] | None = None) -> tuple[Any, ...]:
         if image is None:
             raise gr.Error("Upload, paste or take a picture first.")
-        result = service.identify(image, index=index_name, k=int(k), name=upload_name(image))
+        liked, disliked = liked or [], disliked or []
+        result = service.identify(image, index=index_name, k=int(k), name=upload_name(image), liked=liked,
+                                  disliked=disliked)
         index = service.index(index_name)
         another = thumbnail(str(result.another_image)) if result.another_image else None
         gallery = [(thumbnail(str(m.path)), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
@@ -141,7 +146,9 @@ def build_ui(service: Service) -> gr.Blocks:
             detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
         if isinstance(image, Image.Image):
             detail += f" Searched the part you cropped ({image.width}×{image.height} px)."
-        state = {"query": image, "index": index.name, "label": result.label,
+        if liked or disliked:
+            detail += f" Steered by your feedback: {len(liked)} more like, {len(disliked)} less like."
+        state = {"query": image, "index": index.name, "label": result.label, "liked": liked, "disliked": disliked,
                  "matches": [{"id": m.item.id, "path": str(m.path), "label": m.label or m.item.id, "score": m.score}
                              for m in result.matches]}
         return f"{headline}\n\n{detail}", another, gallery, scores, state
@@ -179,7 +186,11 @@ def build_ui(service: Service) -> gr.Blocks:
                     with gr.Row():
                         selected = gr.Markdown("Click a look-alike to see where it matches your picture.",
                                                elem_id="selected")
-                        more = gr.Button("More like this", elem_id="more", size="sm")
+                    with gr.Row():
+                        like = gr.Button("👍 More like this", elem_id="like", size="sm")
+                        dislike = gr.Button("👎 Less like this", elem_id="dislike", size="sm")
+                        reset = gr.Button("Reset feedback", elem_id="reset", size="sm")
+                        more = gr.Button("Search with this one", elem_id="more", size="sm")
                     overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
                     gr.Markdown("#### Related on the web")
                     links = gr.HTML(elem_id="related")
@@ -190,6 +201,12 @@ def build_ui(service: Service) -> gr.Blocks:
             features = gr.Radio(["1", "5", "10", "all"], value="all", label="Features", elem_id="features")
             matrix_note = gr.Markdown(elem_id="matrix-note")
             matrix = gr.Image(label="Similarity matrix", interactive=False, elem_id="matrix")
+            gr.Markdown("#### The catalog map\nEvery item placed by the catalog's two main axes of variation; "
+                        "your last picture is the star. Hover a point to see it.")
+            with gr.Row():
+                color_by = gr.Dropdown(["label"], value="label", label="Colour by", elem_id="color-by")
+                draw_map = gr.Button("Draw the map", elem_id="draw-map")
+            catalog_plot = gr.Plot(label="Catalog map", elem_id="catalog-map")
         with gr.Tab("Your own catalog"):
             gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
                         "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
@@ -226,13 +243,30 @@ def build_ui(service: Service) -> gr.Blocks:
             if not has_spatial_features(backbone):
                 return f"{title} (this backbone has no spatial features to show where)", None, match["path"]
             shown = explain(state["query"], match["id"], index, backbone=backbone)
-            return f"{title}: warm colours mark the regions that match", shown.image, match["path"]
+            return f"{title}: warm colours mark the regions that match", shown.image, match
 
         @user_errors
-        def more_like_this(path: str | None, k: int, index_name: str | None) -> tuple[Any, ...]:
-            if not path:
+        def search_with(match: dict[str, Any] | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+            if not match:
                 raise gr.Error("Click a look-alike first.")
-            return (thumbnail(path), *answer(path, k, index_name))
+            return (thumbnail(match["path"]), *answer(match["path"], k, index_name))
+
+        def feedback(kind: str) -> Callable[..., tuple[Any, ...]]:
+            @user_errors
+            def steer(state: dict[str, Any], match: dict[str, Any] | None, k: int) -> tuple[Any, ...]:
+                if not state or state.get("query") is None:
+                    raise gr.Error("Search a picture first.")
+                liked, disliked = [], []
+                if kind != "reset":
+                    if not match:
+                        raise gr.Error("Click a look-alike first.")
+                    # An item is liked or disliked, never both: the latest click wins.
+                    liked = [i for i in state.get("liked", []) if i != match["id"]]
+                    disliked = [i for i in state.get("disliked", []) if i != match["id"]]
+                    (liked if kind == "like" else disliked).append(match["id"])
+                return answer(state["query"], k, state["index"], liked=liked, disliked=disliked)
+
+            return steer
 
         outputs = [message, another, gallery, scores, result_state]
         chosen = gr.State(None)  # the look-alike clicked last
@@ -240,13 +274,16 @@ def build_ui(service: Service) -> gr.Blocks:
             (search.click, answer, [query, k, index_state], outputs),
             (query.upload, answer, [query, k, index_state], outputs),
             (crop_search.click, answer_part, [editor, k, index_state], outputs),
-            (more.click, more_like_this, [chosen, k, index_state], [query, *outputs]),
+            (more.click, search_with, [chosen, k, index_state], [query, *outputs]),
+            (like.click, feedback("like"), [result_state, chosen, k], outputs),
+            (dislike.click, feedback("dislike"), [result_state, chosen, k], outputs),
+            (reset.click, feedback("reset"), [result_state, chosen, k], outputs),
         ]
         for event, fn, inputs, outs in searches:
             # Links come after the answer, so the answer never waits for the web.
             done = event(fn, inputs=inputs, outputs=outs, api_visibility="private")
             done.success(related, inputs=result_state, outputs=links, api_visibility="private")
-            if fn is not answer_part:
+            if fn in (answer, search_with):
                 done.success(to_editor, inputs=result_state, outputs=editor, api_visibility="private")
         gallery.select(pick, inputs=result_state, outputs=[selected, overlay, chosen], api_visibility="private")
 
@@ -255,6 +292,23 @@ def build_ui(service: Service) -> gr.Blocks:
             index = service.index(index_name)
             drawn = similarity_picture(service, index.name, count)
             return drawn.image, f"**{index.name}**: {len(drawn.labels)} items, similarities on {drawn.description}."
+
+        @user_errors
+        def plot_map(column: str, index_name: str | None, state: dict[str, Any]) -> Any:
+            index = service.index(index_name)
+            query = None
+            if state and state.get("query") is not None and state.get("index") == index.name:
+                query = embed_query(state["query"], index, backbone=service.backbone_for(index))
+            return map_figure(index, color_by=column or "label", query=query)
+
+        def columns(index_name: str | None) -> Any:
+            index = service.index(index_name)
+            names = ["label", *sorted({k for item in index.items[:1000] for k in item.metadata})]
+            return gr.Dropdown(choices=names, value="view" if "view" in names else "label")
+
+        catalog_tab.select(columns, inputs=index_state, outputs=color_by, api_visibility="private")
+        draw_map.click(plot_map, inputs=[color_by, index_state, result_state], outputs=catalog_plot,
+                       api_visibility="private")
 
         for event in (catalog_tab.select, features.change):
             event(draw_matrix, inputs=[features, index_state], outputs=[matrix, matrix_note],
@@ -312,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_ui(service)
     demo.queue(default_concurrency_limit=max(1, (os.cpu_count() or 2) // 2), max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
+                head=f"<script>{HOVER_SCRIPT.replace('ROOT', repr('#catalog-map'))}</script>",
                 allowed_paths=[str(EXAMPLES)], show_error=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -270,5 +271,7 @@ def _progress(total: int, desc: str, *, enabled: bool) -> Any:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=True)
+    # In a log file (a Space's build log, CI) a line every 10 s is plenty; on a terminal, redraw smoothly.
+    interval = 0.2 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=True, mininterval=interval)
 

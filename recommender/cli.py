@@ -208,6 +208,25 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, queries: str, as_js
         click.echo(f"skipped {skip}", err=True)
 
 
+@cli.command("map")
+@_index_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="map.html (interactive) or map.png.")
+@click.option("--color-by", default="label", show_default=True, metavar="COLUMN",
+              help="Colour points by label or any metadata column.")
+@click.option("--query", "query_image", type=click.Path(exists=False), default=None,
+              help="Place this picture on the map.")
+@click.pass_context
+def map_cmd(ctx: click.Context, index_name: str | None, out: str, color_by: str, query_image: str | None) -> None:
+    """Draw the whole catalog in 2-D (principal axes), optionally with a query placed on it."""
+    from .index import Index
+    from .maps import write_map
+    from .recommend import embed_query
+
+    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    query = embed_query(query_image, index) if query_image else None
+    click.echo(f"wrote {write_map(index, out, color_by=color_by, query=query)}")
+
+
 @cli.command("info")
 @_index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")

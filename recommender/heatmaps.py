@@ -214,7 +214,7 @@ def similarity_matrix(
 
     explained = None
     if k is not None:
-        pca = _pca(index)
+        pca = principal_components(index)
         k = min(k, len(pca.variance))
         # (M, K): centred projections on the first K principal axes
         vectors = (vectors - pca.mean) @ pca.components[:k].T
@@ -448,13 +448,15 @@ def _groups(index: Index, limit: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _PCA:
+class PrincipalComponents:
+    """The catalog's principal axes (the heatmap's `features=K` and the 2-D map both use them)."""
+
     mean: np.ndarray  # (D,) float32 catalog mean
     components: np.ndarray  # (R, D) float32 principal axes, by decreasing variance
     variance: np.ndarray  # (R,) float64 variance along each axis
 
 
-def _pca(index: Index) -> _PCA:
+def principal_components(index: Index) -> PrincipalComponents:
     """PCA of the whole catalog's embeddings, computed once per index version and cached."""
     key = (str(index.folder.resolve()), index.manifest["files"]["embeddings"])
     cached = _PCA_CACHE.get(key)
@@ -483,8 +485,8 @@ def _pca(index: Index) -> _PCA:
     keep = variance > max(float(variance.max()), 1e-30) * 1e-9  # drop axes with no variance at all
     if not keep.any():
         raise RecommenderError(f"index {index.name!r}: all embeddings are identical, nothing to decompose")
-    pca = _PCA(mean=mean.astype(np.float32), components=np.ascontiguousarray(axes[keep], dtype=np.float32),
-               variance=variance[keep])
+    pca = PrincipalComponents(mean=mean.astype(np.float32),
+                              components=np.ascontiguousarray(axes[keep], dtype=np.float32), variance=variance[keep])
     _PCA_CACHE.put(key, pca, nbytes=pca.components.nbytes)
     return pca
 

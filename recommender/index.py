@@ -206,6 +206,15 @@ class Index:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
+    def derived_file(self, kind: str, suffix: str) -> Path:
+        """Where to cache something computed from this version of the index (e.g. its 2-D map).
+
+        The name carries the embeddings file's stamp, so a rebuild makes it stale, and the next
+        write of the index removes it.
+        """
+        stamp = self.manifest["files"]["embeddings"].removeprefix("embeddings-").removesuffix(".safetensors")
+        return self.folder / f"derived-{kind}-{stamp}{suffix}"
+
     def path_of(self, item: Item) -> Path:
         return (self.root / item.path).resolve()
 
@@ -357,8 +366,8 @@ def write_index(
         tag = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         emb_name, items_name = f"embeddings-{tag}.safetensors", f"items-{tag}.json"
         data = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
-        emb_sha = _write_atomic(folder / emb_name, _safetensors_bytes("embeddings", data))
-        items_sha = _write_atomic(folder / items_name, json.dumps(_encode_items(items), ensure_ascii=False).encode())
+        emb_sha = write_atomic(folder / emb_name, _safetensors_bytes("embeddings", data))
+        items_sha = write_atomic(folder / items_name, json.dumps(_encode_items(items), ensure_ascii=False).encode())
         manifest = {
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
@@ -380,13 +389,13 @@ def write_index(
             "stats": dict(stats or {}),
             "calibration": dict(calibration or {}),
         }
-        _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
         _fsync_dir(folder)
         _remove_stale(folder, keep={MANIFEST, emb_name, items_name, ".lock"})
     return manifest
 
 
-def _write_atomic(path: Path, data: bytes) -> str:
+def write_atomic(path: Path, data: bytes) -> str:
     """Write to a temporary name, flush to disk, then rename over `path`; returns the sha256."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
     try:
@@ -414,7 +423,7 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
     # Files of earlier versions and temporaries of crashed builds; a concurrent build holds the lock.
     for path in folder.iterdir():
         if path.is_file() and path.name not in keep and (
-            path.name.startswith(("embeddings-", "items-")) or path.name.endswith(".tmp")
+            path.name.startswith(("embeddings-", "items-", "derived-")) or path.name.endswith(".tmp")
         ):
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,10 +143,11 @@ class Service:
     def indexes(self) -> list[str]:
         return list_indexes(self.index_dir)
 
-    def identify(self, image: ImageSource, *, index: str | None = None, k: int = 8,
-                 name: str | None = None) -> Identification:
+    def identify(self, image: ImageSource, *, index: str | None = None, k: int = 8, name: str | None = None,
+                 liked: Sequence[str] = (), disliked: Sequence[str] = ()) -> Identification:
         chosen = self.index(index)
-        return identify(image, chosen, k=k, backbone=self.backbone_for(chosen), name=name)
+        return identify(image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked,
+                        disliked=disliked)
 
     def build_upload(self, archive: str | Path, name: str, *, progress: bool = True,
                      on_extracted: Callable[[list[Skip]], None] | None = None) -> BuildReport:

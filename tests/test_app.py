@@ -188,3 +188,42 @@ def test_the_catalog_tab_draws_the_similarity_matrix(page):
     page.click("#features label:has-text('5')")
     page.wait_for_function("document.querySelector('#matrix-note').innerText.includes('5 principal components')",
                            timeout=60_000)
+
+
+def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
+    ask(page, PIKACHU)
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
+    first = page.inner_text("#gallery")
+    page.locator("#gallery img").nth(0).click()  # Pikachu itself
+    page.wait_for_selector("#overlay img", timeout=30_000)
+    page.click("#dislike")
+    page.wait_for_function("document.querySelector('#answer').innerText.includes('1 less like')", timeout=60_000)
+    assert not page.inner_text("#answer").strip().startswith("This is Pikachu (1.00)")  # left out now
+    picked = page.inner_text("#selected")
+    page.locator("#gallery img").nth(2).click()
+    page.wait_for_function("p => document.querySelector('#selected').innerText !== p", arg=picked, timeout=30_000)
+    page.click("#like")
+    page.wait_for_function("document.querySelector('#answer').innerText.includes('1 more like, 1 less like')",
+                           timeout=60_000)
+    page.click("#reset")
+    page.wait_for_function("!document.querySelector('#answer').innerText.includes('feedback')", timeout=60_000)
+    page.wait_for_function("t => document.querySelector('#gallery').innerText === t", arg=first, timeout=30_000)
+
+
+def test_the_catalog_map_shows_the_query_and_thumbnails_on_hover(page):
+    ask(page, PIKACHU)
+    page.click("button[role=tab]:has-text('Catalog')")
+    page.click("#draw-map")
+    page.wait_for_selector("#catalog-map .js-plotly-plot", timeout=60_000)
+    page.locator("#catalog-map").scroll_into_view_if_needed()
+    page.wait_for_function("document.querySelector('#catalog-map .js-plotly-plot').dataset.thumbs === '1'",
+                           timeout=30_000)
+    traces = page.evaluate("document.querySelector('#catalog-map .js-plotly-plot').data.map(t => t.name)")
+    assert traces[-1] == "your picture"
+    x, y = page.evaluate("""() => { const gd = document.querySelector('#catalog-map .js-plotly-plot');
+        const fl = gd._fullLayout, t = gd.data[0], r = gd.getBoundingClientRect();
+        return [r.left + fl._size.l + fl.xaxis.l2p(t.x[0]), r.top + fl._size.t + fl.yaxis.l2p(t.y[0])]; }""")
+    page.mouse.move(x - 3, y - 3)
+    page.mouse.move(x, y)
+    page.wait_for_function("[...document.querySelectorAll('body > img')].some(i => i.style.display === 'block'"
+                           " && i.src.startsWith('data:image/png'))", timeout=10_000)

@@ -237,7 +237,7 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
     _, old = built
     import recommender.index as index_module
 
-    real = index_module._write_atomic
+    real = index_module.write_atomic
 
     def crash_on_manifest(path, data):
         if path.name == "manifest.json":
@@ -246,7 +246,7 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
 
     backbone = load_backbone(str(tiny_model))
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(index_module, "_write_atomic", crash_on_manifest)
+        patch.setattr(index_module, "write_atomic", crash_on_manifest)
         write_index(old.folder, embeddings=np.zeros((1, 32), np.float32), items=old.items[:1], backbone=backbone,
                     catalog={})
     again = Index.load("shapes")
