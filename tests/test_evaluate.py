@@ -258,3 +258,15 @@ def test_bad_input_is_one_clear_line(data, tmp_path, args, message):
     code, _, err = invoke("evaluate", *(a.replace("{tmp}", str(tmp_path)) for a in args))
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], err
+
+
+def test_an_index_as_the_query_set_both_ways(data):
+    build_index(data["catalog"], name="gallery", model="colour-histogram", progress=False)
+    build_index(data["queries"], name="held-out", model="colour-histogram", progress=False)
+    code, out, err = invoke("evaluate", "--index", "gallery", "--query-index", "held-out", "--reverse", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["queries"] == 6 and d["recall@1"] == 1.0 and d["reverse"]["held-out"]["queries"] == 9
+    build_index(data["queries"], name="cnn-less", model="colour-histogram+colour-histogram", progress=False)
+    code, _, err = invoke("evaluate", "--index", "gallery", "--query-index", "cnn-less")
+    assert code == 1 and "built with different backbones" in err
