@@ -187,10 +187,12 @@ def test_all_four_protocols_from_the_cli(data, tiny_model, tmp_path):
         assert img.format == "PNG" and img.width == 6 + 3 * (128 + 6)
         assert img.height > 4 * 2 * 128  # four protocols, two rows each
     # the same run as Markdown tables
-    code, out, _ = invoke("evaluate", "--index", "shapes", "--queries", str(data["queries"]), "--leave-one-out",
-                          "--pairs", str(data["pairs"]), "--outside", str(data["outside"]), "--markdown", "-q")
-    assert code == 0
+    code, out, _ = invoke("evaluate", "--index", "shapes", "--queries", str(data["queries"]), "--reverse",
+                          "--leave-one-out", "--pairs", str(data["pairs"]), "--outside", str(data["outside"]),
+                          "--markdown", "-q", "--worst", "1")
+    assert code == 0, out
     assert "| query set | queries | recall@1 | recall@5 | recall@10 | mAP@5 |" in out
+    assert "### Reverse" in out and "| gallery | queries |" in out and "### Worst 1" in out
     assert "### Leave-one-out" in out and "### Pairs: the true right picture among 20" in out
     assert "| index calibration (5% quantile" in out and "MB" in out and "ms an image" in out
 
@@ -209,7 +211,7 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
     tiny = str(tiny_model)
     models = f"colour-histogram,{tiny},colour-histogram@0.3+{tiny}@0.7,dinov2-small"
     args = ["evaluate", "--catalog", str(data["catalog"]), "--models", models, "--queries", str(data["queries"]),
-            "--leave-one-out", "--outside", str(data["outside"]), "-q"]
+            "--queries", str(data["catalog"]), "--reverse", "--leave-one-out", "--outside", str(data["outside"]), "-q"]
     code, out, err = invoke(*args, "--json")
     assert code == 0, err
     runs = json.loads(out)["models"]
@@ -217,7 +219,9 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
     assert [r["status"] for r in runs[:3]] == ["ok"] * 3
     assert runs[3]["status"].startswith("not run here: facebook/dinov2-small is not in the local cache")
     for run in runs[:3]:
-        assert run["queries"] == 6 and run["leave_one_out"]["queries"] == 9 and run["universe"]["outside"] == 3
+        assert run["sets"]["queries"]["queries"] == 6 and run["queries"] == 6 + 9
+        assert run["leave_one_out"]["queries"] == 9 and run["universe"]["outside"] == 3
+        assert run["reverse"]["queries"]["queries"] == 9
         assert run["index_mb"] > 0 and run["ms_per_image"] > 0
     assert runs[0]["recall@1"] == 1.0  # colour alone names every generated shape
     cache = isolated_folders / "cache" / "evaluation"
@@ -228,15 +232,15 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
         [Image.open(data["catalog"] / hybrid.items[0].path).convert("RGB")])[0]
     assert float(direct @ hybrid.vector(hybrid.items[0].id)) > 0.999
     built = {p.name: p.stat().st_mtime_ns for p in cache.glob("*/manifest.json")}
-    code, out, _ = invoke(*args, "--markdown")  # cached: nothing is built again
+    sheet = tmp_path / "sheet.png"
+    code, out, err = invoke(*args, "--markdown", "--sheet", str(sheet), "--worst", "1")  # cached: nothing is built
     assert code == 0 and {p.name: p.stat().st_mtime_ns for p in cache.glob("*/manifest.json")} == built
     table = out.split("### Query sets")[1]
-    assert "| model | MB | ms/img | queries R@1 | all R@1 | all mAP@5 |" in table
+    assert "| model | MB | ms/img | queries R@1 | shapes R@1 | mean R@1 | all R@1 | all mAP@5 |" in table
+    assert "### Reverse" in out
     assert "| dinov2-small | not run here: facebook/dinov2-small is not in the local cache" in table
     assert f"| colour-histogram@0.3+{tiny}@0.7 |" in table
-    sheet = tmp_path / "sheet.png"
-    code, _, err = invoke(*args, "--sheet", str(sheet), "--worst", "1")
-    assert code == 0 and len(list(tmp_path.glob("sheet-*.png"))) == 3, err  # one per model that ran
+    assert len(list(tmp_path.glob("sheet-*.png"))) == 3, err  # one per model that ran
     assert "sheet-colour-histogram.png" in {p.name for p in tmp_path.glob("sheet-*.png")}
 
 
