@@ -194,7 +194,7 @@ class Evaluation:
     ms_per_image: float | None = None
     group_by: str | None = None
     distribution: dict[str, int] = field(default_factory=dict)  # gallery items per group
-    left_out: int = 0  # leave-one-out: items alone in their label (or unlabeled), which cannot be queried
+    left_out: int = 0  # queries that cannot be answered: alone in their label (leave-one-out), unknown (reverse)
 
     @property
     def queries(self) -> int:
@@ -247,7 +247,7 @@ class Evaluation:
             "ms_per_image": _round(self.ms_per_image, 2),
             "index_mb": round(self.index_mb, 3),
         }
-        if self.protocol == "leave-one-out":
+        if self.protocol in ("leave-one-out", "reverse"):
             out["left_out"] = self.left_out
         if self.group_by is not None:
             out["group_by"] = self.group_by
@@ -288,7 +288,9 @@ def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_
     """Score labeled queries against a labeled gallery: the core of the query-set and leave-one-out protocols.
 
     `leave_one_out`: queries and gallery are the same pictures; each leaves itself out, and items
-    alone in their label (nothing to find) are left out of the metrics and counted.
+    alone in their label (nothing to find) are left out of the metrics and counted. The reverse
+    protocol leaves out queries whose label the gallery lacks: a held-out set rarely covers every
+    catalog label, and those queries would only measure its coverage.
     """
     if not gallery.labeled:
         raise CatalogError(f"index {gallery.name!r} has no labels: naming cannot be evaluated against it")
@@ -307,8 +309,8 @@ def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_
     q_codes = np.array([code.get(item.label, -1) if item.label is not None else -1 for item in queries.items])
     rows = np.arange(len(queries.items))
     left_out = 0
-    if leave_one_out:
-        alone = (q_codes < 0) | (counts[np.maximum(q_codes, 0)] < 2)
+    if leave_one_out or protocol == "reverse":
+        alone = (q_codes < 0) | (counts[np.maximum(q_codes, 0)] < (2 if leave_one_out else 1))
         left_out, rows = int(alone.sum()), rows[~alone]
     groups = [_group_value(item, group_by) for item in queries.items]
     k = max(1, min(map_at, len(gallery.items) - int(leave_one_out)))
@@ -574,6 +576,7 @@ class Decision:
     score: float
     top: Path
     label: str | None
+    set: str = ""
 
 
 @dataclass
@@ -605,7 +608,7 @@ class UniverseEvaluation:
         rows = []
         for d in self.worst(n):
             verdict = "kept" if d.score >= self.threshold else "refused"
-            side = "in catalog" if d.inside else "outside"
+            side = f"{d.set} (in catalog)" if d.inside else f"{d.set} (outside)"
             sign = ">=" if d.score >= self.threshold else "<"
             rows.append(SheetRow(title, ((d.path, f"{side}: {verdict}"),
                                          (d.top, f"{d.label or ''} {d.score:.2f} {sign} {self.threshold:.2f}"))))
@@ -629,7 +632,7 @@ def evaluate_universe(index: Index, inside: Sequence[Vectors], outside: Sequence
                 scores = gallery.scores(vectors.block(rows))
                 best = scores.argmax(axis=1)
                 decisions += [Decision(vectors.path(r), is_inside, float(scores[i, best[i]]), gallery.path(best[i]),
-                                       index.items[best[i]].label) for i, r in enumerate(rows)]
+                                       index.items[best[i]].label, vectors.name) for i, r in enumerate(rows)]
     ins = np.array([d.score for d in decisions if d.inside])
     outs = np.array([d.score for d in decisions if not d.inside])
     calibration = index.calibration
@@ -1158,7 +1161,8 @@ def _markdown(report: Report, worst: int) -> str:
         if any(run.pooled.group_by for run in done if run.pooled):
             out += _group_tables(runs, lambda r: r.pooled, f"Query sets by {plan.group_by}", k)
     if any(run.reverse for run in done):
-        out.append("### Reverse: gallery items as queries against each query set")
+        out.append("### Reverse: gallery items as queries against each query set (items whose label the set "
+                   "lacks are left out)")
         names = list(next(run.reverse for run in done if run.reverse))
         if single:
             out.append(_md_table(["gallery", "queries", *metrics],

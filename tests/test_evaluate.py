@@ -80,6 +80,8 @@ def test_query_set_metrics_on_hand_made_vectors(tmp_path):
     assert e.unknown_labels == ["z"] and e.results[0].predicted == "b"
     assert e.results[0].top.name == "g2.png" and e.results[0].correct.name == "g1.png"
     assert e.to_dict()["mAP@5"] == 0.5
+    reverse = retrieve(gallery, queries, protocol="reverse")  # g4's label "c" is not among the queries: left out
+    assert reverse.left_out == 1 and [r.rank for r in reverse.results] == [1, 1, 2, 1]
     at2 = retrieve(queries, gallery, map_at=2)  # q0: b,a -> precision@2 0.5 over min(2, 2)
     assert at2.mean_ap == pytest.approx((0.25 + 1.0) / 3) and "mAP@2" in at2.to_dict()
 
