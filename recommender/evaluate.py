@@ -608,9 +608,8 @@ class UniverseEvaluation:
         rows = []
         for d in self.worst(n):
             verdict = "kept" if d.score >= self.threshold else "refused"
-            side = f"{d.set} (in catalog)" if d.inside else f"{d.set} (outside)"
             sign = ">=" if d.score >= self.threshold else "<"
-            rows.append(SheetRow(title, ((d.path, f"{side}: {verdict}"),
+            rows.append(SheetRow(title, ((d.path, f"{d.set}: {verdict}"),
                                          (d.top, f"{d.label or ''} {d.score:.2f} {sign} {self.threshold:.2f}"))))
         return rows
 
@@ -896,7 +895,8 @@ class ModelRun:
         if self.pairs is not None:
             rows += self.pairs.sheet_rows(n, f"{self.model}: pairs (left | best foil | true right)")
         if self.universe is not None:
-            rows += self.universe.sheet_rows(n, f"{self.model}: another universe (query | top match)")
+            rows += self.universe.sheet_rows(n, f"{self.model}: another universe, worst decisions (query | top "
+                                                "match)")
         return rows
 
 
