@@ -11,7 +11,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,6 +77,7 @@ def build_index(
     dtype: str = "float16",
     domain: str | None = None,
     fingerprint: str | None = None,
+    reuse: Mapping[str, np.ndarray] | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -86,7 +87,9 @@ def build_index(
     Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
     usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
     `domain` names what the items are (e.g. "Pokémon") for answers and web searches; `fingerprint`
-    records the identity of the source, so that callers can tell when it changed.
+    records the identity of the source, so that callers can tell when it changed. `reuse` maps
+    content hashes to vectors already computed with exactly this backbone elsewhere (e.g. a
+    hybrid assembled from its parts' indexes); they are taken as they are, not embedded again.
     """
     folder = index_folder(name, index_dir)
     catalog = source if isinstance(source, Catalog) else read_catalog(
@@ -94,7 +97,8 @@ def build_index(
     if backbone is None:
         backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit)
     notes: list[str] = []
-    previous = _previous_vectors(folder, backbone, dtype, notes)
+    own = _previous_vectors(folder, backbone, dtype, notes)
+    previous = {**(reuse or {}), **own}
     started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
     embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous, dedupe=True,
                            batch_size=batch_size, workers=workers, progress=progress, desc=f"indexing {name}")
@@ -103,7 +107,7 @@ def build_index(
         first = f" (first: {skipped[0]})" if skipped else ""
         raise CatalogError(f"{catalog.source}: none of its {len(catalog.items)} pictures could be read{first}")
     matrix = embedded.vectors  # (N, D)
-    removed = len(set(previous) - {item.sha256 for item in items}) if previous else 0
+    removed = len(set(own) - {item.sha256 for item in items}) if own else 0
     seconds = time.perf_counter() - started
     catalog_info = {
         "source": str(Path(catalog.source).resolve()),

@@ -182,30 +182,94 @@ def identify_cmd(ctx: click.Context, image: str, index_name: str | None, referen
 
 @cli.command("evaluate")
 @_index_option
-@click.option("--queries", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of class sub-folders named by label.")
+@click.option("--catalog", "catalog", default=None, metavar="SOURCE",
+              help="Gallery built from this catalog (folder or CSV) with --model/--models, instead of --index; "
+                   "indexes are cached under the cache folder.")
+@click.option("--model", default=None, metavar="M", help="Backbone for --catalog [default: as for `index`].")
+@click.option("--models", default=None, metavar="A,B,...",
+              help="Compare backbones in one table, e.g. colour-histogram,efficientnet-lite0,offline; hybrid weights "
+                   "inline: efficientnet-lite0@0.9+colour-histogram@0.1.")
+@click.option("--weights", default=None, metavar="W",
+              help="Weights of hybrids named without inline weights, e.g. 0.9,0.1.")
+@click.option("--image-column", default=None, metavar="C", help="CSV column with image paths (--catalog).")
+@click.option("--label-column", default=None, metavar="C", help="CSV column with labels (--catalog).")
+@click.option("--queries", multiple=True, metavar="FOLDER",
+              help="Query set: class sub-folders named by label (or a labeled CSV); repeat for several sets.")
+@click.option("--query-index", default=None, metavar="NAME",
+              help="A built index of labeled pictures as the query set (same backbone as the gallery).")
+@click.option("--reverse", is_flag=True, help="Also the swapped direction: gallery items query each query set.")
+@click.option("--leave-one-out", is_flag=True, help="Each gallery item queries the rest of the gallery.")
+@click.option("--group-by", default=None, metavar="COLUMN",
+              help="Per-group table beside the class distribution: label or a metadata column.")
+@click.option("--pairs", default=None, metavar="CSV",
+              help="Look-alike pairs (columns left,right): the true right among 19 random foils.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the foils drawn for --pairs.")
+@click.option("--outside", multiple=True, metavar="FOLDER",
+              help="Pictures from another universe, to judge the in-catalog decision (repeatable).")
+@click.option("--inside", multiple=True, metavar="FOLDER",
+              help="Pictures of catalog items for that decision (repeatable) [default: the --queries folders].")
+@click.option("--map-at", type=click.IntRange(min=1), default=5, show_default=True, help="k of mAP@k.")
+@click.option("--worst", type=click.IntRange(min=0), default=None, metavar="N",
+              help="List the N worst queries of each protocol (10 with --sheet).")
+@click.option("--sheet", default=None, metavar="FILE.png", help="Contact sheet of the worst queries (a PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as a JSON object.")
+@click.option("--markdown", is_flag=True, help="Print Markdown tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-def evaluate_cmd(ctx: click.Context, index_name: str | None, queries: str, as_json: bool, quiet: bool) -> None:
-    """How well an index names held-out pictures: recall@1/5/10 and mAP@5."""
-    from .evaluate import evaluate_queries
+def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None, model: str | None,
+                 models: str | None, weights: str | None, image_column: str | None, label_column: str | None,
+                 queries: tuple[str, ...], query_index: str | None, reverse: bool, leave_one_out: bool,
+                 group_by: str | None, pairs: str | None, seed: int, outside: tuple[str, ...],
+                 inside: tuple[str, ...], map_at: int, worst: int | None, sheet: str | None, as_json: bool,
+                 markdown: bool, quiet: bool) -> None:
+    """How good retrieval is: query sets, leave-one-out, pairs top-k of 20, the another-universe decision.
+
+    See docs/evaluation.md for the protocols, the metrics and a worked comparison on Pokémon.
+    """
+    from pathlib import Path
+
+    from . import evaluate as ev
     from .index import Index
 
-    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
-    result = evaluate_queries(index, queries, progress=not quiet)
+    if as_json and markdown:
+        raise RecommenderError("--json and --markdown are exclusive")
+    if (catalog or models) and index_name:
+        raise RecommenderError("--index evaluates a built index; --catalog/--models build one per model: pick one")
+    if model and models:
+        raise RecommenderError("--model names one backbone, --models several: pick one")
+    if (model or models or image_column or label_column) and not (catalog or models):
+        raise RecommenderError("--model, --image-column and --label-column apply to --catalog SOURCE")
+    index_dir = ctx.obj["index_dir"]
+    plan = ev.Plan(queries=[Path(q) for q in queries], reverse=reverse, leave_one_out=leave_one_out,
+                   group_by=group_by, pairs=Path(pairs) if pairs else None, seed=seed,
+                   inside=[Path(p) for p in inside], outside=[Path(p) for p in outside], map_at=map_at,
+                   query_index=Index.load(query_index, index_dir=index_dir) if query_index else None)
+    if catalog or models:
+        specs = ev.parse_models(models or settings.model_name(model), weights)
+        report = ev.compare_models(catalog, specs, plan, image_column=image_column, label_column=label_column,
+                                   progress=not quiet, strict=not models)
+    else:
+        if weights:
+            raise RecommenderError("--weights applies to --models hybrids; an index already has its weights")
+        index = Index.load(settings.index_name(index_name), index_dir=index_dir)
+        report = ev.evaluate_index(index, plan, progress=not quiet)
+    shown = worst if worst is not None else (10 if sheet else 0)
+    if sheet:
+        for path in report.write_sheet(sheet, worst=shown):
+            click.echo(f"contact sheet: {path}", err=True)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-        return
-    metrics = result.to_dict()
-    click.echo(f"{result.queries} queries against {index.name!r} ({index.manifest['backbone_name']})")
-    for key in ("recall@1", "recall@5", "recall@10", "mAP@5"):
-        click.echo(f"  {key:<10} {metrics[key]:.3f}")
-    click.echo(f"  {metrics['ms_per_query']:.1f} ms a query, index {metrics['index_mb']:.1f} MB")
-    if result.unknown_labels:
-        click.echo(f"labels not in the index: {', '.join(result.unknown_labels[:10])}", err=True)
-    for skip in result.skipped[:_SHOW_SKIPS]:
-        click.echo(f"skipped {skip}", err=True)
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(report.to_markdown(worst=worst or 0) if markdown else report.to_text(worst=worst or 0))
+    run = next((r for r in report.runs if r.ok), None)  # the same pictures for every model: warn once
+    if run is not None:
+        if run.pooled is not None and run.pooled.unknown_labels:
+            click.echo(f"labels not in the gallery: {', '.join(run.pooled.unknown_labels[:10])}", err=True)
+        skipped = [s for e in (run.pooled, run.pairs, run.universe) if e is not None for s in e.skipped]
+        for skip in skipped[:_SHOW_SKIPS]:
+            click.echo(f"skipped {skip}", err=True)
+        if len(skipped) > _SHOW_SKIPS:
+            click.echo(f"... and {len(skipped) - _SHOW_SKIPS} more skipped", err=True)
 
 
 @cli.command("map")
