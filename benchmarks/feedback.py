@@ -30,7 +30,7 @@ from recommender.catalog import read_catalog  # noqa: E402
 from recommender.recommend import FEEDBACK_WEIGHTS, refine  # noqa: E402
 from recommender.service import DEFAULT_CATALOG, ensure_index  # noqa: E402
 
-WEIGHTS = [(1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.75, 0.0), (1.0, 0.75, 0.25), (1.0, 1.0, 0.5), (1.0, 1.5, 0.5)]
+WEIGHTS = [(1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.75, 0.25), (1.0, 1.0, 0.5), (1.0, 1.5, 0.5)]
 
 
 def main() -> None:

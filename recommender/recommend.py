@@ -85,8 +85,9 @@ def look_alikes(
 
 
 #: Rocchio's weights for the query, the mean of liked items and the mean of disliked items.
-#: Chosen with benchmarks/feedback.py (a simulated user on held-out Pokémon sprites); see the README.
-FEEDBACK_WEIGHTS = (1.0, 0.75, 0.25)
+#: Chosen with benchmarks/feedback.py (a simulated user on held-out Pokémon sprites): 64% of wrong answers fixed
+#: in one round, against 62% with (1, 0.75, 0.25) and 22% for merely dropping the disliked item; see the README.
+FEEDBACK_WEIGHTS = (1.0, 1.0, 0.5)
 
 
 def refine(query: np.ndarray, index: Index, *, liked: Sequence[str] = (), disliked: Sequence[str] = (),
