@@ -112,6 +112,17 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     )
 
 
+def _open_index(ctx: click.Context, name: str | None) -> Any:
+    """The index asked for; the default Pokémon index is built on first use instead of being missing."""
+    from .index import Index
+    from .service import default_index
+
+    chosen = settings.index_name(name)
+    if chosen == settings.DEFAULT_INDEX:
+        return default_index(index_dir=ctx.obj["index_dir"], notify=lambda text: click.echo(f"note: {text}", err=True))
+    return Index.load(chosen, index_dir=ctx.obj["index_dir"])
+
+
 def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
     where: dict[str, list[str]] = {}
     for value in values:
@@ -135,11 +146,10 @@ def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
 def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, where: tuple[str, ...],
                like: tuple[str, ...], dislike: tuple[str, ...], as_json: bool) -> None:
     """Find the catalog items that look most like IMAGE."""
-    from .index import Index
     from .recommend import look_alikes
 
     filters = _parse_where(where)
-    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    index = _open_index(ctx, index_name)
     matches = look_alikes(image, index, k=k, where=filters, liked=like, disliked=dislike)
     if as_json:
         click.echo(json.dumps([m.to_dict() for m in matches], indent=2, ensure_ascii=False))
@@ -163,11 +173,10 @@ def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, w
 def identify_cmd(ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int,
                  as_json: bool) -> None:
     """Say which catalog item IMAGE is, or that it comes from another universe."""
-    from .index import Index
     from .recommend import identify
 
-    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
-    ref = Index.load(reference, index_dir=ctx.obj["index_dir"]) if reference else None
+    index = _open_index(ctx, index_name)
+    ref = _open_index(ctx, reference) if reference else None
     answer = identify(image, index, k=k, reference=ref)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
@@ -251,8 +260,7 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None
     else:
         if weights:
             raise RecommenderError("--weights applies to --models hybrids; an index already has its weights")
-        index = Index.load(settings.index_name(index_name), index_dir=index_dir)
-        report = ev.evaluate_index(index, plan, progress=not quiet)
+        report = ev.evaluate_index(_open_index(ctx, index_name), plan, progress=not quiet)
     shown = worst if worst is not None else (10 if sheet else 0)
     if sheet:
         for path in report.write_sheet(sheet, worst=shown):
@@ -282,11 +290,10 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None
 @click.pass_context
 def map_cmd(ctx: click.Context, index_name: str | None, out: str, color_by: str, query_image: str | None) -> None:
     """Draw the whole catalog in 2-D (principal axes), optionally with a query placed on it."""
-    from .index import Index
     from .maps import write_map
     from .recommend import embed_query
 
-    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    index = _open_index(ctx, index_name)
     query = embed_query(query_image, index) if query_image else None
     click.echo(f"wrote {write_map(index, out, color_by=color_by, query=query)}")
 
@@ -374,9 +381,8 @@ def heatmap_cmd(ctx: click.Context, index_name: str | None, features: str, label
                 limit: int | None, out: str) -> None:
     """Draw the cosine-similarity matrix of catalog items, clustered so look-alikes form blocks."""
     from .heatmaps import DEFAULT_LIMIT, catalog_heatmap
-    from .index import Index
 
-    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    index = _open_index(ctx, index_name)
     chosen = [name.strip() for name in labels.split(",") if name.strip()] if labels else None
     sim = catalog_heatmap(index, features=features, labels=chosen, query=query, limit=limit or DEFAULT_LIMIT,
                           out=out)
@@ -396,10 +402,9 @@ def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: in
     """Show where IMAGE and one of its matches look alike: query | match, side by side with overlays."""
     from .heatmaps import explain
     from .images import load_image
-    from .index import Index
     from .recommend import look_alikes
 
-    index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"])
+    index = _open_index(ctx, index_name)
     backbone = index.backbone()
     picture = load_image(image)  # read once for both the search and the overlays
     matches = look_alikes(picture, index, k=rank, backbone=backbone)

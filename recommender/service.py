@@ -87,6 +87,25 @@ def ensure_index(
     return Index.load(name, index_dir=index_dir), report
 
 
+def default_index(*, index_dir: str | Path | None = None, progress: bool = True,
+                  notify: Callable[[str], None] | None = None) -> Index:
+    """The embedded Pokémon catalog's index, built on first use with the app's choice of backbone.
+
+    `notify` receives what is happening (the backbone in use, why DINOv2 is not) before a build.
+    """
+    try:
+        return Index.load(settings.DEFAULT_INDEX, index_dir=index_dir)
+    except IndexLoadError:
+        pass
+    choice = choose_backbone()
+    if notify:
+        notify(f"building the default Pokémon index (first use) with {choice.backbone.name}"
+               + (f": {choice.notice}" if choice.notice else ""))
+    index, _ = ensure_index(settings.DEFAULT_INDEX, DEFAULT_CATALOG, choice.backbone, domain=DEFAULT_DOMAIN,
+                            index_dir=index_dir, progress=progress)
+    return index
+
+
 def _fingerprint(source: Path) -> str:
     """A cheap identity of a catalog source: the CSV's bytes, or a folder's file names, sizes and times."""
     digest = hashlib.sha256()

@@ -139,3 +139,16 @@ def test_help_and_version():
     for flag in ("--name", "--model", "--weights", "--pooling", "--image-size", "--limit", "--label-column",
                  "--image-column"):
         assert flag in helped
+
+
+def test_the_default_pokemon_index_is_built_on_first_use(tiny_model, monkeypatch):
+    monkeypatch.setenv("RECOMMENDER_MODEL", str(tiny_model))
+    sprite = Path(__file__).resolve().parent.parent / "assets" / "pokemon" / "sprites" / "025.png"
+    first = invoke("identify", str(sprite), "--json")
+    assert first.exit_code == 0, first.stderr
+    assert "note: building the default Pokémon index (first use)" in first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["label"] == "Pikachu" and answer["in_catalog"]
+    assert "artwork/025" in answer["another_image"]  # another picture of Pikachu: its artwork
+    again = invoke("search", str(sprite), "--json", "-k", "1")
+    assert "building" not in again.stderr and json.loads(again.stdout)[0]["label"] == "Pikachu"
