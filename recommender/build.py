@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import settings
 from .backbones import Backbone, load_backbone
 from .catalog import Catalog, Item, Skip, read_catalog
-from .errors import CatalogError, ImageError, IndexLoadError, RecommenderError
+from .errors import CatalogError, ImageError, RecommenderError
 from .images import load_image, read_bytes
 from .index import Index, index_folder, write_index
 from .recommend import calibrate
+from .store import StoreConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,6 +46,7 @@ class BuildReport:
     removed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    store: str = "local"
 
     @property
     def images_per_second(self) -> float:
@@ -79,15 +82,18 @@ def build_index(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    store: StoreConfig | str | None = None,
 ) -> BuildReport:
     """Index a catalog (folder or CSV) under `name`, re-using embeddings of unchanged pictures.
 
     Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
     usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
     `domain` names what the items are (e.g. "Pokémon") for answers and web searches; `fingerprint`
-    records the identity of the source, so that callers can tell when it changed.
+    records the identity of the source, so that callers can tell when it changed. `store` says where
+    the vectors go (see `store.StoreConfig`; default `RECOMMENDER_STORE`, else local files).
     """
     folder = index_folder(name, index_dir)
+    config = StoreConfig.parse(store if store is not None else settings.store())  # a bad --store fails first
     catalog = source if isinstance(source, Catalog) else read_catalog(
         source, limit=limit, image_column=image_column, label_column=label_column)
     if backbone is None:
@@ -121,9 +127,9 @@ def build_index(
     stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
     write_index(folder, embeddings=matrix, items=items, backbone=backbone, catalog=catalog_info, dtype=dtype,
-                stats=stats, calibration=calibration)
+                stats=stats, calibration=calibration, store=config)
     return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded.embedded, reused=embedded.reused,
-                       skipped=skipped, removed=removed, seconds=seconds, notes=notes)
+                       skipped=skipped, removed=removed, seconds=seconds, notes=notes, store=str(config))
 
 
 @dataclass
@@ -210,7 +216,7 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
     try:
         old = Index.load(folder)
         old.check_backbone(backbone)
-    except IndexLoadError as exc:
+    except RecommenderError as exc:  # damaged, other backbone, or in a store that cannot be reached now
         notes.append(f"existing index not re-used, everything is embedded again: {exc}")
         return {}
     if old.manifest.get("dtype") != dtype:

@@ -84,20 +84,28 @@ def _index_option(func: Any) -> Any:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help=f"auto: bf16 where it is native and agrees with fp32; fp32: exact [env {settings.ENV_PRECISION}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pictures per model call.")
+@click.option("--store", default=None, metavar="STORE",
+              help="Where the vectors go: local (files, exact search), milvus-lite (a database in the index "
+                   "folder), milvus-lite:PATH.db, or milvus://HOST:PORT; add ?index=IVF_FLAT for IVF instead of "
+                   f"HNSW [env {settings.ENV_STORE}; default: local].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
               image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
-              dtype: str, domain: str | None, precision: str | None, batch_size: int | None, quiet: bool) -> None:
+              dtype: str, domain: str | None, precision: str | None, batch_size: int | None, store: str | None,
+              quiet: bool) -> None:
     """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV."""
     from .backbones import load_backbone
     from .build import build_index
+    from .store import StoreConfig
 
+    config = StoreConfig.parse(settings.store(store))  # a bad --store fails before the model loads
     backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
                              precision=precision)
     report = build_index(
         source, name=name, backbone=backbone, limit=limit, image_column=image_column, label_column=label_column,
         index_dir=ctx.obj["index_dir"], dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
+        store=config,
     )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
@@ -106,9 +114,11 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     if len(report.skipped) > _SHOW_SKIPS:
         click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped", err=True)
     speed = f" ({report.images_per_second:.1f} images/s)" if report.embedded else ""
+    where = "" if report.store == "local" else f", vectors in {report.store}"
     click.echo(
-        f"indexed {report.count} pictures into {report.folder}: {report.embedded} embedded, {report.reused} "
-        f"unchanged, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s{speed}"
+        f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded, {report.reused} "
+        f"unchanged, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s"
+        f"{speed}"
     )
 
 
@@ -200,6 +210,8 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, queries: str, as_js
     for key in ("recall@1", "recall@5", "recall@10", "mAP@5"):
         click.echo(f"  {key:<10} {metrics[key]:.3f}")
     click.echo(f"  {metrics['ms_per_query']:.1f} ms a query, index {metrics['index_mb']:.1f} MB")
+    if "ann_recall@10" in metrics:
+        click.echo(f"  ANN recall@10 against exact search: {metrics['ann_recall@10']:.3f} ({index.store.kind} store)")
     if result.unknown_labels:
         click.echo(f"labels not in the index: {', '.join(result.unknown_labels[:10])}", err=True)
     for skip in result.skipped[:_SHOW_SKIPS]:
@@ -212,8 +224,9 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, queries: str, as_js
 @click.option("--verify", is_flag=True, help="Check every file's checksum, however large.")
 @click.pass_context
 def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: bool) -> None:
-    """What an index holds: backbone, size, labels, where it came from."""
+    """What an index holds: backbone, size, labels, where it came from, where its vectors live."""
     from .index import Index
+    from .store import describe_location
 
     index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"], verify=verify or None)
     m = index.manifest
@@ -230,6 +243,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
         ("backbone", f"{m['backbone_name']}  {_spec_text(m['backbone'])}"),
         ("weights", m["weights"]),
         ("dim", str(m["dim"])),
+        ("vectors", describe_location(m.get("store"))),
         ("labels", shown if labels else "none (unlabeled)"),
         ("metadata", ", ".join(columns) or "none"),
         ("source", f"{m['catalog'].get('source')}  ({m['catalog'].get('kind')})"),

@@ -44,8 +44,10 @@ class Evaluation:
     skipped: list[Skip] = field(default_factory=list)
     seconds_per_query: float = 0.0
     index_mb: float = 0.0
+    ann_recall: float | None = None  # recall@10 of an ANN store's search against exact search, same queries
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.ann_recall is None else {"ann_recall@10": round(self.ann_recall, 4)}
         return {
             "index": self.index,
             "queries": self.queries,
@@ -55,6 +57,7 @@ class Evaluation:
             "skipped": [str(s) for s in self.skipped],
             "ms_per_query": round(1000 * self.seconds_per_query, 2),
             "index_mb": round(self.index_mb, 3),
+            **extra,
         }
 
     def worst(self, n: int = 10) -> list[QueryResult]:
@@ -95,6 +98,7 @@ def evaluate_queries(
         results += _score_batch(index, index.scores(vectors), true[start : start + 256],
                                 [catalog.root / i.path for i in embedded.items[start : start + 256]])
     seconds = (time.perf_counter() - started) / len(results)
+    ann = None if index.store.exact else index.ann_recall(embedded.vectors, 10)
     named = [r.rank for r in results]
     recall = {k: float(np.mean([r is not None and r <= k for r in named])) for k in RECALL_AT}
     known = set(index.label_names)
@@ -102,6 +106,7 @@ def evaluate_queries(
         index=index.name, queries=len(results), recall=recall, map_at_5=float(np.mean([r.ap for r in results])),
         results=results, unknown_labels=sorted({t for t in true if t not in known}),
         skipped=catalog.skipped + embedded.skipped, seconds_per_query=seconds, index_mb=index.size_bytes / 1e6,
+        ann_recall=ann,
     )
 
 
