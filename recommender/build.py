@@ -2,7 +2,8 @@
 
 Kept apart from `index` (the storage format) because this is the long-running pipeline with its
 own concerns: reading pictures in parallel with the model, progress, incremental re-use of
-unchanged pictures, and a report of everything skipped.
+unchanged pictures, resuming an interrupted build (`checkpoint`), and a report of everything
+skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from . import settings
 from .backbones import Backbone, load_backbone
 from .catalog import Catalog, Item, Skip, read_catalog
+from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
 from .errors import CatalogError, ImageError, RecommenderError
 from .images import load_image, read_bytes
 from .index import Index, index_folder, write_index
@@ -46,6 +48,7 @@ class BuildReport:
     removed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    resumed: int = 0  # of `reused`: vectors an interrupted build had embedded
     store: str = "local"
 
     @property
@@ -83,14 +86,17 @@ def build_index(
     workers: int | None = None,
     progress: bool = True,
     store: StoreConfig | str | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> BuildReport:
     """Index a catalog (folder or CSV) under `name`, re-using embeddings of unchanged pictures.
 
     Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
     usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
-    `domain` names what the items are (e.g. "Pokémon") for answers and web searches; `fingerprint`
-    records the identity of the source, so that callers can tell when it changed. `store` says where
-    the vectors go (see `store.StoreConfig`; default `RECOMMENDER_STORE`, else local files).
+    An interrupted build is resumed by the next one: what it embedded is checkpointed at least
+    every `checkpoint_seconds` (see `checkpoint`). `domain` names what the items are (e.g.
+    "Pokémon") for answers and web searches; `fingerprint` records the identity of the source, so
+    that callers can tell when it changed. `store` says where the vectors go (see `store.StoreConfig`;
+    default `RECOMMENDER_STORE`, else local files).
     """
     folder = index_folder(name, index_dir)
     config = StoreConfig.parse(store if store is not None else settings.store())  # a bad --store fails first
@@ -100,9 +106,17 @@ def build_index(
         backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit)
     notes: list[str] = []
     previous = _previous_vectors(folder, backbone, dtype, notes)
+    checkpoint = Checkpoint(folder, backbone, dtype, seconds=checkpoint_seconds)
+    resumable = {h: v for h, v in checkpoint.load().items() if h not in previous}
+    if resumable:
+        notes.append(f"resuming an interrupted build: {len(resumable)} pictures it embedded are re-used")
     started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
-    embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous, dedupe=True,
-                           batch_size=batch_size, workers=workers, progress=progress, desc=f"indexing {name}")
+    try:
+        embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous | resumable, dedupe=True,
+                               batch_size=batch_size, workers=workers, progress=progress, desc=f"indexing {name}",
+                               on_embedded=checkpoint.add)
+    finally:
+        checkpoint.flush()  # interrupted or not: what was embedded survives until the index is committed
     items, skipped = embedded.items, catalog.skipped + embedded.skipped
     if not items:
         first = f" (first: {skipped[0]})" if skipped else ""
@@ -121,15 +135,18 @@ def build_index(
         "domain": domain,
         "fingerprint": fingerprint,
     }
-    stats = {"embedded": embedded.embedded, "reused": embedded.reused, "skipped": len(skipped), "removed": removed,
-             "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32")}
+    resumed = sum(item.sha256 in resumable for item in items)
+    stats = {"embedded": embedded.embedded, "reused": embedded.reused, "resumed": resumed, "skipped": len(skipped),
+             "removed": removed, "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32")}
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
     write_index(folder, embeddings=matrix, items=items, backbone=backbone, catalog=catalog_info, dtype=dtype,
                 stats=stats, calibration=calibration, store=config)
+    checkpoint.clear()  # committed: a crash before this line only leaves shards that the next build re-uses
     return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded.embedded, reused=embedded.reused,
-                       skipped=skipped, removed=removed, seconds=seconds, notes=notes, store=str(config))
+                       skipped=skipped, removed=removed, seconds=seconds, notes=notes, resumed=resumed,
+                       store=str(config))
 
 
 @dataclass
@@ -154,19 +171,21 @@ def embed_items(
     workers: int | None = None,
     progress: bool = True,
     desc: str = "embedding",
+    on_embedded: Callable[[list[str], np.ndarray], None] | None = None,
 ) -> Embedded:
     """Read, hash, decode and embed catalog pictures in batches; unreadable ones are skipped with a reason.
 
     Pictures are read and prepared in worker threads while the model embeds the previous batch.
     `previous` maps content hashes to vectors that need no embedding again; `dedupe` skips
-    pictures whose bytes repeat an earlier item's.
+    pictures whose bytes repeat an earlier item's; `on_embedded` receives the content hashes and
+    (B, D) vectors of each batch embedded (a checkpoint).
     """
     previous = previous or {}
     reads = _map_ordered(lambda item: _read(item, root, backbone, previous), items,
                          workers=workers or min(8, (os.cpu_count() or 2) * 2))
     kept: list[Item] = []
     vectors: list[np.ndarray] = []
-    pending: list[tuple[int, Any]] = []  # (position in `vectors`, prepared pixels)
+    pending: list[tuple[int, Any, str]] = []  # (position in `vectors`, prepared pixels, content hash)
     skipped: list[Skip] = []
     seen: dict[str, str] = {}
     counts = {"embedded": 0, "reused": 0}
@@ -174,10 +193,12 @@ def embed_items(
 
     def flush() -> None:
         if pending:
-            out = backbone.embed_prepared([p for _, p in pending])  # (B, D)
-            for (slot, _), vec in zip(pending, out):
+            out = backbone.embed_prepared([p for _, p, _ in pending])  # (B, D)
+            for (slot, _, _), vec in zip(pending, out):
                 vectors[slot] = vec
             counts["embedded"] += len(pending)
+            if on_embedded is not None:
+                on_embedded([h for _, _, h in pending], out)
             pending.clear()
 
     bar = _progress(len(items), desc, enabled=progress)
@@ -199,7 +220,7 @@ def embed_items(
                 counts["reused"] += 1
                 continue
             vectors.append(np.empty(0, dtype=np.float32))  # filled by flush()
-            pending.append((len(vectors) - 1, read.prepared))
+            pending.append((len(vectors) - 1, read.prepared, item.sha256))
             if len(pending) >= size:
                 flush()
         flush()

@@ -94,7 +94,10 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
               image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
               dtype: str, domain: str | None, precision: str | None, batch_size: int | None, store: str | None,
               quiet: bool) -> None:
-    """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV."""
+    """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV.
+
+    An interrupted build picks up where it stopped when run again with the same backbone.
+    """
     from .backbones import load_backbone
     from .build import build_index
     from .store import StoreConfig
@@ -114,10 +117,11 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     if len(report.skipped) > _SHOW_SKIPS:
         click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped", err=True)
     speed = f" ({report.images_per_second:.1f} images/s)" if report.embedded else ""
+    resumed = f" ({report.resumed} from an interrupted build)" if report.resumed else ""
     where = "" if report.store == "local" else f", vectors in {report.store}"
     click.echo(
         f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded, {report.reused} "
-        f"unchanged, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s"
+        f"unchanged{resumed}, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s"
         f"{speed}"
     )
 
