@@ -2,8 +2,8 @@
 
 Kept apart from `index` (the storage format) because this is the long-running pipeline with its
 own concerns: reading pictures in parallel with the model, progress, incremental re-use of
-unchanged pictures, resuming an interrupted build (`checkpoint`), and a report of everything
-skipped.
+unchanged pictures, resuming an interrupted build (`checkpoint`), running on Ray (`distributed`),
+and a report of everything skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,6 +86,8 @@ def build_index(
     workers: int | None = None,
     progress: bool = True,
     store: StoreConfig | str | None = None,
+    ray: bool | str = False,
+    actors: int | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> BuildReport:
     """Index a catalog (folder or CSV) under `name`, re-using embeddings of unchanged pictures.
@@ -96,7 +98,8 @@ def build_index(
     every `checkpoint_seconds` (see `checkpoint`). `domain` names what the items are (e.g.
     "Pokémon") for answers and web searches; `fingerprint` records the identity of the source, so
     that callers can tell when it changed. `store` says where the vectors go (see `store.StoreConfig`;
-    default `RECOMMENDER_STORE`, else local files).
+    default `RECOMMENDER_STORE`, else local files). `ray` embeds on Ray Data: True for a local Ray
+    (or the cluster in RAY_ADDRESS), or a cluster's address; `actors` model replicas there.
     """
     folder = index_folder(name, index_dir)
     config = StoreConfig.parse(store if store is not None else settings.store())  # a bad --store fails first
@@ -111,10 +114,16 @@ def build_index(
     if resumable:
         notes.append(f"resuming an interrupted build: {len(resumable)} pictures it embedded are re-used")
     started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
+    options = dict(previous=previous | resumable, dedupe=True, batch_size=batch_size, progress=progress,
+                   desc=f"indexing {name}", on_embedded=checkpoint.add)
     try:
-        embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous | resumable, dedupe=True,
-                               batch_size=batch_size, workers=workers, progress=progress, desc=f"indexing {name}",
-                               on_embedded=checkpoint.add)
+        if ray:
+            from .distributed import embed_items_ray
+
+            embedded = embed_items_ray(catalog.items, catalog.root, backbone, address=ray if isinstance(ray, str)
+                                       else None, actors=actors, **options)
+        else:
+            embedded = embed_items(catalog.items, catalog.root, backbone, workers=workers, **options)
     finally:
         checkpoint.flush()  # interrupted or not: what was embedded survives until the index is committed
     items, skipped = embedded.items, catalog.skipped + embedded.skipped
@@ -137,7 +146,8 @@ def build_index(
     }
     resumed = sum(item.sha256 in resumable for item in items)
     stats = {"embedded": embedded.embedded, "reused": embedded.reused, "resumed": resumed, "skipped": len(skipped),
-             "removed": removed, "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32")}
+             "removed": removed, "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32"),
+             "ray": bool(ray)}
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
@@ -181,7 +191,7 @@ def embed_items(
     (B, D) vectors of each batch embedded (a checkpoint).
     """
     previous = previous or {}
-    reads = _map_ordered(lambda item: _read(item, root, backbone, previous), items,
+    reads = _map_ordered(lambda item: _read(item, root, backbone.prepare, previous), items,
                          workers=workers or min(8, (os.cpu_count() or 2) * 2))
     kept: list[Item] = []
     vectors: list[np.ndarray] = []
@@ -247,8 +257,8 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
             for i, item in enumerate(old.items) if item.sha256}
 
 
-def _read(item: Item, root: Path, backbone: Backbone, previous: dict[str, np.ndarray]) -> _Read:
-    """Hash the file and, unless an unchanged copy is already embedded, decode and prepare it."""
+def _read(item: Item, root: Path, prepare: Callable[[Any], Any], previous: Container[str]) -> _Read:
+    """Hash the file and, unless an unchanged copy is already embedded, decode and `prepare` it."""
     path = root / item.path
     try:
         data = read_bytes(path, name=item.path)
@@ -257,7 +267,7 @@ def _read(item: Item, root: Path, backbone: Backbone, previous: dict[str, np.nda
         if digest in previous:
             return _Read(hashed)
         image = load_image(data, name=item.path, max_side=DECODE_MAX_SIDE)
-        return _Read(hashed, prepared=backbone.prepare(image))
+        return _Read(hashed, prepared=prepare(image))
     except ImageError as exc:
         reason = str(exc).removeprefix(f"{item.path}: ")
         return _Read(item, error=reason)

@@ -88,12 +88,17 @@ def _index_option(func: Any) -> Any:
               help="Where the vectors go: local (files, exact search), milvus-lite (a database in the index "
                    "folder), milvus-lite:PATH.db, or milvus://HOST:PORT; add ?index=IVF_FLAT for IVF instead of "
                    f"HNSW [env {settings.ENV_STORE}; default: local].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Embed on Ray Data: alone, a local Ray (or the cluster in RAY_ADDRESS); with an address, "
+                   "that cluster (e.g. ray://HEAD:10001). Put it after SOURCE.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Model replicas with --ray [default: one per GPU, else one per 4 CPUs].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
               image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
               dtype: str, domain: str | None, precision: str | None, batch_size: int | None, store: str | None,
-              quiet: bool) -> None:
+              ray_address: str | None, actors: int | None, quiet: bool) -> None:
     """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV.
 
     An interrupted build picks up where it stopped when run again with the same backbone.
@@ -103,12 +108,14 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     from .store import StoreConfig
 
     config = StoreConfig.parse(settings.store(store))  # a bad --store fails before the model loads
+    if actors is not None and ray_address is None:
+        raise click.BadParameter("only applies with --ray", param_hint="--actors")
     backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
                              precision=precision)
     report = build_index(
         source, name=name, backbone=backbone, limit=limit, image_column=image_column, label_column=label_column,
         index_dir=ctx.obj["index_dir"], dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
-        store=config,
+        store=config, ray=False if ray_address is None else (ray_address or True), actors=actors,
     )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)

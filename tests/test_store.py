@@ -159,8 +159,11 @@ def test_a_shared_database_from_the_command_line(milvus, labeled_catalog, tiny_m
 
 def test_missing_optional_packages_say_what_to_install(labeled_catalog, tiny_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RecommenderError, match="pip install pymilvus milvus-lite"):
         build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False, store="milvus-lite")
+    with pytest.raises(RecommenderError, match=r"pip install 'ray\[data\]'"):
+        build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False, ray=True)
 
 
 def test_the_library_and_app_import_without_the_optional_packages():
@@ -168,7 +171,7 @@ def test_the_library_and_app_import_without_the_optional_packages():
     code = ("import sys\n"
             "for name in ('pymilvus', 'milvus_lite', 'ray', 'faiss'): sys.modules[name] = None\n"
             "import recommender, recommender.cli, recommender.service, recommender.store, recommender.index\n"
-            "import recommender.build\n"
+            "import recommender.build, recommender.checkpoint, recommender.distributed\n"
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
