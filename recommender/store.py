@@ -427,8 +427,7 @@ class MilvusStore(Store):
             params = client.prepare_index_params()
             params.add_index(field_name="vector", index_type=index["index_type"], metric_type="IP",
                              params=index["params"])
-            # Milvus Lite builds the index within the call and lacks the RPC that waiting uses.
-            client.create_index(collection, params, sync=config.kind == "milvus")
+            _create_index(client, collection, params, index["index_type"], sync=config.kind == "milvus")
             client.load_collection(collection)
         return {
             "kind": config.kind,
@@ -504,6 +503,21 @@ class MilvusStore(Store):
     def drop(self) -> None:
         with _milvus_errors(f"drop collection {self.collection}"):
             self.client.drop_collection(self.collection)
+
+
+def _create_index(client: Any, collection: str, params: Any, index_type: str, *, sync: bool) -> None:
+    """Create the vector index, tolerating pymilvus's retry of a long build that had in fact succeeded.
+
+    Milvus Lite builds the index within the call (and lacks the RPC that waiting uses, hence
+    `sync` only for servers); a build of minutes can outlive the gRPC keepalive, and pymilvus
+    then sends the request again, which fails with "index already exists".
+    """
+    try:
+        client.create_index(collection, params, sync=sync)
+    except Exception as exc:
+        if "already exists" not in str(exc) or client.describe_index(collection, "vector").get(
+                "index_type") != index_type:
+            raise
 
 
 def _index_params(kind: str, count: int) -> dict[str, Any]:
