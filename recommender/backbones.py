@@ -9,7 +9,7 @@ import math
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,10 @@ class Backbone(ABC):
     def prepare(self, image: Image.Image) -> Any:
         """One RGB picture -> whatever `embed_prepared` takes (thread-safe, no model involved)."""
 
+    def preparer(self) -> Callable[[Image.Image], Any]:
+        """`prepare` as a small picklable function without the model, to decode in other processes (Ray)."""
+        return self.prepare  # backbones without a model are small themselves
+
     @abstractmethod
     def embed_prepared(self, batch: Sequence[Any]) -> np.ndarray:
         """A batch of prepared pictures -> (N, D) float32, each row of unit length."""
@@ -114,6 +118,11 @@ def normalise(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- torch backbones
 
 
+def _square_pixels(image: Image.Image, size: int, fit: Fit) -> np.ndarray:
+    # (S, S, 3) uint8: small to queue and to send between processes
+    return np.asarray(fit_square(image, size, fit=fit), dtype=np.uint8)
+
+
 class _TorchBackbone(Backbone):
     """Shared by DINOv2 and the CNN: square uint8 pictures in, normalised on the model's device."""
 
@@ -134,8 +143,10 @@ class _TorchBackbone(Backbone):
         self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        # (S, S, 3) uint8: small to queue and to send between processes
-        return np.asarray(fit_square(image, self.image_size, fit=self.fit), dtype=np.uint8)
+        return _square_pixels(image, self.image_size, self.fit)
+
+    def preparer(self) -> Callable[[Image.Image], Any]:
+        return functools.partial(_square_pixels, size=self.image_size, fit=self.fit)
 
     def _pixels(self, batch: Sequence[np.ndarray]) -> Any:
         import torch
@@ -329,6 +340,9 @@ class Hybrid(Backbone):
     def prepare(self, image: Image.Image) -> tuple[Any, ...]:
         return tuple(part.prepare(image) for part in self.parts)
 
+    def preparer(self) -> Callable[[Image.Image], Any]:
+        return _PrepareParts(tuple(part.preparer() for part in self.parts))
+
     def embed_prepared(self, batch: Sequence[tuple[Any, ...]]) -> np.ndarray:
         pieces = [
             part.embed_prepared([item[i] for item in batch]) * scale
@@ -391,6 +405,16 @@ def load_backbone(
         raise ModelError(f"{len(names)} parts in {name!r} but {len(parsed)} weights")
     parts = [_load_single(n, options) for n in names]
     return Hybrid(parts, parsed or [1.0] * len(names), options=options.shared())
+
+
+@dataclass(frozen=True)
+class _PrepareParts:
+    """A hybrid's `preparer`: every part's, in order."""
+
+    parts: tuple[Callable[[Image.Image], Any], ...]
+
+    def __call__(self, image: Image.Image) -> tuple[Any, ...]:
+        return tuple(prepare(image) for prepare in self.parts)
 
 
 def parse_weights(weights: Sequence[float] | str | None) -> list[float]:

@@ -2,7 +2,8 @@
 
 Kept apart from `index` (the storage format) because this is the long-running pipeline with its
 own concerns: reading pictures in parallel with the model, progress, incremental re-use of
-unchanged pictures, and a report of everything skipped.
+unchanged pictures, resuming an interrupted build (`checkpoint`), running on Ray (`distributed`),
+and a report of everything skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import settings
 from .backbones import Backbone, load_backbone
 from .catalog import Catalog, Item, Skip, read_catalog
-from .errors import CatalogError, ImageError, IndexLoadError, RecommenderError
+from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
+from .errors import CatalogError, ImageError, RecommenderError
 from .images import load_image, read_bytes
 from .index import Index, index_folder, write_index
 from .recommend import calibrate
+from .store import StoreConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,6 +49,8 @@ class BuildReport:
     removed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    resumed: int = 0  # of `reused`: vectors an interrupted build had embedded
+    store: str = "local"
 
     @property
     def images_per_second(self) -> float:
@@ -81,17 +87,27 @@ def build_index(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    store: StoreConfig | str | None = None,
+    ray: bool | str = False,
+    actors: int | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> BuildReport:
     """Index a catalog (folder or CSV) under `name`, re-using embeddings of unchanged pictures.
 
     Pictures that cannot be read are skipped and reported, never fatal; a catalog with nothing
     usable raises `CatalogError`. The index is written atomically: a crash leaves the previous one.
-    `domain` names what the items are (e.g. "Pokémon") for answers and web searches; `fingerprint`
-    records the identity of the source, so that callers can tell when it changed. `reuse` maps
-    content hashes to vectors already computed with exactly this backbone elsewhere (e.g. a
-    hybrid assembled from its parts' indexes); they are taken as they are, not embedded again.
+    An interrupted build is resumed by the next one: what it embedded is checkpointed at least
+    every `checkpoint_seconds` (see `checkpoint`). `domain` names what the items are (e.g.
+    "Pokémon") for answers and web searches; `fingerprint` records the identity of the source, so
+    that callers can tell when it changed. `reuse` maps content hashes to vectors already computed
+    with exactly this backbone elsewhere (e.g. a hybrid assembled from its parts' indexes); they
+    are taken as they are, not embedded again. `store` says where the vectors go (see
+    `store.StoreConfig`; default `RECOMMENDER_STORE`, else local files). `ray` embeds on Ray Data:
+    True for a local Ray (or the cluster in RAY_ADDRESS), or a cluster's address; `actors` model
+    replicas there.
     """
     folder = index_folder(name, index_dir)
+    config = StoreConfig.parse(store if store is not None else settings.store())  # a bad --store fails first
     catalog = source if isinstance(source, Catalog) else read_catalog(
         source, limit=limit, image_column=image_column, label_column=label_column)
     if backbone is None:
@@ -99,9 +115,23 @@ def build_index(
     notes: list[str] = []
     own = _previous_vectors(folder, backbone, dtype, notes)
     previous = {**(reuse or {}), **own}
+    checkpoint = Checkpoint(folder, backbone, dtype, seconds=checkpoint_seconds)
+    resumable = {h: v for h, v in checkpoint.load().items() if h not in previous}
+    if resumable:
+        notes.append(f"resuming an interrupted build: {len(resumable)} pictures it embedded are re-used")
     started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
-    embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous, dedupe=True,
-                           batch_size=batch_size, workers=workers, progress=progress, desc=f"indexing {name}")
+    options = dict(previous=previous | resumable, dedupe=True, batch_size=batch_size, progress=progress,
+                   desc=f"indexing {name}", on_embedded=checkpoint.add)
+    try:
+        if ray:
+            from .distributed import embed_items_ray
+
+            embedded = embed_items_ray(catalog.items, catalog.root, backbone, address=ray if isinstance(ray, str)
+                                       else None, actors=actors, **options)
+        else:
+            embedded = embed_items(catalog.items, catalog.root, backbone, workers=workers, **options)
+    finally:
+        checkpoint.flush()  # interrupted or not: what was embedded survives until the index is committed
     items, skipped = embedded.items, catalog.skipped + embedded.skipped
     if not items:
         first = f" (first: {skipped[0]})" if skipped else ""
@@ -120,15 +150,19 @@ def build_index(
         "domain": domain,
         "fingerprint": fingerprint,
     }
-    stats = {"embedded": embedded.embedded, "reused": embedded.reused, "skipped": len(skipped), "removed": removed,
-             "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32")}
+    resumed = sum(item.sha256 in resumable for item in items)
+    stats = {"embedded": embedded.embedded, "reused": embedded.reused, "resumed": resumed, "skipped": len(skipped),
+             "removed": removed, "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32"),
+             "ray": bool(ray)}
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
     write_index(folder, embeddings=matrix, items=items, backbone=backbone, catalog=catalog_info, dtype=dtype,
-                stats=stats, calibration=calibration)
+                stats=stats, calibration=calibration, store=config)
+    checkpoint.clear()  # committed: a crash before this line only leaves shards that the next build re-uses
     return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded.embedded, reused=embedded.reused,
-                       skipped=skipped, removed=removed, seconds=seconds, notes=notes)
+                       skipped=skipped, removed=removed, seconds=seconds, notes=notes, resumed=resumed,
+                       store=str(config))
 
 
 @dataclass
@@ -153,19 +187,21 @@ def embed_items(
     workers: int | None = None,
     progress: bool = True,
     desc: str = "embedding",
+    on_embedded: Callable[[list[str], np.ndarray], None] | None = None,
 ) -> Embedded:
     """Read, hash, decode and embed catalog pictures in batches; unreadable ones are skipped with a reason.
 
     Pictures are read and prepared in worker threads while the model embeds the previous batch.
     `previous` maps content hashes to vectors that need no embedding again; `dedupe` skips
-    pictures whose bytes repeat an earlier item's.
+    pictures whose bytes repeat an earlier item's; `on_embedded` receives the content hashes and
+    (B, D) vectors of each batch embedded (a checkpoint).
     """
     previous = previous or {}
-    reads = _map_ordered(lambda item: _read(item, root, backbone, previous), items,
+    reads = _map_ordered(lambda item: _read(item, root, backbone.prepare, previous), items,
                          workers=workers or min(8, (os.cpu_count() or 2) * 2))
     kept: list[Item] = []
     vectors: list[np.ndarray] = []
-    pending: list[tuple[int, Any]] = []  # (position in `vectors`, prepared pixels)
+    pending: list[tuple[int, Any, str]] = []  # (position in `vectors`, prepared pixels, content hash)
     skipped: list[Skip] = []
     seen: dict[str, str] = {}
     counts = {"embedded": 0, "reused": 0}
@@ -173,10 +209,12 @@ def embed_items(
 
     def flush() -> None:
         if pending:
-            out = backbone.embed_prepared([p for _, p in pending])  # (B, D)
-            for (slot, _), vec in zip(pending, out):
+            out = backbone.embed_prepared([p for _, p, _ in pending])  # (B, D)
+            for (slot, _, _), vec in zip(pending, out):
                 vectors[slot] = vec
             counts["embedded"] += len(pending)
+            if on_embedded is not None:
+                on_embedded([h for _, _, h in pending], out)
             pending.clear()
 
     bar = _progress(len(items), desc, enabled=progress)
@@ -198,7 +236,7 @@ def embed_items(
                 counts["reused"] += 1
                 continue
             vectors.append(np.empty(0, dtype=np.float32))  # filled by flush()
-            pending.append((len(vectors) - 1, read.prepared))
+            pending.append((len(vectors) - 1, read.prepared, item.sha256))
             if len(pending) >= size:
                 flush()
         flush()
@@ -215,7 +253,7 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
     try:
         old = Index.load(folder)
         old.check_backbone(backbone)
-    except IndexLoadError as exc:
+    except RecommenderError as exc:  # damaged, other backbone, or in a store that cannot be reached now
         notes.append(f"existing index not re-used, everything is embedded again: {exc}")
         return {}
     if old.manifest.get("dtype") != dtype:
@@ -225,8 +263,8 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
             for i, item in enumerate(old.items) if item.sha256}
 
 
-def _read(item: Item, root: Path, backbone: Backbone, previous: dict[str, np.ndarray]) -> _Read:
-    """Hash the file and, unless an unchanged copy is already embedded, decode and prepare it."""
+def _read(item: Item, root: Path, prepare: Callable[[Any], Any], previous: Container[str]) -> _Read:
+    """Hash the file and, unless an unchanged copy is already embedded, decode and `prepare` it."""
     path = root / item.path
     try:
         data = read_bytes(path, name=item.path)
@@ -235,7 +273,7 @@ def _read(item: Item, root: Path, backbone: Backbone, previous: dict[str, np.nda
         if digest in previous:
             return _Read(hashed)
         image = load_image(data, name=item.path, max_side=DECODE_MAX_SIDE)
-        return _Read(hashed, prepared=backbone.prepare(image))
+        return _Read(hashed, prepared=prepare(image))
     except ImageError as exc:
         reason = str(exc).removeprefix(f"{item.path}: ")
         return _Read(item, error=reason)

@@ -84,20 +84,38 @@ def _index_option(func: Any) -> Any:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help=f"auto: bf16 where it is native and agrees with fp32; fp32: exact [env {settings.ENV_PRECISION}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pictures per model call.")
+@click.option("--store", default=None, metavar="STORE",
+              help="Where the vectors go: local (files, exact search), milvus-lite (a database in the index "
+                   "folder), milvus-lite:PATH.db, or milvus://HOST:PORT; add ?index=IVF_FLAT for IVF instead of "
+                   f"HNSW [env {settings.ENV_STORE}; default: local].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Embed on Ray Data: alone, a local Ray (or the cluster in RAY_ADDRESS); with an address, "
+                   "that cluster (e.g. ray://HEAD:10001). Put it after SOURCE.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Model replicas with --ray [default: one per GPU, else one per 4 CPUs].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
               image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
-              dtype: str, domain: str | None, precision: str | None, batch_size: int | None, quiet: bool) -> None:
-    """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV."""
+              dtype: str, domain: str | None, precision: str | None, batch_size: int | None, store: str | None,
+              ray_address: str | None, actors: int | None, quiet: bool) -> None:
+    """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV.
+
+    An interrupted build picks up where it stopped when run again with the same backbone.
+    """
     from .backbones import load_backbone
     from .build import build_index
+    from .store import StoreConfig
 
+    config = StoreConfig.parse(settings.store(store))  # a bad --store fails before the model loads
+    if actors is not None and ray_address is None:
+        raise click.BadParameter("only applies with --ray", param_hint="--actors")
     backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
                              precision=precision)
     report = build_index(
         source, name=name, backbone=backbone, limit=limit, image_column=image_column, label_column=label_column,
         index_dir=ctx.obj["index_dir"], dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
+        store=config, ray=False if ray_address is None else (ray_address or True), actors=actors,
     )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
@@ -106,9 +124,12 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     if len(report.skipped) > _SHOW_SKIPS:
         click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped", err=True)
     speed = f" ({report.images_per_second:.1f} images/s)" if report.embedded else ""
+    resumed = f" ({report.resumed} from an interrupted build)" if report.resumed else ""
+    where = "" if report.store == "local" else f", vectors in {report.store}"
     click.echo(
-        f"indexed {report.count} pictures into {report.folder}: {report.embedded} embedded, {report.reused} "
-        f"unchanged, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s{speed}"
+        f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded, {report.reused} "
+        f"unchanged{resumed}, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s"
+        f"{speed}"
     )
 
 
@@ -304,8 +325,9 @@ def map_cmd(ctx: click.Context, index_name: str | None, out: str, color_by: str,
 @click.option("--verify", is_flag=True, help="Check every file's checksum, however large.")
 @click.pass_context
 def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: bool) -> None:
-    """What an index holds: backbone, size, labels, where it came from."""
+    """What an index holds: backbone, size, labels, where it came from, where its vectors live."""
     from .index import Index
+    from .store import describe_location
 
     index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"], verify=verify or None)
     m = index.manifest
@@ -322,6 +344,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
         ("backbone", f"{m['backbone_name']}  {_spec_text(m['backbone'])}"),
         ("weights", m["weights"]),
         ("dim", str(m["dim"])),
+        ("vectors", describe_location(m.get("store"))),
         ("labels", shown if labels else "none (unlabeled)"),
         ("metadata", ", ".join(columns) or "none"),
         ("source", f"{m['catalog'].get('source')}  ({m['catalog'].get('kind')})"),

@@ -195,6 +195,7 @@ class Evaluation:
     group_by: str | None = None
     distribution: dict[str, int] = field(default_factory=dict)  # gallery items per group
     left_out: int = 0  # queries that cannot be answered: alone in their label (leave-one-out), unknown (reverse)
+    ann_recall: float | None = None  # recall@10 of an ANN store's search against exact search, same queries
 
     @property
     def queries(self) -> int:
@@ -236,6 +237,7 @@ class Evaluation:
                 f"mAP@{self.map_at}": round(self.mean_ap, 4)}
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.ann_recall is None else {"ann_recall@10": round(self.ann_recall, 4)}
         out = {
             "index": self.index,
             "protocol": self.protocol,
@@ -246,6 +248,7 @@ class Evaluation:
             "ms_per_query": round(1000 * self.seconds_per_query, 2),
             "ms_per_image": _round(self.ms_per_image, 2),
             "index_mb": round(self.index_mb, 3),
+            **extra,
         }
         if self.protocol in ("leave-one-out", "reverse"):
             out["left_out"] = self.left_out
@@ -344,9 +347,13 @@ def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_
     distribution = _distribution(gallery.items, group_by) if group_by else {}
     index_mb = gallery.index.size_bytes / 1e6 if gallery.index is not None else 0.0
     ms = 1000 * queries.seconds / len(queries.items) if queries.seconds else None
+    ann = None
+    if gallery.index is not None and not gallery.index.store.exact and len(rows):
+        # An approximate store (Milvus): how much of exact search its own top 10 finds, on these queries.
+        ann = gallery.index.ann_recall(queries.block(rows[:_BLOCK]), 10)
     return Evaluation(index=gallery.name, results=results, map_at=map_at, protocol=protocol, unknown_labels=unknown,
                       skipped=list(queries.skipped), seconds_per_query=seconds, index_mb=index_mb, ms_per_image=ms,
-                      group_by=group_by, distribution=distribution, left_out=left_out)
+                      group_by=group_by, distribution=distribution, left_out=left_out, ann_recall=ann)
 
 
 def evaluate_queries(

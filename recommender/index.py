@@ -1,15 +1,17 @@
-"""Built indexes on disk: the folder format, atomic writes, integrity checks on load, and exact search.
+"""Built indexes on disk: the folder format, atomic writes, integrity checks on load, and search through a store.
 
 An index is a folder `<index dir>/<name>/` holding
 
 * `manifest.json`: format version, backbone spec and weights identity, dim, count, dtype, the
-  catalog it came from, and the names and sha256 of the two data files below;
-* `embeddings-<id>.safetensors`: one `(count, dim)` float16/float32 tensor of unit rows;
+  catalog it came from, where the vectors live (`store`), and the names and sha256 of the data files;
+* `embeddings-<id>.safetensors`: one `(count, dim)` float16/float32 tensor of unit rows, when the
+  vectors are stored locally (the default); with `--store milvus...` they live in a Milvus
+  collection named in the manifest instead (see `store`);
 * `items-<id>.json`: the items, column by column (ids, relative paths, labels, hashes, metadata).
 
-The manifest is the commit point. A build writes new data files under fresh names, then
-replaces the manifest with one atomic rename; a crash at any moment leaves either the old
-manifest (whose files were never touched) or the new one. No pickle is involved anywhere.
+The manifest is the commit point. A build writes new data files (or a new collection) under fresh
+names, then replaces the manifest with one atomic rename; a crash at any moment leaves either the
+old manifest (whose data was never touched) or the new one. No pickle is involved anywhere.
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ from . import __version__, settings
 from .backbones import Backbone, load_backbone, normalise
 from .catalog import Item
 from .errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, RecommenderError
+from .store import Filters, LocalStore, MilvusStore, Store, StoreConfig, drop_stale, open_store
 
-FORMAT_VERSION = 1
+#: The newest manifest format this library reads and writes. Version 1 has no `store` (the vectors
+#: are local); version 2 adds it. Local indexes are still written as version 1, which every reader
+#: of this format understands; indexes in Milvus as version 2, which older readers refuse plainly.
+FORMAT_VERSION = 2
+_LOCAL_VERSION = 1
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DTYPES = {"F16": np.float16, "F32": np.float32}
 # Files up to this size are checked against their sha256 on every load; larger ones on `info --verify`.
 _VERIFY_LIMIT = 64 << 20
-# Score this many rows at a time so that a memory-mapped float16 index is never copied whole.
-_CHUNK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -94,14 +99,20 @@ def list_indexes(index_dir: str | Path | None = None) -> list[str]:
 
 
 class Index:
-    """A loaded index: its manifest, memory-mapped embeddings and items; searched with `search`."""
+    """A loaded index: its manifest, items and the store of its vectors; searched with `search`."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], embeddings: np.ndarray, items: list[Item]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], store: Store | np.ndarray, items: list[Item]) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.embeddings = embeddings  # (N, D) float16/float32, memory-mapped, unit rows
         self.items = items
+        # An array is the local store's memory-mapped (N, D) unit rows.
+        self.store = LocalStore(store, items) if isinstance(store, np.ndarray) else store
         self._positions: dict[str, int] | None = None
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(N, D) stored unit rows: memory-mapped when local; fetched once into memory from other stores."""
+        return self.store.vectors()
 
     # ----------------------------------------------------------------------------- loading
 
@@ -127,14 +138,18 @@ class Index:
         manifest = _read_json(manifest_path, label)
         _check_manifest(manifest, label)
         files = manifest["files"]
-        emb_path, items_path = folder / files["embeddings"], folder / files["items"]
+        items_path = folder / files["items"]
         count, dim = manifest["count"], manifest["dim"]
+        _verify_hash(items_path, files.get("items_sha256"), label)
+        items = _decode_items(_read_json(items_path, label), count, label)
+        location = manifest.get("store") or {"kind": "local"}
+        if location.get("kind") != "local":
+            return cls(folder, manifest, open_store(location, folder=folder, count=count, dim=dim, label=label), items)
+        emb_path = folder / files["embeddings"]
         check = verify if verify is not None else emb_path.exists() and emb_path.stat().st_size <= _VERIFY_LIMIT
         if check:
             _verify_hash(emb_path, files.get("embeddings_sha256"), label)
-        _verify_hash(items_path, files.get("items_sha256"), label)
         embeddings = _open_safetensors(emb_path, "embeddings", (count, dim), label)
-        items = _decode_items(_read_json(items_path, label), count, label)
         return cls(folder, manifest, embeddings, items)
 
     # ----------------------------------------------------------------------------- facts
@@ -229,7 +244,7 @@ class Index:
 
     def vector(self, item_id: str) -> np.ndarray:
         """(D,) float32 embedding of an item."""
-        return np.asarray(self.embeddings[self.position(item_id)], dtype=np.float32)
+        return np.asarray(self.store.vectors([self.position(item_id)])[0], dtype=np.float32)
 
     # ----------------------------------------------------------------------------- backbone
 
@@ -259,45 +274,35 @@ class Index:
 
     # ----------------------------------------------------------------------------- search
 
-    def mask(self, where: Mapping[str, str | Sequence[str]] | None) -> np.ndarray | None:
-        """Boolean (N,) mask of the items matching every `key=value` filter (values of one key are OR-ed).
+    def filters(self, where: Mapping[str, str | Sequence[str]] | None) -> Filters | None:
+        """`key=value` filters checked against this index's columns (values of one key are OR-ed, keys AND-ed).
 
         Keys are `label`, `id` or metadata columns; values compare case-insensitively.
         """
-        if not where:
-            return None
         keys = {"label", "id"} | {k for item in self.items[:1000] for k in item.metadata}
-        mask = np.ones(len(self.items), dtype=bool)
-        for key, wanted in where.items():
-            if key not in keys:
-                raise RecommenderError(f"cannot filter on {key!r}: index {self.name!r} has {', '.join(sorted(keys))}")
-            values = {wanted.casefold()} if isinstance(wanted, str) else {w.casefold() for w in wanted}
-            column = [_field(item, key) for item in self.items]
-            mask &= np.fromiter(((v or "").casefold() in values for v in column), dtype=bool, count=len(column))
-        return mask
+        return Filters.of(where, keys, self.name)
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        """(Q, N) cosine scores of (Q, D) (or (D,)) query vectors against every item."""
+    def mask(self, where: Mapping[str, str | Sequence[str]] | None) -> np.ndarray | None:
+        """Boolean (N,) mask of the items matching every `key=value` filter (see `filters`)."""
+        filters = self.filters(where)
+        return None if filters is None else filters.mask(self.items)
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
         q = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))  # (Q, D)
         if q.shape[1] != self.dim:
             raise IndexMismatchError(
                 f"query vectors are {q.shape[1]}-d but index {self.name!r} holds {self.dim}-d vectors; "
                 "embed queries with the backbone the index was built with"
             )
-        if self._dense is not None:
-            return q @ self._dense.T
-        out = np.empty((q.shape[0], len(self.items)), dtype=np.float32)
-        for start in range(0, len(self.items), _CHUNK_ROWS):
-            block = np.asarray(self.embeddings[start : start + _CHUNK_ROWS], dtype=np.float32)  # (B, D)
-            out[:, start : start + len(block)] = q @ block.T
-        return out
+        return q
 
-    @cached_property
-    def _dense(self) -> np.ndarray | None:
-        # Small indexes are kept as one float32 matrix: a single BLAS call per query.
-        if self.embeddings.size * 4 <= 256 << 20:
-            return np.ascontiguousarray(self.embeddings, dtype=np.float32)
-        return None
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) cosine scores of (Q, D) (or (D,)) query vectors against every item.
+
+        Exact with the local store; an ANN store scores the `store.SCORE_CANDIDATES` nearest items
+        and gives the others -inf, which ranks labels the same way unless the catalog is larger.
+        """
+        return self.store.scores(self._queries(queries))
 
     def search(
         self,
@@ -321,26 +326,21 @@ class Index:
         """`search` for each row of a (Q, D) array of query vectors."""
         if k < 1:
             raise RecommenderError(f"k must be at least 1, not {k}")
-        scores = self.scores(queries)  # (Q, N)
-        allowed = self.mask(where)
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        for item_id in exclude:
-            scores[:, self.position(item_id)] = -np.inf
-        k = min(k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
-            np.arange(scores.shape[1]), (scores.shape[0], 1))
-        results = []
-        for row, candidates in zip(scores, top):
-            order = candidates[np.argsort(-row[candidates], kind="stable")]
-            results.append([
-                Match(rank=r, score=float(row[i]), item=self.items[i], path=self.path_of(self.items[i]))
-                for r, i in enumerate((i for i in order if np.isfinite(row[i])), start=1)
-            ])
-        return results
+        q = self._queries(queries)
+        found = self.store.search(q, k, where=self.filters(where), exclude=[self.position(i) for i in exclude])
+        return [
+            [Match(rank=r, score=float(s), item=self.items[i], path=self.path_of(self.items[i]))
+             for r, (i, s) in enumerate(zip(rows.tolist(), scores), start=1)]
+            for rows, scores in found
+        ]
+
+    def ann_recall(self, queries: np.ndarray, k: int = 10) -> float:
+        """Recall@k of this index's search against exact search (1.0 for the exact local store)."""
+        return self.store.recall(self._queries(queries), k)
 
     def __repr__(self) -> str:
-        return f"<Index {self.name} {len(self)} items, {self.dim}-d, {self.manifest['backbone']['model']}>"
+        return (f"<Index {self.name} {len(self)} items, {self.dim}-d, {self.manifest['backbone']['model']}, "
+                f"{self.store.kind} store>")
 
 
 # --------------------------------------------------------------------------------- writing
@@ -356,20 +356,33 @@ def write_index(
     dtype: str = "float16",
     stats: Mapping[str, Any] | None = None,
     calibration: Mapping[str, Any] | None = None,
+    store: StoreConfig | str | None = None,
 ) -> dict[str, Any]:
-    """Write an index atomically (see the module docstring) and return its manifest."""
+    """Write an index atomically (see the module docstring) and return its manifest.
+
+    `store` says where the vectors go (default: `RECOMMENDER_STORE`, else local files).
+    """
     if dtype not in ("float16", "float32"):
         raise RecommenderError(f"dtype must be float16 or float32, not {dtype!r}")
     assert embeddings.shape == (len(items), backbone.dim), (embeddings.shape, len(items), backbone.dim)
+    config = StoreConfig.parse(store if store is not None else settings.store())
     folder.mkdir(parents=True, exist_ok=True)
     with _lock(folder):
+        previous = _previous_location(folder)
         tag = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         emb_name, items_name = f"embeddings-{tag}.safetensors", f"items-{tag}.json"
+        # Rounded to the stored precision first, so that every store scores exactly the same vectors.
         data = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
-        emb_sha = write_atomic(folder / emb_name, _safetensors_bytes("embeddings", data))
+        files: dict[str, Any] = {}
+        if config.kind == "local":
+            location: dict[str, Any] = {"kind": "local"}
+            files = {"embeddings": emb_name,
+                     "embeddings_sha256": write_atomic(folder / emb_name, _safetensors_bytes("embeddings", data))}
+        else:
+            location = MilvusStore.write(config, folder=folder, tag=tag, vectors=data, items=items)
         items_sha = write_atomic(folder / items_name, json.dumps(_encode_items(items), ensure_ascii=False).encode())
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": _LOCAL_VERSION if config.kind == "local" else FORMAT_VERSION,
             "library_version": __version__,
             "name": folder.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -380,19 +393,25 @@ def write_index(
             "count": len(items),
             "dtype": dtype,
             "catalog": dict(catalog),
-            "files": {
-                "embeddings": emb_name,
-                "embeddings_sha256": emb_sha,
-                "items": items_name,
-                "items_sha256": items_sha,
-            },
+            "store": location,
+            "files": {**files, "items": items_name, "items_sha256": items_sha},
             "stats": dict(stats or {}),
             "calibration": dict(calibration or {}),
         }
         write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
         _fsync_dir(folder)
         _remove_stale(folder, keep={MANIFEST, emb_name, items_name, ".lock"})
+        drop_stale(folder, location, previous)
     return manifest
+
+
+def _previous_location(folder: Path) -> dict[str, Any] | None:
+    """Where the committed version of this index keeps its vectors, if it can be told (to clean up after)."""
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+        if isinstance(manifest, dict) and isinstance(manifest.get("store"), dict):
+            return manifest["store"]
+    return None
 
 
 def write_atomic(path: Path, data: bytes) -> str:
@@ -531,18 +550,22 @@ def _check_manifest(manifest: Any, label: str) -> None:
     if not isinstance(manifest, dict):
         raise IndexLoadError(f"index {label!r} has a malformed manifest; {_rebuild_hint(label)}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (_LOCAL_VERSION, FORMAT_VERSION):
         newer = isinstance(version, int) and version > FORMAT_VERSION
         why = "a newer version of recommender; upgrade it" if newer else "an older version of recommender"
         raise IndexMismatchError(
-            f"index {label!r} has format version {version} (built by {why}), this library reads version "
-            f"{FORMAT_VERSION} (library {__version__}); {_rebuild_hint(label)}"
+            f"index {label!r} has format version {version} (built by {why}), this library reads versions "
+            f"{_LOCAL_VERSION}-{FORMAT_VERSION} (library {__version__}); {_rebuild_hint(label)}"
         )
     required = {"backbone": dict, "weights": str, "dim": int, "count": int, "catalog": dict, "files": dict}
     for key, kind in required.items():
         if not isinstance(manifest.get(key), kind):
             raise IndexLoadError(f"index {label!r} has a malformed manifest (bad {key!r}); {_rebuild_hint(label)}")
-    for key in ("embeddings", "items"):
+    store = manifest.get("store")
+    if store is not None and not (isinstance(store, dict) and isinstance(store.get("kind"), str)):
+        raise IndexLoadError(f"index {label!r} has a malformed manifest (bad 'store'); {_rebuild_hint(label)}")
+    local = store is None or store["kind"] == "local"
+    for key in ("embeddings", "items") if local else ("items",):
         name = manifest["files"].get(key)
         if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
             raise IndexLoadError(f"index {label!r} has a malformed manifest (bad file {name!r}); "
@@ -564,14 +587,6 @@ def _verify_hash(path: Path, expected: str | None, label: str) -> None:
             f"index {label!r} is corrupt: {path.name} does not match its checksum (truncated or changed); "
             f"{_rebuild_hint(label)}"
         )
-
-
-def _field(item: Item, key: str) -> str | None:
-    if key == "label":
-        return item.label
-    if key == "id":
-        return item.id
-    return item.metadata.get(key)
 
 
 def _describe_spec(spec: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ ENV_MODEL = "RECOMMENDER_MODEL"
 ENV_INDEX = "RECOMMENDER_INDEX"
 ENV_DEVICE = "RECOMMENDER_DEVICE"
 ENV_PRECISION = "RECOMMENDER_PRECISION"
+ENV_STORE = "RECOMMENDER_STORE"
 
 DEFAULT_MODEL = "dinov2-small"
 DEFAULT_INDEX = "pokemon"
@@ -67,3 +68,8 @@ def device(flag: str | None = None) -> str:
 def precision(flag: str | None = None) -> str:
     """`auto` (bf16 where the hardware has it), `bf16` or `fp32`."""
     return _pick(flag, ENV_PRECISION, "auto")
+
+
+def store(flag: str | None = None) -> str:
+    """Where builds put the vectors: `local` (files), `milvus-lite[:PATH.db]` or `milvus://HOST:PORT`."""
+    return _pick(flag, ENV_STORE, "local")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RECOMMENDER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RECOMMENDER_DATA_DIR", str(tmp_path / "data"))
     for name in ("RECOMMENDER_MODEL", "RECOMMENDER_INDEX", "RECOMMENDER_DEVICE", "RECOMMENDER_DEBUG",
-                 "RECOMMENDER_PRECISION"):
+                 "RECOMMENDER_PRECISION", "RECOMMENDER_STORE"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -100,3 +101,25 @@ def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def labeled_catalog(tmp_path: Path) -> Path:
     return make_labeled_catalog(tmp_path / "shapes")
+
+
+#: The vector stores every search test runs against: the embedded default and the real Milvus Lite engine.
+STORES = ("local", "milvus-lite")
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each store in turn, chosen through RECOMMENDER_STORE so that every build of the test goes there.
+
+    Milvus Lite (an optional dependency) puts its database inside each index folder; the test is
+    skipped where it is not installed.
+    """
+    if request.param != "local":
+        pytest.importorskip("pymilvus", reason="pip install -r requirements-scale.txt")
+        pytest.importorskip("milvus_lite", reason="pip install -r requirements-scale.txt")
+    monkeypatch.setenv("RECOMMENDER_STORE", request.param)
+    yield request.param
+    if request.param != "local":
+        from recommender.store import close_clients
+
+        close_clients()

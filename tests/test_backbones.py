@@ -237,3 +237,14 @@ def test_precision_choices(monkeypatch):
     monkeypatch.setenv("RECOMMENDER_PRECISION", "fp8")
     with pytest.raises(ModelError, match="unknown precision"):
         load_backbone("colour-histogram")
+
+
+def test_preparer_is_prepare_without_the_model(tiny_model):
+    # Ray's decoding tasks get `preparer()`: it must prepare exactly as `prepare` does.
+    picture = draw_shape("triangle", (10, 200, 30), seed=3, size=(90, 40))
+    for backbone in (load_backbone(str(tiny_model)), load_backbone("colour-histogram"),
+                     load_backbone(f"{tiny_model}+colour-histogram")):
+        mine, theirs = backbone.prepare(picture), backbone.preparer()(picture)
+        for a, b in zip(*((m if isinstance(m, tuple) else (m,)) for m in (mine, theirs))):
+            np.testing.assert_array_equal(a, b)
+        assert getattr(backbone.preparer(), "__self__", None) is not backbone or not hasattr(backbone, "model")

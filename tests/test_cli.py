@@ -55,7 +55,7 @@ def test_index_then_search_json_then_truncate(labeled_catalog, tiny_model, isola
     assert "index 'demo' is corrupt" in line and "rebuild it with" in line
 
 
-def test_human_readable_search_and_info(labeled_catalog, tiny_model):
+def test_human_readable_search_and_info(store, labeled_catalog, tiny_model):
     assert invoke("index", str(labeled_catalog), "--name", "shapes", "--model", str(tiny_model), "-q").exit_code == 0
     result = invoke("search", str(labeled_catalog / "red-circle" / "1.png"), "--index", "shapes", "-k", "2")
     assert result.exit_code == 0
@@ -65,11 +65,12 @@ def test_human_readable_search_and_info(labeled_catalog, tiny_model):
     rows = {line.split()[0]: line.split()[1:] for line in info.stdout.splitlines()}
     assert info.exit_code == 0 and rows["items"][0] == "12" and rows["dim"] == ["32"]
     assert "blue-triangle, green-square, red-circle" in info.stdout
+    assert rows["vectors"][0] == store  # where the vectors live, from the manifest
     as_json = json.loads(invoke("info", "--index", "shapes", "--json").stdout)
     assert as_json["count"] == 12 and as_json["dim"] == 32 and as_json["label_names"][0] == "blue-triangle"
 
 
-def test_where_filter_from_the_command_line(labeled_catalog, tiny_model):
+def test_where_filter_from_the_command_line(store, labeled_catalog, tiny_model):
     invoke("index", str(labeled_catalog), "--name", "shapes", "--model", str(tiny_model), "-q")
     query = str(labeled_catalog / "red-circle" / "1.png")
     result = invoke("search", query, "--index", "shapes", "--json", "--where", "label=blue-triangle")

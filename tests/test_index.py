@@ -10,6 +10,7 @@ import pytest
 from conftest import draw_shape
 
 from recommender import build_index, load_backbone, look_alikes
+from recommender.backbones import normalise
 from recommender.errors import (
     CatalogError,
     IndexLoadError,
@@ -26,10 +27,20 @@ def built(labeled_catalog, tiny_model):
     return report, Index.load("shapes")
 
 
-def test_build_and_search_finds_the_picture_itself(built, labeled_catalog):
-    report, index = built
+@pytest.fixture
+def built_any(store, labeled_catalog, tiny_model):
+    """`built`, once with each vector store (see conftest's `store`)."""
+    report = build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False)
+    index = Index.load("shapes")
+    assert index.store.kind == store == index.manifest["store"]["kind"]
+    return report, index
+
+
+def test_build_and_search_finds_the_picture_itself(built_any, labeled_catalog):
+    report, index = built_any
     assert report.count == len(index) == 12 and report.embedded == 12 and report.reused == 0
-    assert index.labeled and index.dim == 32 and index.embeddings.dtype == np.float16
+    assert index.labeled and index.dim == 32
+    assert index.embeddings.dtype == (np.float16 if index.store.exact else np.float32)  # Milvus: float16-rounded
     np.testing.assert_allclose(np.linalg.norm(index.embeddings.astype(np.float32), axis=1), 1.0, atol=2e-3)
     for item in index.items:
         matches = look_alikes(labeled_catalog / item.path, index, k=3)
@@ -39,8 +50,8 @@ def test_build_and_search_finds_the_picture_itself(built, labeled_catalog):
         assert matches[0].score >= matches[1].score >= matches[2].score
 
 
-def test_match_as_dict(built, labeled_catalog):
-    _, index = built
+def test_match_as_dict(built_any, labeled_catalog):
+    _, index = built_any
     match = look_alikes(labeled_catalog / "red-circle" / "1.png", index, k=1)[0]
     d = match.to_dict()
     assert set(d) >= {"rank", "id", "label", "score", "path"}
@@ -48,8 +59,8 @@ def test_match_as_dict(built, labeled_catalog):
     json.dumps(d)
 
 
-def test_where_filters_and_k(built, labeled_catalog):
-    _, index = built
+def test_where_filters_and_k(built_any, labeled_catalog):
+    _, index = built_any
     query = labeled_catalog / "red-circle" / "0.png"
     only_green = look_alikes(query, index, k=20, where={"label": "GREEN-square"})
     assert len(only_green) == 4 and {m.label for m in only_green} == {"green-square"}
@@ -63,30 +74,42 @@ def test_where_filters_and_k(built, labeled_catalog):
         index.search(index.vector("red-circle/0.png"), k=0)
 
 
-def test_search_many_exclude_and_chunked_scoring(built):
-    _, index = built
+def test_search_many_exclude_and_chunked_scoring(built_any):
+    _, index = built_any
     vectors = np.stack([index.vector(item.id) for item in index.items[:3]])
     results = index.search_many(vectors, k=2, exclude=[index.items[0].id])
     assert len(results) == 3 and results[0][0].item.id != index.items[0].id
+    assert all(m.item.id != index.items[0].id for row in results for m in row)
     dense = index.scores(vectors)
-    index.__dict__["_dense"] = None  # force the chunked path used by very large indexes
-    np.testing.assert_allclose(index.scores(vectors), dense, atol=1e-6)
+    exact = normalise(vectors) @ index.embeddings.astype(np.float32).T
+    np.testing.assert_allclose(dense, exact, atol=1e-5)  # every store scores the same stored vectors
+    if index.store.exact:
+        index.store.__dict__["_dense"] = None  # force the chunked path used by very large indexes
+        np.testing.assert_allclose(index.scores(vectors), dense, atol=1e-6)
 
 
-def test_metadata_filters_on_csv_catalogs(tmp_path, tiny_model):
-    rows = ["image,category,label"]
-    for i, (cat, colour) in enumerate([("shoes", (200, 0, 0)), ("bags", (0, 0, 200))] * 3):
+def test_metadata_filters_on_csv_catalogs(store, tmp_path, tiny_model):
+    rows = ["image,category,label,maker"]
+    for i, (cat, colour) in enumerate([("shoes", (200, 0, 0)), ("Bags", (0, 0, 200))] * 3):
         draw_shape("circle", colour, seed=i).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{cat},item{i}")
+        maker = "" if i == 5 else 'A "&" B'
+        rows.append(f"{i}.png,{cat},item{i},{maker}")
     (tmp_path / "products.csv").write_text("\n".join(rows) + "\n")
     build_index(tmp_path / "products.csv", name="shop", model=str(tiny_model), progress=False)
     index = Index.load("shop")
     matches = index.search(index.vector("0.png"), k=10, where={"category": "bags"})
-    assert len(matches) == 3 and all(m.item.metadata["category"] == "bags" for m in matches)
+    assert len(matches) == 3 and all(m.item.metadata["category"] == "Bags" for m in matches)
+    both = index.search(index.vector("0.png"), k=10, where={"category": "BAGS", "maker": 'a "&" b'})
+    assert sorted(m.id for m in both) == ["1.png", "3.png"]  # keys AND-ed; quotes survive the pushdown
+    missing = index.search(index.vector("0.png"), k=10, where={"maker": ["", "nobody"]})
+    assert [m.id for m in missing] == ["5.png"]  # a missing value matches the empty string
 
 
-def test_incremental_rebuild_embeds_only_new_and_changed(built, labeled_catalog, tiny_model):
-    _, before = built
+def test_incremental_rebuild_embeds_only_new_and_changed(built_any, labeled_catalog, tiny_model):
+    _, before = built_any
+    # Read before rebuilding: an open local index keeps its memory-mapped (unlinked) file, but a
+    # rebuild drops the previous Milvus collection, so open Milvus-backed indexes must be loaded again.
+    old = {item.id: before.vector(item.id) for item in before.items}
     (labeled_catalog / "red-circle" / "0.png").unlink()  # removed
     draw_shape("circle", (220, 30, 30), seed=999).save(labeled_catalog / "red-circle" / "1.png")  # changed
     draw_shape("square", (30, 180, 60), seed=998).save(labeled_catalog / "green-square" / "9.png")  # new
@@ -96,10 +119,16 @@ def test_incremental_rebuild_embeds_only_new_and_changed(built, labeled_catalog,
     for item in after.items:
         if item.id in ("red-circle/1.png", "green-square/9.png"):
             continue
-        np.testing.assert_array_equal(after.vector(item.id), before.vector(item.id))
-    # the old version's files are gone: one manifest, one embeddings file, one items file
+        np.testing.assert_array_equal(after.vector(item.id), old[item.id])
+    # the old version's files are gone: one manifest, one embeddings file (or database), one items file
     names = sorted(p.name for p in after.folder.iterdir() if not p.name.startswith("."))
-    assert len(names) == 3 and names[-1] == "manifest.json"
+    assert len(names) == 3 and "manifest.json" in names
+    assert not (after.folder / ".build").exists()  # the checkpoint went with the commit
+    if not after.store.exact:  # and the previous version's collection went with it
+        from recommender.store import collection_prefix
+
+        mine = [c for c in after.store.client.list_collections() if c.startswith(collection_prefix(after.folder))]
+        assert mine == [after.manifest["store"]["collection"]]
 
 
 def test_other_backbone_rebuilds_everything(built, labeled_catalog, tiny_model):

@@ -39,7 +39,7 @@ def crafted_index(tmp_path: Path, rows: list[tuple[str, str | None, np.ndarray]]
     return Index.load("crafted")
 
 
-def test_labels_are_ranked_by_their_best_item(tmp_path):
+def test_labels_are_ranked_by_their_best_item(store, tmp_path):
     # "b" has one excellent item, "a" many good ones: the best item decides, not the count.
     rows = [(f"a{i}", "a", unit(0.8, 0.6, 0.01 * i)) for i in range(5)]
     rows += [("b0", "b", unit(1.0, 0.05)), ("b1", "b", unit(0.0, 1.0))]
@@ -53,7 +53,7 @@ def test_labels_are_ranked_by_their_best_item(tmp_path):
     assert scores.shape == (2, 2) and scores[1, index.label_names.index("b")] == pytest.approx(1.0, abs=1e-3)
 
 
-def test_another_picture_is_not_the_query_nor_the_best_match(tmp_path):
+def test_another_picture_is_not_the_query_nor_the_best_match(store, tmp_path):
     rows = [("p0", "pika", unit(1.0, 0.0)), ("p1", "pika", unit(0.9, 0.3)), ("p2", "pika", unit(0.5, 0.8)),
             ("m0", "meow", unit(0.0, 1.0))]
     index = crafted_index(tmp_path, rows)
@@ -119,7 +119,8 @@ def test_calibration_in_blocks_equals_the_direct_computation(monkeypatch):
 
 
 @pytest.fixture
-def shapes(labeled_catalog, tiny_model):
+def shapes(store, labeled_catalog, tiny_model):
+    """The shapes catalog indexed into each vector store in turn."""
     build_index(labeled_catalog, name="shapes", model=str(tiny_model), domain="shape", progress=False)
     return Index.load("shapes")
 
@@ -161,7 +162,7 @@ def test_manifest_keeps_the_calibration(shapes):
     assert cal["queries"] == 12
 
 
-def test_naming_through_a_reference_index(tmp_path, tiny_model):
+def test_naming_through_a_reference_index(store, tmp_path, tiny_model):
     unlabeled = tmp_path / "unlabeled"
     unlabeled.mkdir()
     for n, (shape, colour) in enumerate(SHAPES.values()):
@@ -183,7 +184,7 @@ def test_naming_through_a_reference_index(tmp_path, tiny_model):
         identify(unlabeled / "picture1.png", ref, reference=mystery)
 
 
-def test_evaluate_held_out_queries(tmp_path):
+def test_evaluate_held_out_queries(store, tmp_path):
     build_index(make_labeled_catalog(tmp_path / "catalog"), name="hist", model="colour-histogram", progress=False)
     queries = tmp_path / "queries"
     for n, (label, (shape, colour)) in enumerate(SHAPES.items()):
@@ -199,6 +200,7 @@ def test_evaluate_held_out_queries(tmp_path):
     assert result.recall[1] == pytest.approx(6 / 7) and result.recall[5] == pytest.approx(6 / 7)
     assert result.map_at_5 == pytest.approx(6 / 7)  # colour alone ranks every same-colour item first
     assert d["recall@1"] == round(6 / 7, 4)
+    assert d.get("ann_recall@10", 1.0) == 1.0 and ("ann_recall@10" in d) == (store != "local")
     assert [str(s) for s in result.skipped] == ["red-circle/broken.png: not a recognised image format"]
     assert result.worst(1)[0].label == "purple-star"
     with pytest.raises(CatalogError, match="class sub-folders"):
