@@ -477,11 +477,11 @@ def resolve_precision(precision: str, device: str) -> str:
 
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_native_bf16() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     # Without AVX512-BF16 or AMX, bf16 is emulated and slower than fp32.
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -23,8 +23,9 @@ import os
 import re
 import secrets
 import struct
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +49,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DTYPES = {"F16": np.float16, "F32": np.float32}
 # Files up to this size are checked against their sha256 on every load; larger ones on `info --verify`.
 _VERIFY_LIMIT = 64 << 20
+# Item files larger than this are parsed on first use rather than when the index is opened.
+_LAZY_ITEMS = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,27 @@ def list_indexes(index_dir: str | Path | None = None) -> list[str]:
 class Index:
     """A loaded index: its manifest, items and the store of its vectors; searched with `search`."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], store: Store | np.ndarray, items: list[Item]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], store: Store | np.ndarray,
+                 items: list[Item] | Callable[[], list[Item]]) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.items = items
+        # Items, or a function that reads them: a big index's items are only parsed when first needed.
+        self._items: list[Item] | None = items if isinstance(items, list) else None
+        self._read_items = None if isinstance(items, list) else items
+        self._items_lock = threading.Lock()
         # An array is the local store's memory-mapped (N, D) unit rows.
-        self.store = LocalStore(store, items) if isinstance(store, np.ndarray) else store
+        self.store = LocalStore(store, lambda: self.items) if isinstance(store, np.ndarray) else store
         self._positions: dict[str, int] | None = None
+
+    @property
+    def items(self) -> list[Item]:
+        """The items, row by row (read from disk on first use for indexes with large item files)."""
+        if self._items is None:
+            with self._items_lock:
+                if self._items is None:
+                    assert self._read_items is not None
+                    self._items = self._read_items()
+        return self._items
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -140,8 +157,15 @@ class Index:
         files = manifest["files"]
         items_path = folder / files["items"]
         count, dim = manifest["count"], manifest["dim"]
-        _verify_hash(items_path, files.get("items_sha256"), label)
-        items = _decode_items(_read_json(items_path, label), count, label)
+
+        def read_items() -> list[Item]:
+            _verify_hash(items_path, files.get("items_sha256"), label)
+            return _decode_items(_read_json(items_path, label), count, label)
+
+        # Small item files are read and checked now; large ones (beyond ~100k items; a million items
+        # take seconds to parse) when first needed, so that opening an index stays well under a second.
+        lazy = items_path.exists() and items_path.stat().st_size > _LAZY_ITEMS
+        items: list[Item] | Callable[[], list[Item]] = read_items if lazy else read_items()
         location = manifest.get("store") or {"kind": "local"}
         if location.get("kind") != "local":
             return cls(folder, manifest, open_store(location, folder=folder, count=count, dim=dim, label=label), items)

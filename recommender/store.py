@@ -11,7 +11,7 @@ import os
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +35,11 @@ MILVUS_TOPK_LIMIT = 16384
 LITE_DB = "vectors.db"
 # Score this many rows at a time so that a memory-mapped float16 index is never copied whole.
 _CHUNK_ROWS = 1 << 16
+# A first pass in bf16 rounds each factor to 8 significant bits (relative error <= 2**-8), so a
+# product is off by at most 2 * 2**-8 of |q_i x_i| and a cosine of unit vectors by at most 2**-7.
+# Every item whose bf16 score is within twice that of the k-th bf16 score is re-scored exactly
+# (1% slack for float16 rows whose norm is not exactly 1): the result is the exact top k.
+_BF16_MARGIN = 2 * 2**-7 * 1.01
 # Rows per insert and per fetch: a few MB a message, far below gRPC's 64 MB limit even at 1536-d.
 _MILVUS_ROWS = 4096
 # HNSW as Milvus documents it for ~1M vectors; ef is raised to k when k is larger.
@@ -213,10 +218,15 @@ class LocalStore(Store):
     kind = "local"
     exact = True
 
-    def __init__(self, embeddings: np.ndarray, items: Sequence[Item]) -> None:
+    def __init__(self, embeddings: np.ndarray, items: Sequence[Item] | Callable[[], Sequence[Item]]) -> None:
         super().__init__(*embeddings.shape)
         self.embeddings = embeddings  # (N, D), memory-mapped, unit rows
-        self.items = items  # for filters: the local store evaluates them on the items themselves
+        # For filters, evaluated on the items themselves; a function when the index reads them lazily.
+        self._items = items
+
+    @property
+    def items(self) -> Sequence[Item]:
+        return self._items() if callable(self._items) else self._items
 
     @property
     def location(self) -> dict[str, Any]:
@@ -242,8 +252,28 @@ class LocalStore(Store):
             out[:, start : start + len(block)] = q @ block.T
         return out
 
+    @cached_property
+    def _coarse(self) -> Any:
+        """(N, D) bf16 torch copy of a large index for a fast first pass, where the CPU computes bf16 natively.
+
+        None for small indexes (one float32 matrix is faster) and for CPUs that would emulate bf16.
+        """
+        from .backbones import cpu_has_native_bf16
+
+        if self._dense is not None or not cpu_has_native_bf16():
+            return None
+        import torch
+
+        coarse = torch.empty((self.count, self.dim), dtype=torch.bfloat16)
+        for start in range(0, self.count, _CHUNK_ROWS):
+            block = np.asarray(self.embeddings[start : start + _CHUNK_ROWS], dtype=np.float32)  # (B, D)
+            coarse[start : start + len(block)] = torch.from_numpy(block).to(torch.bfloat16)
+        return coarse
+
     def search(self, queries: np.ndarray, k: int, *, where: Filters | None = None,
                exclude: Sequence[int] = ()) -> Found:
+        if self._coarse is not None:
+            return self._search_two_pass(np.atleast_2d(np.asarray(queries, dtype=np.float32)), k, where, exclude)
         scores = self.scores(queries)  # (Q, N)
         if where is not None:
             scores[:, ~where.mask(self.items)] = -np.inf
@@ -259,6 +289,26 @@ class LocalStore(Store):
             order = candidates[np.argsort(-row[candidates], kind="stable")]
             order = order[np.isfinite(row[order])]
             found.append((order, row[order]))
+        return found
+
+    def _search_two_pass(self, queries: np.ndarray, k: int, where: Filters | None, exclude: Sequence[int]) -> Found:
+        """Exact top k of a large index: bf16 scores for everything, exact float32 ones near the top."""
+        import torch
+
+        coarse = (torch.from_numpy(queries).to(torch.bfloat16) @ self._coarse.T).float().numpy()  # (Q, N)
+        if where is not None:
+            coarse[:, ~where.mask(self.items)] = -np.inf
+        if len(exclude):
+            coarse[:, np.asarray(exclude, dtype=np.int64)] = -np.inf
+        k = min(k, self.count)
+        found = []
+        for q, row in zip(queries, coarse):
+            kth = np.partition(row, self.count - k)[self.count - k]  # the k-th best first-pass score
+            cutoff = kth - _BF16_MARGIN if np.isfinite(kth) else -np.inf
+            candidates = np.flatnonzero((row >= cutoff) & np.isfinite(row))  # sorted: friendly to the memory map
+            exact = np.asarray(self.embeddings[candidates], dtype=np.float32) @ q  # (C,)
+            best = np.argsort(-exact, kind="stable")[:k]
+            found.append((candidates[best], exact[best]))
         return found
 
 

@@ -281,3 +281,51 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
     again = Index.load("shapes")
     assert len(again) == 12
     np.testing.assert_array_equal(again.embeddings, old.embeddings)
+
+
+def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
+    """Large indexes score in bf16 first, then exactly near the top: the result must equal brute force."""
+    import recommender.backbones as backbones_module
+    from recommender.catalog import Item
+    from recommender.store import Filters, LocalStore
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(400, 64)).astype(np.float32)
+    # near-duplicates: bf16 alone cannot order these, the exact second pass must
+    near = base[:50] + 1e-3 * rng.normal(size=(50, 64)).astype(np.float32)
+    rows = np.concatenate([base, near, base[:5]])
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
+    items = [Item(id=f"i{i}", path=f"i{i}.png", label="even" if i % 2 == 0 else "odd") for i in range(len(rows))]
+    monkeypatch.setattr(backbones_module, "cpu_has_native_bf16", lambda: True)
+    two_pass = LocalStore(rows, items)
+    two_pass.__dict__["_dense"] = None  # as if too large for one float32 matrix
+    assert two_pass._coarse is not None
+    exact = rows.astype(np.float32)
+    queries = np.concatenate([exact[:20], rng.normal(size=(20, 64)).astype(np.float32)])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    where = Filters.of({"label": ["odd"]}, {"label"}, "test")
+    for q in queries:
+        truth = exact @ q
+        for k, mask, drop in [(1, None, ()), (10, None, ()), (10, where, ()), (7, None, (3, 4, 5))]:
+            allowed = truth.copy()
+            if mask is not None:
+                allowed[~mask.mask(items)] = -np.inf
+            allowed[list(drop)] = -np.inf
+            (found_rows, found_scores), = two_pass.search(q[None, :], k, where=mask, exclude=drop)
+            np.testing.assert_allclose(found_scores, np.sort(allowed)[::-1][:k], atol=1e-5)
+            np.testing.assert_allclose(allowed[found_rows], found_scores, atol=1e-5)
+
+
+def test_large_item_files_are_read_on_first_use(built, monkeypatch):
+    import recommender.index as index_module
+
+    _, index = built
+    monkeypatch.setattr(index_module, "_LAZY_ITEMS", 0)  # every item file counts as large
+    lazy = Index.load("shapes")
+    assert lazy._items is None  # opened without parsing the items
+    assert [i.id for i in lazy.items] == [i.id for i in index.items]
+    items_file = index.folder / index.manifest["files"]["items"]
+    items_file.write_text(items_file.read_text()[:-20])
+    broken = Index.load("shapes")  # still opens at once...
+    with pytest.raises(IndexLoadError, match="does not match its checksum"):
+        broken.search(index.vector("red-circle/0.png"), k=1)  # ...and says what is wrong on first use
