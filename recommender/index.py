@@ -255,7 +255,8 @@ class Index:
         return self.folder / f"derived-{kind}-{stamp}{suffix}"
 
     def path_of(self, item: Item) -> Path:
-        return (self.root / item.path).resolve()
+        # normpath, not resolve(): the root is absolute already, and this runs for every match shown.
+        return Path(os.path.normpath(os.path.join(self.root, item.path)))
 
     def position(self, item_id: str) -> int:
         """The row of the item with this id, or a clear error."""
@@ -303,6 +304,8 @@ class Index:
 
         Keys are `label`, `id` or metadata columns; values compare case-insensitively.
         """
+        if not where:
+            return None
         keys = {"label", "id"} | {k for item in self.items[:1000] for k in item.metadata}
         return Filters.of(where, keys, self.name)
 
