@@ -49,6 +49,29 @@ def raw_uploads(image: gr.Image) -> gr.Image:
     return image
 
 
+def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
+    """Make every component refuse a file given as a URL instead of an upload.
+
+    Gradio downloads such URLs on the server (any public host, with no size limit) before a
+    callback sees them; this app fetches nothing that a user names, so pictures must be uploaded.
+    """
+
+    def refusing(move: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        async def wrapper(url_or_file_path: Any) -> Any:
+            if "://" in str(url_or_file_path):
+                raise gr.Error("Pictures are uploaded, never fetched from a URL: download it, then upload the file.",
+                               print_exception=False)
+            return await move(url_or_file_path)
+
+        return wrapper
+
+    for block in demo.blocks.values():
+        move = getattr(block, "async_move_resource_to_block_cache", None)
+        if move is not None:
+            block.async_move_resource_to_block_cache = refusing(move)  # type: ignore[method-assign]
+    return demo
+
+
 def upload_name(image: str | bytes) -> str:
     """What to call an upload in messages: its own file name (Gradio keeps it), not the server's temp path."""
     return Path(image).name if isinstance(image, str) else "upload"
@@ -262,7 +285,7 @@ def build_ui(service: Service) -> gr.Blocks:
             return service.identify(image, name=upload_name(image)).message
 
         api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
-    return demo
+    return refuse_url_inputs(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

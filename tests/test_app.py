@@ -54,18 +54,8 @@ def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
     raise RuntimeError(f"app.py did not serve its page in time: {log_path.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def app_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("app")
-
-
-@pytest.fixture(scope="session")
-def app_url(app_folder: Path, tiny_model: Path) -> Iterator[str]:
-    process, url = start_app(app_folder, {"RECOMMENDER_MODEL": str(tiny_model),
-                                          "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"})
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+# The server itself (`app_server`, `app_url`, `app_folder`) is a session fixture in conftest.py,
+# shared with the reliability tests.
 
 
 @pytest.fixture(scope="session")
