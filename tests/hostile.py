@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -83,8 +84,9 @@ def _sixteen_bit() -> bytes:
     return encode(Image.fromarray(ramp), "PNG")
 
 
-#: Broken files: name -> (bytes, regular expression the one-line reason must match).
+@functools.cache  # the text bomb costs most of a second to compress; callers only read
 def broken_pictures() -> dict[str, tuple[bytes, str]]:
+    """Broken files: name -> (bytes, regular expression the one-line reason must match)."""
     noise_png = encode(picture((64, 64)), "PNG")
     noise_jpg = encode(picture((64, 64)), "JPEG", quality=90)
     noise_gif = encode(picture((64, 64)).convert("P"), "GIF")
@@ -116,8 +118,9 @@ def _zip_bytes() -> bytes:
     return buf.getvalue()
 
 
-#: Odd but valid pictures: name -> bytes; each must be searched like any other.
+@functools.cache
 def odd_pictures() -> dict[str, bytes]:
+    """Odd but valid pictures: name -> bytes; each must be searched like any other."""
     return {
         "strip-wide.png": encode(picture((30000, 2)), "PNG"),
         "strip-tall.png": encode(picture((2, 30000)), "PNG"),

@@ -72,18 +72,58 @@ def fix_png_crcs(data: bytearray) -> bytearray:
     return data
 
 
+def segments(data: bytes) -> tuple[bytes, list[bytes], bytes] | None:
+    """(signature, chunks or marker segments, the rest) of a PNG or a JPEG (up to its first scan), else None."""
+    out = []
+    if data.startswith(b"\x89PNG"):
+        pos = 8
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            if pos + 12 + length > len(data):
+                break
+            out.append(data[pos : pos + 12 + length])
+            pos += 12 + length
+        return data[:8], out, data[pos:]
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            out.append(data[pos : pos + 2 + length])
+            pos += 2 + length
+        return data[:2], out, data[pos:]
+    return None
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
-    """A seed file with 1-4 mutations: bit flips, byte and integer overwrites, truncation, splices."""
+    """A seed file with 1-4 mutations: bit flips, byte and integer overwrites, truncation, splices of bytes
+    and of whole PNG chunks or JPEG segments."""
     seeds = corpus()
     name = draw(st.sampled_from(sorted(seeds)))
     data = bytearray(seeds[name])
     for _ in range(draw(st.integers(1, 4))):
         if not data:
             break
-        op = draw(st.sampled_from(["flip", "byte", "int", "truncate", "splice", "repeat", "delete"]))
+        op = draw(st.sampled_from(["flip", "byte", "int", "truncate", "splice", "repeat", "delete", "chunks"]))
         at = draw(st.integers(0, len(data) - 1))
-        if op == "flip":
+        parts = segments(bytes(data)) if op == "chunks" else None
+        if parts and parts[1]:  # whole PNG chunks or JPEG segments moved, dropped, doubled or taken from a donor
+            head, chunks, tail = parts
+            donor = segments(seeds[draw(st.sampled_from(sorted(seeds)))])
+            pool = chunks + (donor[1] if donor else [])
+            where = draw(st.integers(0, len(chunks) - 1))
+            how = draw(st.sampled_from(["insert", "replace", "drop", "swap"]))
+            if how == "insert":
+                chunks.insert(where, draw(st.sampled_from(pool)))
+            elif how == "replace":
+                chunks[where] = draw(st.sampled_from(pool))
+            elif how == "drop":
+                del chunks[where]
+            else:
+                other = draw(st.integers(0, len(chunks) - 1))
+                chunks[where], chunks[other] = chunks[other], chunks[where]
+            data = bytearray(head + b"".join(chunks) + tail)
+        elif op == "flip" or op == "chunks":
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "byte":
             data[at] = draw(st.integers(0, 255))
