@@ -52,6 +52,29 @@ def raw_uploads(image: gr.Image) -> gr.Image:
     return image
 
 
+def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
+    """Make every component refuse a file given as a URL instead of an upload.
+
+    Gradio downloads such URLs on the server (any public host, with no size limit) before a
+    callback sees them; this app fetches nothing that a user names, so pictures must be uploaded.
+    """
+
+    def refusing(move: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        async def wrapper(url_or_file_path: Any) -> Any:
+            if "://" in str(url_or_file_path):
+                raise gr.Error("Pictures are uploaded, never fetched from a URL: download it, then upload the file.",
+                               print_exception=False)
+            return await move(url_or_file_path)
+
+        return wrapper
+
+    for block in demo.blocks.values():
+        move = getattr(block, "async_move_resource_to_block_cache", None)
+        if move is not None:
+            block.async_move_resource_to_block_cache = refusing(move)  # type: ignore[method-assign]
+    return demo
+
+
 def upload_name(image: str | bytes) -> str:
     """What to call an upload in messages: its own file name (Gradio keeps it), not the server's temp path."""
     return Path(image).name if isinstance(image, str) else "upload"
@@ -236,14 +259,21 @@ def build_ui(service: Service) -> gr.Blocks:
 
         @user_errors
         def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
+            # Instant, so that 👍/👎 clicked right after apply to this item; the overlay follows.
             match = state["matches"][evt.index]
+            return f"**{match['label']}** · {match['score']:.2f}", None, match
+
+        @user_errors
+        def where(state: dict[str, Any], match: dict[str, Any] | None) -> tuple[Any, ...]:
+            if not match:
+                return gr.skip(), None
             index = service.index(state["index"])
             backbone = service.backbone_for(index)
             title = f"**{match['label']}** · {match['score']:.2f}"
             if not has_spatial_features(backbone):
-                return f"{title} (this backbone has no spatial features to show where)", None, match["path"]
+                return f"{title} (this backbone has no spatial features to show where)", None
             shown = explain(state["query"], match["id"], index, backbone=backbone)
-            return f"{title}: warm colours mark the regions that match", shown.image, match
+            return f"{title}: warm colours mark the regions that match", shown.image
 
         @user_errors
         def search_with(match: dict[str, Any] | None, k: int, index_name: str | None) -> tuple[Any, ...]:
@@ -285,7 +315,9 @@ def build_ui(service: Service) -> gr.Blocks:
             done.success(related, inputs=result_state, outputs=links, api_visibility="private")
             if fn in (answer, search_with):
                 done.success(to_editor, inputs=result_state, outputs=editor, api_visibility="private")
-        gallery.select(pick, inputs=result_state, outputs=[selected, overlay, chosen], api_visibility="private")
+        gallery.select(pick, inputs=result_state, outputs=[selected, overlay, chosen], api_visibility="private",
+                       show_progress="hidden").then(where, inputs=[result_state, chosen], outputs=[selected, overlay],
+                                                    show_progress_on=overlay, api_visibility="private")
 
         @user_errors
         def draw_matrix(count: str, index_name: str | None) -> tuple[Any, ...]:
@@ -351,7 +383,7 @@ def build_ui(service: Service) -> gr.Blocks:
             return service.identify(image, name=upload_name(image)).message
 
         api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
-    return demo
+    return refuse_url_inputs(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

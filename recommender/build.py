@@ -25,15 +25,13 @@ from .backbones import Backbone, load_backbone
 from .catalog import Catalog, Item, Skip, read_catalog
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
 from .errors import CatalogError, ImageError, RecommenderError
-from .images import load_image, read_bytes
+from .images import DECODE_MAX_SIDE, load_image, read_bytes
 from .index import Index, index_folder, write_index
 from .recommend import calibrate
 from .store import StoreConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
-#: Pictures are shrunk to this size when decoded: enough for any backbone input, cheap for huge photos.
-DECODE_MAX_SIDE = 1024
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from collections.abc import Mapping
@@ -66,11 +67,14 @@ def read_catalog(
     image_column: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
+    confined: bool = False,
 ) -> Catalog:
     """Read a folder of class sub-folders (labeled), a flat folder (unlabeled) or a CSV.
 
     Unreadable rows and missing files are skipped with a reason; a source with no usable
     item raises `CatalogError`. `limit` keeps the first N items (a quick trial run).
+    `confined` skips CSV rows naming a file outside the CSV's folder (after following links):
+    for catalogs that strangers upload, whose CSV could otherwise list any picture on the server.
     """
     path = Path(source).expanduser()
     if limit is not None and limit < 1:
@@ -82,7 +86,8 @@ def read_catalog(
             raise CatalogError("--image-column, --label-column and id columns only apply to CSV catalogs")
         catalog = _read_folder(path)
     elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        catalog = _read_csv(path, image_column=image_column, label_column=label_column, id_column=id_column)
+        catalog = _read_csv(path, image_column=image_column, label_column=label_column, id_column=id_column,
+                            confined=confined)
     else:
         raise CatalogError(f"{path}: a catalog is a folder of pictures or a CSV file")
     if limit is not None:
@@ -142,7 +147,8 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _read_csv(path: Path, *, image_column: str | None, label_column: str | None, id_column: str | None) -> Catalog:
+def _read_csv(path: Path, *, image_column: str | None, label_column: str | None, id_column: str | None,
+              confined: bool = False) -> Catalog:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -181,6 +187,9 @@ def _read_csv(path: Path, *, image_column: str | None, label_column: str | None,
             skipped.append(Skip(where, f"{image}: URLs are not downloaded; list local files"))
             continue
         file = (root / image).expanduser()
+        if confined and not _inside(file.resolve(), root):  # asked first: says nothing of what exists there
+            skipped.append(Skip(where, f"{image}: outside the catalog's folder"))
+            continue
         if not file.is_file():
             skipped.append(Skip(where, f"{image}: no such file"))
             continue
@@ -279,14 +288,24 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> tupl
             if not _inside(out.resolve(), target):
                 skipped.append(Skip(name, "path leaves the archive's folder"))
                 continue
-            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # A name too long for the file system, or a file where a folder must go, fails here.
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                skipped.append(Skip(name, f"cannot be written here ({exc.strerror or exc})"))
+                continue
             try:
                 # zipfile never returns more than the declared size, which the totals above bounded.
                 with bundle.open(member) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 out.unlink(missing_ok=True)
                 skipped.append(Skip(name, f"corrupt in the archive ({exc})"))
+                continue
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    out.unlink(missing_ok=True)
+                skipped.append(Skip(name, f"cannot be written here ({exc.strerror or exc})"))
                 continue
             if out.suffix.lower() == ".csv":
                 csvs.append(out)

@@ -22,7 +22,7 @@ from . import settings
 from .backbones import Backbone, EfficientNetLite0, Hybrid, load_backbone, normalise
 from .catalog import Item
 from .errors import ModelError, RecommenderError
-from .images import ImageSource, load_image
+from .images import DECODE_MAX_SIDE, ImageSource, load_image
 from .index import Index, Match
 
 #: Items in a catalog heatmap when no limit is given, and the most it will draw.
@@ -30,8 +30,6 @@ DEFAULT_LIMIT = 40
 MAX_LIMIT = 300
 #: Items per look-alike group when an unlabeled (or many-labeled) catalog is summarised.
 GROUP_SIZE = 5
-#: Pictures are decoded at most this large, as the index build does, so cached features agree with it.
-DECODE_MAX_SIDE = 1024
 # Tick labels are dropped beyond this many rows (they would overlap); the data still carries them.
 _MAX_TICKS = 120
 # Optimal leaf ordering costs O(M^3): worth it for figures people read, skipped for huge ones.

@@ -20,6 +20,9 @@ from .errors import ImageError
 ImageSource = str | os.PathLike | bytes | Image.Image
 Fit = Literal["pad", "crop"]
 
+#: Catalog and query pictures are shrunk to this size when decoded: enough for any backbone input, and
+#: a huge photo costs a fraction of a second instead of seconds and gigabytes.
+DECODE_MAX_SIDE = 1024
 #: Everything is composited and padded onto this colour: catalog sprites and products sit on white.
 BACKGROUND = (255, 255, 255)
 
@@ -96,10 +99,9 @@ def _open(data: bytes, label: str, max_side: int | None) -> Image.Image:
             raise _bomb(label, exc) from None
         except _DECODE_ERRORS as exc:
             raise ImageError(f"{label}: broken image header ({_reason(exc)})") from None
-    if img.format == "PNG":
-        short = png_shortfall(data)
-        if short:
-            raise ImageError(f"{label}: broken or truncated image ({short})")
+    short = png_shortfall(data) if img.format == "PNG" else jpeg_shortfall(data) if img.format in _JPEGS else None
+    if short:
+        raise ImageError(f"{label}: broken or truncated image ({short})")
     _decode(img, label, max_side)
     return img
 
@@ -138,6 +140,64 @@ def png_shortfall(data: bytes) -> str | None:
     if expected is None:
         return None  # not a PNG we can reason about; Pillow's own checks apply
     return f"pixel data ends after {produced:,} of {expected:,} bytes"
+
+
+# JPEG frames coded with Huffman tables (baseline, extended, progressive); arithmetic coding has no such bound.
+_HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}
+_OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEGS = ("JPEG", "MPO")
+
+
+def jpeg_shortfall(data: bytes) -> str | None:
+    """Why a JPEG's coded data is too short for the size its header claims, or None when it may be complete.
+
+    libjpeg pads missing data with grey and Pillow reports nothing, so a 1 KB file whose header
+    claims 4000x4000 would pass as a grey picture. Huffman coding spends at least one bit on the DC
+    value of every 8x8 block, so a complete picture has at least blocks/8 bytes after its first scan.
+    """
+    pos, frame = 2, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None  # not where a marker should be: Pillow's own checks apply
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        body = data[pos + 4 : pos + 2 + length]
+        if marker in _OTHER_FRAMES:
+            return None
+        if marker in _HUFFMAN_FRAMES and len(body) >= 6:
+            height, width, count = struct.unpack(">HHB", body[1:6])
+            sampling = [(b >> 4, b & 15) for b in body[7 : 6 + 3 * count : 3]]
+            frame = (width, height, sampling)
+        elif marker == 0xDA:
+            if frame is None:
+                return None
+            width, height, sampling = frame
+            need = _jpeg_min_coded_bytes(width, height, sampling)
+            coded = len(data) - (pos + 2 + length)
+            if need is not None and coded < need:
+                return f"{coded:,} bytes of coded data, but {width}x{height} pixels need at least {need:,}"
+            return None
+        pos += 2 + length
+    return None
+
+
+def _jpeg_min_coded_bytes(width: int, height: int, sampling: list[tuple[int, int]]) -> int | None:
+    if not (width and height and sampling) or any(h < 1 or v < 1 for h, v in sampling):
+        return None
+    hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
+    blocks = sum(_ceil_div(_ceil_div(width * h, hmax), 8) * _ceil_div(_ceil_div(height * v, vmax), 8)
+                 for h, v in sampling)  # 8x8 blocks of every component, each subsampled by its factors
+    return blocks // 8
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _png_raw_size(header: tuple[int, ...]) -> int | None:

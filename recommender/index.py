@@ -47,6 +47,8 @@ _LOCAL_VERSION = 1
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DTYPES = {"F16": np.float16, "F32": np.float32}
+# What a manifest's backbone spec may hold (the keyword arguments of load_backbone that describe an index).
+_SPEC_KEYS = {"model", "weights", "pooling", "image_size", "fit"}
 # Files up to this size are checked against their sha256 on every load; larger ones on `info --verify`.
 _VERIFY_LIMIT = 64 << 20
 # Item files larger than this are parsed on first use rather than when the index is opened.
@@ -588,6 +590,11 @@ def _check_manifest(manifest: Any, label: str) -> None:
     for key, kind in required.items():
         if not isinstance(manifest.get(key), kind):
             raise IndexLoadError(f"index {label!r} has a malformed manifest (bad {key!r}); {_rebuild_hint(label)}")
+    spec = manifest["backbone"]
+    if not isinstance(spec.get("model"), str) or not set(spec) <= _SPEC_KEYS:
+        # The spec becomes load_backbone's keyword arguments: only the ones it takes, as data.
+        raise IndexLoadError(f"index {label!r} has a malformed manifest (bad backbone {_describe_spec(spec)[:120]!r});"
+                             f" {_rebuild_hint(label)}")
     store = manifest.get("store")
     if store is not None and not (isinstance(store, dict) and isinstance(store.get("kind"), str)):
         raise IndexLoadError(f"index {label!r} has a malformed manifest (bad 'store'); {_rebuild_hint(label)}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +17,7 @@ from pathlib import Path
 from . import settings
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, build_index
-from .catalog import Skip, extract_archive
+from .catalog import Skip, extract_archive, read_catalog
 from .errors import IndexLoadError, ModelError, RecommenderError
 from .images import ImageSource
 from .index import Index, check_name, list_indexes
@@ -132,6 +135,7 @@ class Service:
                                                       domain=domain, index_dir=self.index_dir, progress=progress)
         self.startup_seconds = self.choice.seconds + time.perf_counter() - started
         self._indexes: dict[str, tuple[float, Index]] = {}
+        self._build_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     @property
@@ -170,15 +174,39 @@ class Service:
 
     def build_upload(self, archive: str | Path, name: str, *, progress: bool = True,
                      on_extracted: Callable[[list[Skip]], None] | None = None) -> BuildReport:
-        """Index an uploaded zip of pictures (or a CSV with its pictures) under `name`, with the app's backbone."""
+        """Index an uploaded zip of pictures (or a CSV with its pictures) under `name`, with the app's backbone.
+
+        Each upload unpacks into a fresh folder, so that a second upload under the same name never
+        mixes its pictures with the first's; a CSV in it may only name pictures inside it. The older
+        folders of that name go once the new index is written; a refused upload leaves nothing.
+        """
         name = _safe_name(name)
         if name == self.default.name:
             raise RecommenderError(f"{name!r} is the default catalog's index; choose another name")
-        target = settings.data_dir() / "catalogs" / name
-        source, skipped = extract_archive(archive, target)
-        if on_extracted:
-            on_extracted(skipped)
-        report = build_index(source, name=name, backbone=self.backbone, index_dir=self.index_dir, progress=progress)
+        folder = settings.data_dir() / "catalogs" / name
+        with self._lock:
+            lock = self._build_locks.setdefault(name, threading.Lock())
+        with lock:  # one build per name at a time: two uploads racing would remove each other's pictures
+            target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            try:
+                source, skipped = extract_archive(archive, target)
+                if on_extracted:
+                    on_extracted(skipped)
+                catalog = read_catalog(source, confined=True)
+                report = build_index(catalog, name=name, backbone=self.backbone, index_dir=self.index_dir,
+                                     progress=progress)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: no earlier upload of that name
+                raise
+            for old in folder.iterdir():
+                if old == target:
+                    continue
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
         report.skipped[:0] = skipped
         return report
 

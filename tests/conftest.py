@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,35 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
         from recommender.store import close_clients
 
         close_clients()
+
+
+@dataclass(frozen=True)
+class AppServer:
+    """`python app.py` running on a free port: its process (for RSS and liveness), URL and folder."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[AppServer]:
+    """One real app server for the whole session (its first start builds the Pokémon index, so it is shared)."""
+    from test_app import start_app
+
+    folder = tmp_path_factory.mktemp("app")
+    process, url = start_app(folder, {"RECOMMENDER_MODEL": str(tiny_model),
+                                      "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"})
+    yield AppServer(process, url, folder)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def app_folder(app_server: AppServer) -> Path:
+    return app_server.folder
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server: AppServer) -> str:
+    return app_server.url

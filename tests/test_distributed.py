@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,30 @@ pytest.importorskip("ray.data", reason="pip install -r requirements-scale.txt")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (starting one takes seconds): 2 CPUs, a small object store."""
-    ray.init(address="local", num_cpus=2, object_store_memory=256 << 20, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # workers import recommender from here
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module (starting one takes seconds): 2 CPUs, a small object store.
+
+    Ray gives its raylet 30 s to register, which a loaded 2-core CI machine has been seen to miss
+    once; a second try follows, and if that fails too the module is skipped with Ray's own logs.
+    """
+    error: Exception | None = None
+    for _ in range(2):
+        # A short folder of its own: Ray's Unix socket paths inside it must stay under 108 bytes.
+        temp = Path(tempfile.mkdtemp(prefix="ray"))
+        try:
+            ray.init(address="local", num_cpus=2, object_store_memory=256 << 20, include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False, _temp_dir=str(temp),
+                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # workers import recommender from here
+            break
+        except Exception as exc:  # Ray raises a bare Exception when its node times out
+            error = exc
+            ray.shutdown()
+    else:
+        logs = sorted(p.name for p in temp.glob("session_*/logs/*"))
+        pytest.skip(f"a local Ray did not start twice here ({error}); its logs: {logs}")
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
