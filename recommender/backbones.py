@@ -21,6 +21,8 @@ from PIL import Image
 from . import settings
 from .errors import ModelError
 from .images import Fit, fit_square
+from .lean import LeanDinov2
+from .lean import supports as supports_lean
 
 POOLINGS = ("cls", "mean", "cls+mean")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -217,16 +219,30 @@ class DinoV2(_TorchBackbone):
     def identity(self) -> str:
         return self._identity
 
+    @functools.cached_property
+    def _lean(self) -> LeanDinov2 | None:
+        """The lean CPU forward (see `lean`), or None where transformers' own forward is used (GPUs)."""
+        import torch
+
+        if not self.device.startswith("cpu") or not supports_lean(self.model):
+            return None
+        return LeanDinov2(self.model, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+
+    def _forward(self, pixels: Any, *, cls_only: bool = False) -> Any:
+        if self._lean is not None:
+            return self._lean(pixels, cls_only=cls_only)
+        return self.model(pixel_values=pixels).last_hidden_state  # (N, 1 + R + P, D), after the final norm
+
     def _tokens(self, pixels: Any) -> tuple[Any, Any]:
-        hidden = self.model(pixel_values=pixels).last_hidden_state  # (N, 1 + R + P, D), after the final norm
+        hidden = self._forward(pixels)  # (N, 1 + R + P, D)
         return hidden[:, 0], hidden[:, 1 + self.registers :]  # (N, D) CLS, (N, P, D) patch tokens
 
     def _global(self, pixels: Any) -> Any:
         import torch
 
-        cls, patches = self._tokens(pixels)
         if self.pooling == "cls":
-            return cls
+            return self._forward(pixels, cls_only=True)[:, 0]  # (N, D)
+        cls, patches = self._tokens(pixels)
         mean = patches.mean(dim=1)
         if self.pooling == "mean":
             return mean
