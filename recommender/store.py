@@ -9,7 +9,9 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -212,6 +214,21 @@ class Store(ABC):
 # --------------------------------------------------------------------------------- local: exact, memory-mapped
 
 
+def _product(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(Q, D) float32 @ (N, D).T float32 -> (Q, N) scores.
+
+    In a process that embeds with torch, torch's own thread pool computes it: numpy's OpenBLAS
+    threads keep spinning after a call, beside torch's, and the next query's embedding then ran at
+    half speed (measured: 141 -> 71 ms a query at 100k items on 2 cores).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return queries @ rows.T
+    with warnings.catch_warnings():  # memory-mapped rows are read-only; torch only reads them here
+        warnings.simplefilter("ignore", UserWarning)
+        return (torch.from_numpy(queries) @ torch.from_numpy(rows).T).numpy()
+
+
 class LocalStore(Store):
     """Today's embedded default: a memory-mapped (N, D) float16/float32 array searched exactly with BLAS."""
 
@@ -245,11 +262,11 @@ class LocalStore(Store):
     def scores(self, queries: np.ndarray) -> np.ndarray:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if self._dense is not None:
-            return q @ self._dense.T
+            return _product(q, self._dense)
         out = np.empty((q.shape[0], self.count), dtype=np.float32)
         for start in range(0, self.count, _CHUNK_ROWS):
             block = np.asarray(self.embeddings[start : start + _CHUNK_ROWS], dtype=np.float32)  # (B, D)
-            out[:, start : start + len(block)] = q @ block.T
+            out[:, start : start + len(block)] = _product(q, block)
         return out
 
     @cached_property
