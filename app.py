@@ -20,7 +20,7 @@ from recommender.errors import WebSearchUnavailable
 from recommender.heatmaps import SimilarityMatrix, catalog_heatmap, explain, has_spatial_features
 from recommender.maps import HOVER_SCRIPT, map_figure
 from recommender.recommend import embed_query
-from recommender.service import Service
+from recommender.service import Service, limit_malloc_arenas
 from recommender.websearch import search_media
 
 ROOT = Path(__file__).resolve().parent
@@ -73,6 +73,11 @@ def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
         if move is not None:
             block.async_move_resource_to_block_cache = refusing(move)  # type: ignore[method-assign]
     return demo
+
+
+def title_of(match: dict[str, Any]) -> str:
+    """A look-alike's name and score, as the selection line shows them."""
+    return f"**{match['label']}** · {match['score']:.2f}"
 
 
 def upload_name(image: str | bytes) -> str:
@@ -261,7 +266,7 @@ def build_ui(service: Service) -> gr.Blocks:
         def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
             # Instant, so that 👍/👎 clicked right after apply to this item; the overlay follows.
             match = state["matches"][evt.index]
-            return f"**{match['label']}** · {match['score']:.2f}", None, match
+            return title_of(match), None, match
 
         @user_errors
         def where(state: dict[str, Any], match: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -269,7 +274,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 return gr.skip(), None
             index = service.index(state["index"])
             backbone = service.backbone_for(index)
-            title = f"**{match['label']}** · {match['score']:.2f}"
+            title = title_of(match)
             if not has_spatial_features(backbone):
                 return f"{title} (this backbone has no spatial features to show where)", None
             shown = explain(state["query"], match["id"], index, backbone=backbone)
@@ -393,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="Also serve through a public Gradio share link.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    limit_malloc_arenas()  # before the server's threads start
     service = Service()
     log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
     demo = build_ui(service)

@@ -49,3 +49,12 @@ def test_no_pickle_anywhere(path):
     assert "allow_pickle=True" not in text
     for call in re.findall(r"torch\.load\(([^)]*)\)", text):
         assert "weights_only=True" in call
+
+
+def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch):
+    from recommender.service import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert isinstance(limit_malloc_arenas(), bool)  # True on glibc; False elsewhere, never an error
