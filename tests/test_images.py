@@ -8,20 +8,11 @@ import zlib
 
 import numpy as np
 import pytest
+from hostile import encode, png_chunk
 from PIL import Image
 
 from recommender.errors import ImageError
 from recommender.images import fit_square, load_image
-
-
-def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def png_with_header(width: int, height: int, *, depth: int = 8, colour: int = 2, rows: bytes = b"") -> bytes:
