@@ -19,8 +19,9 @@ from recommender import RecommenderError, load_image
 from recommender.errors import WebSearchUnavailable
 from recommender.heatmaps import SimilarityMatrix, catalog_heatmap, explain, has_spatial_features
 from recommender.maps import HOVER_SCRIPT, map_figure
+from recommender.memory import limit_malloc_arenas
 from recommender.recommend import embed_query
-from recommender.service import Service, limit_malloc_arenas
+from recommender.service import Service
 from recommender.websearch import search_media
 
 ROOT = Path(__file__).resolve().parent

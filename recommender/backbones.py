@@ -23,6 +23,7 @@ from .errors import ModelError
 from .images import Fit, fit_square
 from .lean import LeanDinov2
 from .lean import supports as supports_lean
+from .memory import keep_freed_buffers
 
 POOLINGS = ("cls", "mean", "cls+mean")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -89,6 +90,12 @@ class Backbone(ABC):
         """`prepare` as a small picklable function without the model, to decode in other processes (Ray)."""
         return self.prepare  # backbones without a model are small themselves
 
+    @property
+    def decode_size(self) -> tuple[int, Fit] | None:
+        """(size, fit): the square `prepare` shrinks pictures into, so that JPEGs decode no larger
+        (`load_image(fit_to=...)`); None when it needs them whole."""
+        return None
+
     @abstractmethod
     def embed_prepared(self, batch: Sequence[Any]) -> np.ndarray:
         """A batch of prepared pictures -> (N, D) float32, each row of unit length."""
@@ -140,6 +147,8 @@ class _TorchBackbone(Backbone):
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.batch_size = 256 if device.startswith("cuda") else self.cpu_batch_size
+        if device.startswith("cpu"):
+            keep_freed_buffers()  # a quarter faster on CPU: activations are not re-faulted at every layer
         # (1, 3, 1, 1) so that they broadcast over (N, 3, S, S) batches
         self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
@@ -149,6 +158,10 @@ class _TorchBackbone(Backbone):
 
     def preparer(self) -> Callable[[Image.Image], Any]:
         return functools.partial(_square_pixels, size=self.image_size, fit=self.fit)
+
+    @property
+    def decode_size(self) -> tuple[int, Fit]:
+        return self.image_size, self.fit
 
     def _pixels(self, batch: Sequence[np.ndarray]) -> Any:
         import torch
@@ -307,6 +320,10 @@ class ColourHistogram(Backbone):
         return {"model": self.name}
 
     @property
+    def decode_size(self) -> tuple[int, Fit]:
+        return self._work_side, "pad"  # `thumbnail` keeps the long side
+
+    @property
     def identity(self) -> str:
         return f"{self.name}:bins={self.bins}"
 
@@ -358,6 +375,15 @@ class Hybrid(Backbone):
 
     def preparer(self) -> Callable[[Image.Image], Any]:
         return _PrepareParts(tuple(part.preparer() for part in self.parts))
+
+    @property
+    def decode_size(self) -> tuple[int, Fit] | None:
+        sizes = [part.decode_size for part in self.parts]
+        if None in sizes:
+            return None
+        # Covering the largest square with its short side, when any part crops, covers every part.
+        fit: Fit = "crop" if any(f == "crop" for _, f in sizes) else "pad"  # type: ignore[misc]
+        return max(size for size, _ in sizes), fit  # type: ignore[misc]
 
     def embed_prepared(self, batch: Sequence[tuple[Any, ...]]) -> np.ndarray:
         pieces = [

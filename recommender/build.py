@@ -25,7 +25,7 @@ from .backbones import Backbone, load_backbone
 from .catalog import Catalog, Item, Skip, read_catalog
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
 from .errors import CatalogError, ImageError, RecommenderError
-from .images import DECODE_MAX_SIDE, load_image, read_bytes
+from .images import DECODE_MAX_SIDE, Fit, load_image, read_bytes
 from .index import Index, index_folder, write_index
 from .recommend import calibrate
 from .store import StoreConfig
@@ -195,7 +195,7 @@ def embed_items(
     (B, D) vectors of each batch embedded (a checkpoint).
     """
     previous = previous or {}
-    reads = _map_ordered(lambda item: _read(item, root, backbone.prepare, previous), items,
+    reads = _map_ordered(lambda item: _read(item, root, backbone.prepare, previous, backbone.decode_size), items,
                          workers=workers or min(8, (os.cpu_count() or 2) * 2))
     kept: list[Item] = []
     vectors: list[np.ndarray] = []
@@ -261,8 +261,10 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
             for i, item in enumerate(old.items) if item.sha256}
 
 
-def _read(item: Item, root: Path, prepare: Callable[[Any], Any], previous: Container[str]) -> _Read:
-    """Hash the file and, unless an unchanged copy is already embedded, decode and `prepare` it."""
+def _read(item: Item, root: Path, prepare: Callable[[Any], Any], previous: Container[str],
+          fit_to: tuple[int, Fit] | None) -> _Read:
+    """Hash the file and, unless an unchanged copy is already embedded, decode (no larger than
+    `fit_to` needs) and `prepare` it."""
     path = root / item.path
     try:
         data = read_bytes(path, name=item.path)
@@ -270,7 +272,7 @@ def _read(item: Item, root: Path, prepare: Callable[[Any], Any], previous: Conta
         hashed = replace(item, sha256=digest)
         if digest in previous:
             return _Read(hashed)
-        image = load_image(data, name=item.path, max_side=DECODE_MAX_SIDE)
+        image = load_image(data, name=item.path, max_side=DECODE_MAX_SIDE, fit_to=fit_to)
         return _Read(hashed, prepared=prepare(image))
     except ImageError as exc:
         reason = str(exc).removeprefix(f"{item.path}: ")

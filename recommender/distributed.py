@@ -25,6 +25,7 @@ from .backbones import Backbone, Hybrid, load_backbone
 from .build import Embedded, _progress, _read
 from .catalog import Item, Skip
 from .errors import ModelError, RecommenderError
+from .images import Fit
 
 #: Pictures per read-and-decode task.
 READ_BATCH = 32
@@ -108,7 +109,8 @@ def _run(ray: Any, items: Sequence[Item], root: Path, backbone: Backbone, *, act
     dataset = ray.data.from_items([{"row": i, "path": item.path} for i, item in enumerate(items)],
                                   override_num_blocks=blocks)
     dataset = dataset.map_batches(_read_batch, batch_size=READ_BATCH, num_cpus=1, memory=READ_MEMORY,
-                                  fn_kwargs={"root": str(root), "prepare": backbone.preparer(), "known": known})
+                                  fn_kwargs={"root": str(root), "prepare": backbone.preparer(), "known": known,
+                                             "fit_to": backbone.decode_size})
     dataset = dataset.map_batches(
         _Embedder, batch_size=batch_size, compute=ActorPoolStrategy(size=count), **resources,
         fn_constructor_kwargs={"spec": backbone.spec, "identity": backbone.identity, "device": device,
@@ -166,10 +168,10 @@ class _HashSet:
 
 
 def _read_batch(batch: dict[str, np.ndarray], *, root: str, prepare: Callable[[Any], Any],
-                known: _HashSet) -> dict[str, np.ndarray]:
+                known: _HashSet, fit_to: tuple[int, Fit] | None) -> dict[str, np.ndarray]:
     """Read, hash, and (unless already embedded) decode and prepare a batch of pictures; runs in a CPU task."""
     folder = Path(root)
-    reads = [_read(Item(id=str(path), path=str(path)), folder, prepare, known) for path in batch["path"]]
+    reads = [_read(Item(id=str(path), path=str(path)), folder, prepare, known, fit_to) for path in batch["path"]]
     return {
         "row": np.asarray(batch["row"], dtype=np.int64),
         "sha256": np.array([r.item.sha256 or "" for r in reads], dtype=object),

@@ -24,6 +24,7 @@ from .catalog import Item
 from .errors import ModelError, RecommenderError
 from .images import DECODE_MAX_SIDE, ImageSource, load_image
 from .index import Index, Match
+from .recommend import embed_query
 
 #: Items in a catalog heatmap when no limit is given, and the most it will draw.
 DEFAULT_LIMIT = 40
@@ -332,11 +333,7 @@ def _query_vector(query: ImageSource | np.ndarray, index: Index, backbone: Backb
         if vec.shape[0] != index.dim:
             raise RecommenderError(f"query vector is {vec.shape[0]}-d but index {index.name!r} holds {index.dim}-d")
         return normalise(vec)
-    if backbone is None:
-        backbone = index.backbone()
-    else:
-        index.check_backbone(backbone)
-    return backbone.embed([load_image(query, max_side=DECODE_MAX_SIDE)])[0]
+    return embed_query(query, index, backbone=backbone)
 
 
 # ------------------------------------------------------------------------------- choosing items

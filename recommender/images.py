@@ -56,22 +56,25 @@ def read_bytes(source: str | os.PathLike, *, name: str | None = None) -> bytes:
         raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from None
 
 
-def load_image(source: ImageSource, *, name: str | None = None, max_side: int | None = None) -> Image.Image:
+def load_image(source: ImageSource, *, name: str | None = None, max_side: int | None = None,
+               fit_to: tuple[int, Fit] | None = None) -> Image.Image:
     """Open `source` fully and return it as an RGB image.
 
     Alpha is composited on white; palette, grayscale, 16-bit, float and CMYK pictures are
     converted; EXIF orientation is applied; animated pictures give their first frame.
     Decompression bombs (Pillow's own pixel limit), truncated data and non-images raise
     `ImageError` naming the file and the reason. `max_side` shrinks large pictures on the way
-    (JPEGs are decoded at reduced scale, which is much faster).
+    (JPEGs are decoded at reduced scale, which is much faster). `fit_to=(size, fit)` says the
+    picture will only fill a `size` square that way (`fit_square`, a backbone's `decode_size`):
+    JPEGs are then decoded at the smallest scale, 1/2 to 1/8, that still covers it.
     """
     label = name or describe(source)
     if isinstance(source, Image.Image):
         img = source
-        _decode(img, label, max_side)
+        _decode(img, label, max_side, fit_to)
     else:
         data = source if isinstance(source, bytes) else read_bytes(source, name=label)
-        img = _open(data, label, max_side)
+        img = _open(data, label, max_side, fit_to)
     with contextlib.suppress(_DECODE_ERRORS):  # a broken EXIF block is no reason to refuse the pixels
         img = ImageOps.exif_transpose(img) or img
     rgb = to_rgb(img, label)
@@ -80,7 +83,7 @@ def load_image(source: ImageSource, *, name: str | None = None, max_side: int | 
     return rgb
 
 
-def _open(data: bytes, label: str, max_side: int | None) -> Image.Image:
+def _open(data: bytes, label: str, max_side: int | None, fit_to: tuple[int, Fit] | None) -> Image.Image:
     if not data:
         raise ImageError(f"{label}: empty file")
     head = data[:1024].lstrip().lower()
@@ -102,7 +105,7 @@ def _open(data: bytes, label: str, max_side: int | None) -> Image.Image:
     short = png_shortfall(data) if img.format == "PNG" else jpeg_shortfall(data) if img.format in _JPEGS else None
     if short:
         raise ImageError(f"{label}: broken or truncated image ({short})")
-    _decode(img, label, max_side)
+    _decode(img, label, max_side, fit_to)
     return img
 
 
@@ -214,14 +217,15 @@ def _png_raw_size(header: tuple[int, ...]) -> int | None:
     return sum(rows(max(0, -(-(width - xs) // dx)), max(0, -(-(height - ys) // dy))) for xs, ys, dx, dy in _ADAM7)
 
 
-def _decode(img: Image.Image, label: str, max_side: int | None) -> None:
+def _decode(img: Image.Image, label: str, max_side: int | None, fit_to: tuple[int, Fit] | None) -> None:
     """Decode every pixel now, so that truncated data fails here and not half-way through later work."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             Image._decompression_bomb_check(img.size)  # also for PIL images handed to us
-            if max_side and img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))
+            draft = _draft_size(img.size, max_side, fit_to) if img.format == "JPEG" else None
+            if draft:
+                img.draft("RGB", draft)  # decodes at the largest 1/1 to 1/8 scale still at least `draft`
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _bomb(label, exc) from None
@@ -229,6 +233,20 @@ def _decode(img: Image.Image, label: str, max_side: int | None) -> None:
             raise ImageError(f"{label}: broken or truncated image ({_reason(exc)})") from None
     if img.width < 1 or img.height < 1:
         raise ImageError(f"{label}: image has no pixels ({img.width}x{img.height})")
+
+
+def _draft_size(size: tuple[int, int], max_side: int | None, fit_to: tuple[int, Fit] | None) -> tuple[int, int] | None:
+    """The smallest (w, h) a JPEG of `size` may be decoded at, or None for its full size.
+
+    Decoding a 500x375 photo at half scale for a 224 px square took its decode and resize from
+    3.6 to 1.3 ms; the pixels differ from full decoding then resizing by 0.7 of 255 on average.
+    """
+    w, h = size
+    if fit_to:
+        side, fit = fit_to
+        scale = side / (max(w, h) if fit == "pad" else min(w, h))  # as `fit_square` resizes
+        return (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+    return (max_side, max_side) if max_side else None
 
 
 def _bomb(label: str, exc: Exception) -> ImageError:
@@ -283,13 +301,18 @@ def pixel_upscale_factor(img: Image.Image) -> int:
     Every run of repeated rows and of repeated columns is then a multiple of k, so k is the
     greatest common divisor of the run lengths.
     """
-    arr = np.asarray(img)
-    if arr.ndim < 2 or min(arr.shape[:2]) < 2:
+    if min(img.size) < 2:
         return 1
+    # The first run each way is at least k >= 2 long: a photo fails this on its first two rows or
+    # columns, and costs nothing more (the full pass below took 1.4 ms of a 500x375 picture's 4).
+    top, left = np.asarray(img.crop((0, 0, img.width, 2))), np.asarray(img.crop((0, 0, 2, img.height)))
+    if not (np.array_equal(top[0], top[1]) and np.array_equal(left[:, 0], left[:, 1])):
+        return 1
+    arr = np.asarray(img)
     factor = 0
     for axis in (0, 1):
-        same = np.all(np.diff(arr.astype(np.int16), axis=axis) == 0, axis=tuple(a for a in range(arr.ndim)
-                                                                                 if a != axis))  # (len-1,)
+        rows = np.moveaxis(arr, axis, 0)  # (len, other, [channels])
+        same = (rows[1:] == rows[:-1]).reshape(rows.shape[0] - 1, -1).all(axis=1)  # (len-1,)
         breaks = np.flatnonzero(~same)
         runs = np.diff(np.concatenate([[-1], breaks, [arr.shape[axis] - 1]]))
         factor = math.gcd(factor, *map(int, runs))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import re
@@ -122,23 +121,6 @@ def _fingerprint(source: Path) -> str:
                 digest.update(f"{path.relative_to(source)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return "sha256:" + digest.hexdigest()[:16]
 
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas in a long-running threaded server; False where it does not apply.
-
-    By default every thread that decodes pictures may get an arena of its own (8 per core), and
-    their fragmentation grew the app's memory by about 23 MB a minute under 16 users; with 2 it
-    levelled off (benchmarks/load.py, 180 s: +60 MB against +10 MB) and served 9% more requests.
-    A MALLOC_ARENA_MAX the user set is left alone.
-    """
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-8, arenas))  # -8 is M_ARENA_MAX in glibc's malloc.h
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
-        return False
 
 
 class Service:

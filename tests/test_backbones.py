@@ -128,6 +128,10 @@ def test_hybrid_cosine_is_the_weighted_mean_of_its_parts(tiny_model):
     rebuilt = load_backbone(**hybrid.spec)
     assert rebuilt.spec == hybrid.spec and rebuilt.identity == hybrid.identity
     assert hybrid.patch_features(images[:1]).shape == (1, 16, 16, 32)
+    # JPEGs are decoded large enough for every part: the model's 224 px square, the histogram's 128.
+    assert a.shape and hybrid.decode_size == (224, "pad") == load_backbone(str(tiny_model)).decode_size
+    assert load_backbone(str(tiny_model), fit="crop").decode_size == (224, "crop")
+    assert load_backbone(spec, fit="crop").decode_size == (224, "crop")
 
 
 @pytest.mark.parametrize(

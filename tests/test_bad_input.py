@@ -96,7 +96,9 @@ def test_a_huge_query_is_shrunk_on_decoding_like_catalog_pictures(shapes, tmp_pa
     recommend_load = recommend.load_image
     monkeypatch.setattr(recommend, "load_image", spy)
     assert len(look_alikes(path, index, k=2)) == 2
-    assert seen and max(seen[0]) == DECODE_MAX_SIDE
+    side, _ = index.backbone().decode_size
+    # A JPEG decodes at 1/8 scale, as small as it goes while still covering the model's square.
+    assert seen and seen[0] == (375, 250) and side <= 250 < DECODE_MAX_SIDE
 
 
 @pytest.mark.parametrize("options", [{}, {"progressive": True, "optimize": True}, {"subsampling": 0},

@@ -123,6 +123,23 @@ def test_max_side_shrinks_large_pictures():
     assert max(load_image(big, max_side=500).size) == 500
 
 
+@pytest.mark.parametrize(("size", "fit_to", "decoded"), [
+    ((500, 375), (224, "pad"), (250, 188)),  # half scale still holds a 224 x 168 picture
+    ((500, 375), (224, "crop"), (500, 375)),  # a crop needs the short side: no smaller scale covers it
+    ((3000, 2000), (224, "crop"), (375, 250)),  # 1/8 scale, the smallest there is
+    ((100, 80), (224, "pad"), (100, 80)),  # never enlarged
+])
+def test_jpegs_decode_no_larger_than_the_square_they_will_fill(size, fit_to, decoded):
+    gradient = Image.linear_gradient("L").resize(size).convert("RGB")
+    data = encode(gradient, "JPEG")
+    img = load_image(data, max_side=1024, fit_to=fit_to)
+    assert img.size == decoded
+    full = fit_square(load_image(data), fit_to[0], fit=fit_to[1])
+    # The same square as full decoding, to within JPEG's own rounding.
+    assert np.abs(np.asarray(fit_square(img, fit_to[0], fit=fit_to[1]), float) - np.asarray(full, float)).mean() < 2
+    assert load_image(encode(gradient, "PNG"), fit_to=fit_to).size == size  # only JPEGs decode at a scale
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [

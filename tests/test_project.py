@@ -52,9 +52,18 @@ def test_no_pickle_anywhere(path):
 
 
 def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch):
-    from recommender.service import limit_malloc_arenas
+    from recommender.memory import limit_malloc_arenas
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False  # the user's setting wins
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert isinstance(limit_malloc_arenas(), bool)  # True on glibc; False elsewhere, never an error
+
+
+def test_freed_tensor_buffers_are_kept_unless_the_user_chose(monkeypatch):
+    from recommender.memory import keep_freed_buffers
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert keep_freed_buffers.__wrapped__() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert isinstance(keep_freed_buffers(), bool)
