@@ -259,7 +259,7 @@ def test_the_lean_cpu_forward_matches_transformers(fixture, request):
     """Fused QKV, folded layer scales and the CLS-only last block change nothing but speed."""
     import torch
 
-    from recommender.lean import LeanDinov2, supports
+    from recommender.lean import LeanDinov2, can_pack, supports
 
     backbone = load_backbone(str(request.getfixturevalue(fixture)), precision="fp32")
     model = backbone.model
@@ -276,6 +276,7 @@ def test_the_lean_cpu_forward_matches_transformers(fixture, request):
             full = LeanDinov2(model, torch.float32)(pixels)
             cls = LeanDinov2(model, torch.float32)(pixels, cls_only=True)
             bf16 = LeanDinov2(model, torch.bfloat16)(pixels, cls_only=True)
+            unpacked = LeanDinov2(model, torch.float32, pack=False)(pixels, cls_only=True)
     finally:
         with torch.no_grad():
             for layer, (s1, s2) in zip(model.encoder.layer, scales):
@@ -285,3 +286,5 @@ def test_the_lean_cpu_forward_matches_transformers(fixture, request):
     torch.testing.assert_close(full, reference, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(cls[:, 0], reference[:, 0], atol=1e-4, rtol=1e-4)
     assert torch.nn.functional.cosine_similarity(bf16[:, 0], reference[:, 0]).min() > 0.999
+    torch.testing.assert_close(unpacked, cls, atol=1e-4, rtol=1e-4)  # oneDNN's packed weights, or F.linear
+    assert backbone._lean.packed == can_pack(torch.float32)
