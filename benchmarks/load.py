@@ -19,14 +19,12 @@ import concurrent.futures
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,25 +229,12 @@ def drive(url: str, *, users: int = 16, seconds: float = 60.0, pid: int | None =
 
 
 def start_server(model: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "RECOMMENDER_MODEL": model, "RECOMMENDER_INDEX_DIR": str(folder / "index"),
-           "RECOMMENDER_CACHE_DIR": str(folder / "cache"), "RECOMMENDER_DATA_DIR": str(folder / "data"),
-           "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider", "PYTHONPATH": str(ROOT / "tests"),
-           "HF_HUB_OFFLINE": "1"}
-    log = open(folder / "app.log", "wb")  # noqa: SIM115 - kept open for the server's lifetime
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"app.py exited; see {folder / 'app.log'}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(1)
+    from appserver import start_app  # the browser tests' own
+
+    try:
+        return start_app(folder, {"RECOMMENDER_MODEL": model, "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"})
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def model_folder(choice: str, folder: Path) -> str:

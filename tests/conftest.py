@@ -139,7 +139,7 @@ class AppServer:
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[AppServer]:
     """One real app server for the whole session (its first start builds the Pokémon index, so it is shared)."""
-    from test_app import start_app
+    from appserver import start_app
 
     folder = tmp_path_factory.mktemp("app")
     process, url = start_app(folder, {"RECOMMENDER_MODEL": str(tiny_model),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import io
+import stat
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -16,6 +18,26 @@ def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs)
     return buf.getvalue()
+
+
+def png(seed: int, colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
+    """A small PNG of a circle, different for every seed."""
+    from conftest import draw_shape
+
+    return encode(draw_shape("circle", colour, seed=seed), "PNG")
+
+
+def make_zip(path: Path, members: dict[str, bytes], *, links: dict[str, str] | None = None,
+             level: int | None = None) -> Path:
+    """A zip of `members` (name -> bytes) and symbolic `links` (name -> target), deflated at `level`."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, target)
+    return path
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from appserver import start_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -22,36 +18,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Start app.py and wait until it serves its page (the first start builds the Pokémon index)."""
-    port = free_port()
-    log_path = folder / f"app-{port}.log"
-    full_env = {**os.environ, "RECOMMENDER_INDEX_DIR": str(folder / "index"),
-                "RECOMMENDER_CACHE_DIR": str(folder / "cache"), "RECOMMENDER_DATA_DIR": str(folder / "data"),
-                "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "tests"), "PYTHONUNBUFFERED": "1", **env}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=full_env,
-                                   stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"app.py did not serve its page in time: {log_path.read_text()[-2000:]}")
 
 
 # The server itself (`app_server`, `app_url`, `app_folder`) is a session fixture in conftest.py,

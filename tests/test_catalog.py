@@ -6,6 +6,7 @@ import os
 
 import pytest
 from conftest import draw_shape
+from hostile import make_zip, png
 
 from recommender.catalog import read_catalog
 from recommender.errors import CatalogError
@@ -135,34 +136,12 @@ def test_symlinks_out_of_the_catalog_are_skipped(tmp_path):
     assert [str(s) for s in catalog.skipped] == ["link.png: symbolic link to a file outside the catalog folder"]
 
 
-def _zip(path, members: dict[str, bytes], *, links: dict[str, str] | None = None, level: int = 6):
-    import stat
-    import zipfile
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-        for name, target in (links or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            z.writestr(info, target)
-    return path
-
-
-def _png(seed: int) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    draw_shape("circle", (200, 10, 10), seed=seed).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def test_archive_of_class_folders_is_extracted_safely(tmp_path):
     from recommender.catalog import extract_archive
 
-    archive = _zip(tmp_path / "up.zip", {
-        "cats/a.png": _png(1), "cats/b.png": _png(2), "dogs/c.png": _png(3),
-        "../escape.png": _png(4), "/abs.png": _png(5), "dogs/../../up.png": _png(6),
+    archive = make_zip(tmp_path / "up.zip", {
+        "cats/a.png": png(1), "cats/b.png": png(2), "dogs/c.png": png(3),
+        "../escape.png": png(4), "/abs.png": png(5), "dogs/../../up.png": png(6),
         "notes.txt": b"hello", "__MACOSX/._a.png": b"junk",
     }, links={"dogs/link.png": "/etc/passwd"})
     dest = tmp_path / "out"
@@ -181,8 +160,8 @@ def test_archive_of_class_folders_is_extracted_safely(tmp_path):
 def test_archive_with_a_csv_returns_the_csv(tmp_path):
     from recommender.catalog import extract_archive
 
-    archive = _zip(tmp_path / "shop.zip", {"shop/items.csv": b"image,label\nimg/x.png,round\n",
-                                           "shop/img/x.png": _png(1)})
+    archive = make_zip(tmp_path / "shop.zip", {"shop/items.csv": b"image,label\nimg/x.png,round\n",
+                                               "shop/img/x.png": png(1)})
     source, skipped = extract_archive(archive, tmp_path / "out")
     assert source.name == "items.csv" and not skipped
     assert read_catalog(source).items[0].label == "round"
@@ -191,7 +170,7 @@ def test_archive_with_a_csv_returns_the_csv(tmp_path):
 def test_zip_bombs_and_non_zips_are_refused(tmp_path):
     from recommender.catalog import extract_archive
 
-    bomb = _zip(tmp_path / "bomb.zip", {"a.png": b"\0" * (80 << 20)}, level=9)  # 80 MB of zeros in ~80 KB
+    bomb = make_zip(tmp_path / "bomb.zip", {"a.png": b"\0" * (80 << 20)}, level=9)  # 80 MB of zeros in ~80 KB
     with pytest.raises(CatalogError, match="zip bomb"):
         extract_archive(bomb, tmp_path / "out")
     assert not (tmp_path / "out").exists()

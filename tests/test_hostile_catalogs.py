@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import shutil
-import stat
 import struct
-import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
-from conftest import draw_shape, make_labeled_catalog
+from conftest import make_labeled_catalog
+from hostile import make_zip, png
 
 from recommender import build_index
 from recommender.catalog import extract_archive, read_catalog
 from recommender.errors import CatalogError
 from recommender.index import Index
 from recommender.service import Service
-
-
-def png(seed: int, colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
-    buf = io.BytesIO()
-    draw_shape("circle", colour, seed=seed).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def tree(root: Path) -> set[str]:
@@ -42,17 +34,6 @@ def written_outside(before: set[str], after: set[str], *allowed: str) -> list[st
     parents = {"/".join(a.split("/")[:n]) for a in allowed for n in range(1, a.count("/") + 1)}
     return sorted(p for p in after - before
                   if p not in parents and not any(p == a or p.startswith(a + "/") for a in allowed))
-
-
-def make_zip(path: Path, members: dict[str, bytes], *, links: dict[str, str] | None = None) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-        for name, target in (links or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            z.writestr(info, target)
-    return path
 
 
 @pytest.fixture
