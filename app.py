@@ -17,9 +17,8 @@ from PIL import Image
 
 from recommender import RecommenderError, load_image
 from recommender.errors import WebSearchUnavailable
-from recommender.heatmaps import SimilarityMatrix, catalog_heatmap, explain, has_spatial_features
-from recommender.maps import HOVER_SCRIPT, map_figure
-from recommender.memory import limit_malloc_arenas
+from recommender.explain import HOVER_SCRIPT, SimilarityMatrix, catalog_heatmap, explain, map_figure
+from recommender.memory import keep_freed_buffers, limit_malloc_arenas
 from recommender.recommend import embed_query
 from recommender.service import Service
 from recommender.websearch import search_media
@@ -276,7 +275,7 @@ def build_ui(service: Service) -> gr.Blocks:
             index = service.index(state["index"])
             backbone = service.backbone_for(index)
             title = title_of(match)
-            if not has_spatial_features(backbone):
+            if backbone.spatial_part is None:
                 return f"{title} (this backbone has no spatial features to show where)", None
             shown = explain(state["query"], match["id"], index, backbone=backbone)
             return f"{title}: warm colours mark the regions that match", shown.image
@@ -400,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     limit_malloc_arenas()  # before the server's threads start
+    keep_freed_buffers()  # CPU embedding a quarter faster: activations are not re-faulted at every layer
     service = Service()
     log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
     demo = build_ui(service)

@@ -57,7 +57,9 @@ def ours(model_dir: Path, catalog: Path, work: Path, batch_size: int | None,
     from recommender.backbones import load_backbone
     from recommender.build import build_index
     from recommender.index import Index
+    from recommender.memory import keep_freed_buffers
 
+    keep_freed_buffers()  # as the CLI and the app opt in
     backbone = load_backbone(str(model_dir), precision=precision)
     # Warm-up at the batch size the build uses, as the naive loop is warmed at its own (one picture):
     # the first call of a shape builds oneDNN kernels, a cost a real catalog pays once.

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, when run as a script
 
 from recommender.build import build_index
-from recommender.heatmaps import catalog_heatmap, explain
+from recommender.explain import catalog_heatmap, explain
 from recommender.index import Index
 from recommender.recommend import look_alikes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .backbones import BACKBONES, Backbone, load_backbone
+from .backbones import Backbone, load_backbone, register_backbone, registered_backbones
 from .build import BuildReport, build_index
 from .catalog import Catalog, Item, read_catalog
 from .errors import (
@@ -23,7 +23,6 @@ from .recommend import Identification, identify, look_alikes, refine
 from .websearch import Link, search_media
 
 __all__ = [
-    "BACKBONES",
     "Backbone",
     "BuildReport",
     "Catalog",
@@ -48,5 +47,7 @@ __all__ = [
     "look_alikes",
     "read_catalog",
     "refine",
+    "register_backbone",
+    "registered_backbones",
     "search_media",
 ]

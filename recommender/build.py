@@ -22,12 +22,12 @@ import numpy as np
 
 from . import settings
 from .backbones import Backbone, load_backbone
+from .calibration import calibrate
 from .catalog import Catalog, Item, Skip, read_catalog
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
 from .errors import CatalogError, ImageError, RecommenderError
 from .images import DECODE_MAX_SIDE, Fit, load_image, read_bytes
 from .index import Index, index_folder, write_index
-from .recommend import calibrate
 from .store import StoreConfig
 
 T = TypeVar("T")

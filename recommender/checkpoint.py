@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import Backbone
-from .index import _fsync_dir, write_atomic
+from .files import fsync_dir, write_atomic
 
 #: A shard is written at least this often while vectors are coming in (seconds).
 CHECKPOINT_SECONDS = 30.0
@@ -81,7 +81,7 @@ class Checkpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.strftime('%Y%m%d-%H%M%S')}-{self.written:06d}-{hashlib.sha256(data).hexdigest()[:8]}"
         write_atomic(self.dir / f"{name}.safetensors", data)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self.written += 1
         self._hashes, self._vectors = [], []
         self._last = time.monotonic()

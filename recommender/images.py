@@ -9,6 +9,7 @@ import os
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -321,6 +322,32 @@ def pixel_upscale_factor(img: Image.Image) -> int:
     return factor
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a picture lands in the model's square: resized to `resized`, its top-left corner at `offset`.
+
+    With `pad` the offset is inside the square (white around the picture); with `crop` it is
+    negative (the square cuts the centre out of the resized picture). `fit_square` draws it;
+    explanations map patches back onto the picture with it.
+    """
+
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def placement(width: int, height: int, size: int, fit: Fit = "pad") -> Placement:
+    """How `fit_square` places a `width` x `height` picture in a `size` square."""
+    if fit == "pad":
+        scale = size / max(width, height)
+        new = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return Placement(new, ((size - new[0]) // 2, (size - new[1]) // 2))
+    if fit == "crop":
+        scale = size / min(width, height)
+        new = (max(size, round(width * scale)), max(size, round(height * scale)))
+        return Placement(new, (-((new[0] - size) // 2), -((new[1] - size) // 2)))
+    raise ValueError(f"unknown fit {fit!r}; use 'pad' or 'crop'")
+
+
 def fit_square(img: Image.Image, size: int, *, fit: Fit = "pad") -> Image.Image:
     """Resize to `size` x `size`: `pad` keeps the whole picture on a white square, `crop` cuts the centre.
 
@@ -331,18 +358,11 @@ def fit_square(img: Image.Image, size: int, *, fit: Fit = "pad") -> Image.Image:
     k = pixel_upscale_factor(img)
     if k > 1 and min(img.size) // k >= 1:
         img = img.resize((img.width // k, img.height // k), Image.Resampling.NEAREST)
-    w, h = img.size
+    where = placement(*img.size, size, fit)
+    resized = img.resize(where.resized, Image.Resampling.BICUBIC)
     if fit == "pad":
-        scale = size / max(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        resized = img.resize(new, Image.Resampling.BICUBIC)
         canvas = Image.new("RGB", (size, size), BACKGROUND)
-        canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
+        canvas.paste(resized, where.offset)
         return canvas
-    if fit == "crop":
-        scale = size / min(w, h)
-        new = (max(size, round(w * scale)), max(size, round(h * scale)))
-        resized = img.resize(new, Image.Resampling.BICUBIC)
-        left, top = (new[0] - size) // 2, (new[1] - size) // 2
-        return resized.crop((left, top, left + size, top + size))
-    raise ValueError(f"unknown fit {fit!r}; use 'pad' or 'crop'")
+    left, top = -where.offset[0], -where.offset[1]
+    return resized.crop((left, top, left + size, top + size))

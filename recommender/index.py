@@ -35,8 +35,12 @@ import numpy as np
 
 from . import __version__, settings
 from .backbones import Backbone, load_backbone, normalise
+from .calibration import calibrate
 from .catalog import Item
 from .errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, RecommenderError
+from .files import fsync_dir, write_atomic
+from .ranking import LabelGroups
+from .runtime import Runtime
 from .store import Filters, LocalStore, MilvusStore, Store, StoreConfig, drop_stale, open_store
 
 #: The newest manifest format this library reads and writes. Version 1 has no `store` (the vectors
@@ -117,6 +121,8 @@ class Index:
         # An array is the local store's memory-mapped (N, D) unit rows.
         self.store = LocalStore(store, lambda: self.items) if isinstance(store, np.ndarray) else store
         self._positions: dict[str, int] | None = None
+        self._backbones: dict[str | None, Backbone] = {}  # by device, loaded on first use
+        self._backbone_lock = threading.Lock()
 
     @property
     def items(self) -> list[Item]:
@@ -201,42 +207,32 @@ class Index:
         return bool(self.manifest["catalog"].get("labeled"))
 
     @cached_property
+    def labels(self) -> LabelGroups:
+        """The items grouped by label (see `ranking.LabelGroups`)."""
+        return LabelGroups.of([item.label for item in self.items])
+
+    @property
     def label_names(self) -> list[str]:
         """The distinct labels, sorted (empty for an unlabeled index)."""
-        return sorted({item.label for item in self.items if item.label is not None})
+        return self.labels.names
 
-    @cached_property
+    @property
     def label_codes(self) -> np.ndarray:
         """(N,) int: each item's position in `label_names`, or -1 when it has no label."""
-        code = {label: i for i, label in enumerate(self.label_names)}
-        return np.array([code.get(item.label, -1) if item.label is not None else -1 for item in self.items],
-                        dtype=np.int64)
-
-    @cached_property
-    def _label_groups(self) -> tuple[np.ndarray, np.ndarray]:
-        # Labeled items sorted by label, and where each label's run starts: one reduceat per query batch.
-        codes = self.label_codes
-        order = np.argsort(codes, kind="stable")
-        order = order[codes[order] >= 0]
-        starts = np.searchsorted(codes[order], np.arange(len(self.label_names)))
-        return order, starts
+        return self.labels.codes
 
     def label_scores(self, scores: np.ndarray) -> np.ndarray:
         """(Q, L) best item score per label, from (Q, N) item scores; columns follow `label_names`."""
-        order, starts = self._label_groups
-        if not len(starts):
-            return np.zeros((scores.shape[0], 0), dtype=np.float32)
-        return np.maximum.reduceat(scores[:, order], starts, axis=1)
+        return self.labels.best(scores)
 
-    @property
+    @cached_property
     def calibration(self) -> dict[str, Any]:
-        """How this index decides that a picture is in the catalog (see `recommend.calibrate`)."""
-        stored = self.manifest.get("calibration")
-        if not stored:  # indexes written before calibration existed: derive it once, in memory
-            from .recommend import calibrate
+        """How this index decides that a picture is in the catalog (see `calibration.calibrate`).
 
-            stored = self.manifest["calibration"] = calibrate(self.embeddings, [i.label for i in self.items])
-        return stored
+        Indexes written before calibration existed get it derived once, in memory (the manifest is
+        left as it was read).
+        """
+        return self.manifest.get("calibration") or calibrate(self.embeddings, [i.label for i in self.items])
 
     @property
     def domain(self) -> str | None:
@@ -247,14 +243,21 @@ class Index:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
+    @property
+    def version(self) -> str:
+        """This build of the index: the stamp of its data files, new at every write (caches key on it).
+
+        Taken from the items file, which every store writes (a Milvus index has no embeddings file).
+        """
+        return self.manifest["files"]["items"].removeprefix("items-").removesuffix(".json")
+
     def derived_file(self, kind: str, suffix: str) -> Path:
         """Where to cache something computed from this version of the index (e.g. its 2-D map).
 
-        The name carries the embeddings file's stamp, so a rebuild makes it stale, and the next
-        write of the index removes it.
+        The name carries the version, so a rebuild makes it stale, and the next write of the index
+        removes it.
         """
-        stamp = self.manifest["files"]["embeddings"].removeprefix("embeddings-").removesuffix(".safetensors")
-        return self.folder / f"derived-{kind}-{stamp}{suffix}"
+        return self.folder / f"derived-{kind}-{self.version}{suffix}"
 
     def path_of(self, item: Item) -> Path:
         # normpath, not resolve(): the root is absolute already, and this runs for every match shown.
@@ -275,10 +278,20 @@ class Index:
 
     # ----------------------------------------------------------------------------- backbone
 
-    def backbone(self, *, device: str | None = None) -> Backbone:
-        """The backbone this index was built with, checked to have the same weights."""
+    def backbone(self, *, device: str | None = None, runtime: Runtime | None = None) -> Backbone:
+        """The backbone this index was built with, checked to have the same weights.
+
+        Taken from `runtime`'s pool when given (shared by every index built the same way), else
+        loaded once for this `Index` object and device.
+        """
         spec = dict(self.manifest["backbone"])
-        backbone = load_backbone(**spec, device=device)
+        if runtime is not None:
+            backbone = runtime.backbone(spec, device=device)
+        else:
+            with self._backbone_lock:
+                if device not in self._backbones:
+                    self._backbones[device] = load_backbone(**spec, device=device)
+                backbone = self._backbones[device]
         self.check_backbone(backbone)
         return backbone
 
@@ -428,7 +441,7 @@ def write_index(
             "calibration": dict(calibration or {}),
         }
         write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
-        _fsync_dir(folder)
+        fsync_dir(folder)
         _remove_stale(folder, keep={MANIFEST, emb_name, items_name, ".lock"})
         drop_stale(folder, location, previous)
     return manifest
@@ -441,30 +454,6 @@ def _previous_location(folder: Path) -> dict[str, Any] | None:
         if isinstance(manifest, dict) and isinstance(manifest.get("store"), dict):
             return manifest["store"]
     return None
-
-
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write to a temporary name, flush to disk, then rename over `path`; returns the sha256."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not possible on every platform
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove_stale(folder: Path, keep: set[str]) -> None:

@@ -275,7 +275,7 @@ class LocalStore(Store):
 
         None for small indexes (one float32 matrix is faster) and for CPUs that would emulate bf16.
         """
-        from .backbones import cpu_has_native_bf16
+        from .hardware import cpu_has_native_bf16
 
         if self._dense is not None or not cpu_has_native_bf16():
             return None

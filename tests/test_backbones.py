@@ -10,11 +10,11 @@ from conftest import SHAPES, draw_shape
 from PIL import Image
 
 from recommender.backbones import (
-    BACKBONES,
     DINOV2_MODELS,
     Hybrid,
     load_backbone,
     parse_weights,
+    registered_backbones,
 )
 from recommender.errors import ModelError
 
@@ -196,8 +196,8 @@ def test_environment_picks_the_default_model(tiny_model, monkeypatch):
 
 
 def test_every_documented_name_is_accepted_or_explains_itself():
-    assert set(DINOV2_MODELS) <= set(BACKBONES)
-    for name in BACKBONES:
+    assert set(DINOV2_MODELS) <= set(registered_backbones())
+    for name in registered_backbones():
         try:
             load_backbone(name)
         except ModelError as exc:  # DINOv2 names: not cached here
@@ -259,7 +259,7 @@ def test_the_lean_cpu_forward_matches_transformers(fixture, request):
     """Fused QKV, folded layer scales and the CLS-only last block change nothing but speed."""
     import torch
 
-    from recommender.lean import LeanDinov2, can_pack, supports
+    from recommender.backbones.lean import LeanDinov2, can_pack, supports
 
     backbone = load_backbone(str(request.getfixturevalue(fixture)), precision="fp32")
     model = backbone.model

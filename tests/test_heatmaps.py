@@ -10,13 +10,13 @@ from click.testing import CliRunner
 from conftest import SHAPES, draw_shape, make_labeled_catalog
 from PIL import Image
 
-from recommender import heatmaps
 from recommender.backbones import load_backbone
 from recommender.build import build_index
 from recommender.cli import cli
 from recommender.errors import ModelError, RecommenderError
-from recommender.heatmaps import catalog_heatmap, explain, has_spatial_features, similarity_matrix
+from recommender.explain import catalog_heatmap, explain, similarity_matrix
 from recommender.index import Index
+from recommender.runtime import default_runtime
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -164,7 +164,7 @@ def test_overlay_of_a_picture_against_itself_peaks_on_its_object(unlabeled: Inde
 
 def test_patch_features_are_cached_in_memory_and_on_disk(labeled: Index, isolated_folders: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    heatmaps.clear_caches()
+    default_runtime().clear_caches()
     backbone = labeled.backbone()
     calls: list[int] = []
     original = type(backbone).patch_features
@@ -184,7 +184,7 @@ def test_patch_features_are_cached_in_memory_and_on_disk(labeled: Index, isolate
     assert len(files) == 1
     saved = np.load(files[0], allow_pickle=False)
     assert saved.dtype == np.float16 and saved.shape == (16, 16, 32)
-    heatmaps.clear_caches()
+    default_runtime().clear_caches()
     explain(query, item, labeled, backbone=backbone)
     assert calls == [3, 2]  # the item came from disk; only the query and the plain picture are recomputed
 
@@ -193,9 +193,10 @@ def test_backbone_without_spatial_features(labeled: Index, index_dir: Path) -> N
     root = labeled.root
     build_index(root, name="histogram", model="colour-histogram", index_dir=index_dir, progress=False)
     index = Index.load("histogram", index_dir=index_dir)
-    assert not has_spatial_features(index.backbone())
-    assert has_spatial_features(labeled.backbone())
-    assert has_spatial_features(load_backbone(f"{labeled.manifest['backbone']['model']}+colour-histogram"))
+    assert index.backbone().spatial_part is None
+    assert labeled.backbone().spatial_part is labeled.backbone()
+    hybrid = load_backbone(f"{labeled.manifest['backbone']['model']}+colour-histogram")
+    assert hybrid.spatial and hybrid.spatial_part is hybrid.parts[0]
     with pytest.raises(ModelError, match="no spatial features"):
         explain(draw_shape("circle", (220, 30, 30), seed=3), index.items[0], index)
     # The similarity matrix needs no spatial features.

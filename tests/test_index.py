@@ -255,9 +255,9 @@ def test_changed_weights_in_the_model_folder_are_noticed(labeled_catalog, tiny_m
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # another model now lives in that folder
     weights.write_bytes(bytes(data))
-    from recommender.backbones import _load_dinov2
+    from recommender.backbones.dinov2 import load_dinov2
 
-    _load_dinov2.cache_clear()
+    load_dinov2.cache_clear()
     with pytest.raises(IndexMismatchError, match="other weights"):
         Index.load("m").backbone()
 
@@ -285,7 +285,7 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
 
 def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
     """Large indexes score in bf16 first, then exactly near the top: the result must equal brute force."""
-    import recommender.backbones as backbones_module
+    import recommender.hardware as hardware
     from recommender.catalog import Item
     from recommender.store import Filters, LocalStore
 
@@ -296,7 +296,7 @@ def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
     rows = np.concatenate([base, near, base[:5]])
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
     items = [Item(id=f"i{i}", path=f"i{i}.png", label="even" if i % 2 == 0 else "odd") for i in range(len(rows))]
-    monkeypatch.setattr(backbones_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     two_pass = LocalStore(rows, items)
     two_pass.__dict__["_dense"] = None  # as if too large for one float32 matrix
     assert two_pass._coarse is not None

@@ -10,8 +10,8 @@ from PIL import Image
 from recommender import build_index
 from recommender.cli import cli
 from recommender.errors import RecommenderError
+from recommender.explain import catalog_map, map_figure, write_map
 from recommender.index import Index
-from recommender.maps import catalog_map, map_figure, write_map
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ from click.testing import CliRunner
 from conftest import SHAPES, draw_shape, make_labeled_catalog
 
 from recommender import build_index, load_backbone
+from recommender.calibration import calibrate
 from recommender.catalog import Item
 from recommender.cli import cli
 from recommender.errors import CatalogError, RecommenderError
 from recommender.evaluate import evaluate_queries
 from recommender.index import Index, write_index
-from recommender.recommend import another_picture, calibrate, identify, rank_labels
+from recommender.recommend import another_picture, identify, rank_labels
 
 
 def unit(*values: float, dim: int = 512) -> np.ndarray:
@@ -101,7 +102,7 @@ def test_calibration_of_unlabeled_and_tiny_catalogs():
 
 
 def test_calibration_in_blocks_equals_the_direct_computation(monkeypatch):
-    import recommender.recommend as rec
+    import recommender.calibration as rec
 
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(300, 8)).astype(np.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -13,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RecommenderError
-from .heatmaps import principal_components
-from .images import load_image
-from .index import Index, write_atomic
+from ..errors import RecommenderError
+from ..files import write_cache, write_output
+from ..images import load_image
+from ..index import Index
+from ..runtime import Runtime
+from .pca import principal_components
 
 # Groups up to this many get their own colour and a legend entry; more share a cycling palette.
 _LEGEND_LIMIT = 24
@@ -60,7 +61,7 @@ class CatalogMap:
         return ((np.asarray(vector, dtype=np.float32) - self.mean) @ self.axes.T).astype(np.float32)
 
 
-def catalog_map(index: Index) -> CatalogMap:
+def catalog_map(index: Index, *, runtime: Runtime | None = None) -> CatalogMap:
     """The map of an index: read from beside it when computed before, else computed once and stored."""
     path = index.derived_file("map", ".npz")
     try:
@@ -71,7 +72,7 @@ def catalog_map(index: Index) -> CatalogMap:
             return found
     except (OSError, KeyError, ValueError):
         pass  # not there yet, or unreadable: compute it again
-    pca = principal_components(index)
+    pca = principal_components(index, runtime=runtime)
     axes = np.zeros((2, index.dim), dtype=np.float32)
     axes[: len(pca.components[:2])] = pca.components[:2]  # a catalog with one axis of variance gets y = 0
     coords = np.zeros((len(index), 2), dtype=np.float32)
@@ -82,8 +83,7 @@ def catalog_map(index: Index) -> CatalogMap:
     result = CatalogMap(coords=coords, mean=pca.mean, axes=axes, explained=explained)
     buffer = io.BytesIO()
     np.savez(buffer, coords=coords, mean=pca.mean, axes=axes, explained=np.float32(explained))
-    with contextlib.suppress(OSError):  # a read-only index folder: the map is computed again next time
-        write_atomic(path, buffer.getvalue())
+    write_cache(path, buffer.getvalue())  # a read-only index folder: the map is computed again next time
     return result
 
 
@@ -201,4 +201,4 @@ def _draw_png(index: Index, path: Path, *, color_by: str, query: np.ndarray | No
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_output(buffer.getvalue(), path)

@@ -1,0 +1,137 @@
+"""What every backbone is and says about itself: the `Backbone` interface and its declared capabilities."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ModelError
+from ..images import Fit
+
+POOLINGS = ("cls", "mean", "cls+mean")
+PRECISIONS = ("auto", "bf16", "fp32")
+FITS = ("pad", "crop")
+DEFAULT_IMAGE_SIZE = 224
+#: The largest model input side any backbone accepts.
+MAX_IMAGE_SIZE = 1036
+
+
+@dataclass(frozen=True)
+class Options:
+    """The keyword options of `load_backbone`, checked: what every factory receives."""
+
+    pooling: str = "cls"
+    image_size: int = DEFAULT_IMAGE_SIZE
+    fit: Fit = "pad"
+    device: str = "cpu"
+    precision: str = "auto"
+
+    def shared(self) -> dict[str, Any]:
+        """The options a hybrid records in its spec (the device is a property of the machine, not the index)."""
+        return {"pooling": self.pooling, "image_size": self.image_size, "fit": self.fit}
+
+
+class Backbone(ABC):
+    """Turns pictures into L2-normalised vectors and declares what else it can do.
+
+    `prepare` is cheap CPU work on one picture (resize, pad) and may run in worker threads;
+    `embed_prepared` runs the model on a batch of prepared pictures. Callers read the declared
+    capabilities (`parts`, `spatial`, `fit`, `precision`, `device`, `explain_detail`) instead of
+    probing the object's type.
+    """
+
+    name: str
+    dim: int
+    image_size: int
+    batch_size: int = 32
+    #: How pictures are fitted to the model's square (`images.fit_square`).
+    fit: Fit = "pad"
+    #: `bf16` or `fp32`: what the matrix products run in (no-model backbones compute in fp32).
+    precision: str = "fp32"
+    device: str = "cpu"
+    #: Whether `patch_features` gives a spatial grid (DINOv2 and the CNN do, a colour histogram does not).
+    spatial: bool = False
+    #: How many times larger `explain` runs this backbone's pictures for a finer grid (the CNN's 7 x 7 is coarse).
+    explain_detail: int = 1
+    #: Which forward pass computes the vectors, for build reports (e.g. "lean-bf16" or "transformers").
+    forward: str = "numpy"
+
+    @property
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """Everything needed to rebuild this backbone with `load_backbone(**spec)`; stored in manifests."""
+
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """What the weights are (a hash), so that an index is never searched with other weights."""
+
+    @property
+    def parts(self) -> tuple[Backbone, ...]:
+        """The concrete backbones whose vectors this one concatenates: itself, or a hybrid's parts."""
+        return (self,)
+
+    @property
+    def part_weights(self) -> tuple[float, ...]:
+        """Each part's weight in the cosine (they sum to 1)."""
+        return (1.0,)
+
+    @property
+    def spatial_part(self) -> Backbone | None:
+        """The backbone whose patch features `explain` overlays, or None when there is none."""
+        return next((part for part in self.parts if part.spatial), None)
+
+    @abstractmethod
+    def prepare(self, image: Image.Image) -> Any:
+        """One RGB picture -> whatever `embed_prepared` takes (thread-safe, no model involved)."""
+
+    def preparer(self) -> Callable[[Image.Image], Any]:
+        """`prepare` as a small picklable function without the model, to decode in other processes (Ray)."""
+        return self.prepare  # backbones without a model are small themselves
+
+    @property
+    def decode_size(self) -> tuple[int, Fit] | None:
+        """(size, fit): the square `prepare` shrinks pictures into, so that JPEGs decode no larger
+        (`load_image(fit_to=...)`); None when it needs them whole."""
+        return None
+
+    @abstractmethod
+    def embed_prepared(self, batch: Sequence[Any]) -> np.ndarray:
+        """A batch of prepared pictures -> (N, D) float32, each row of unit length."""
+
+    def embed(self, images: Sequence[Image.Image], *, batch_size: int | None = None) -> np.ndarray:
+        """(N, D) float32 L2-normalised embeddings of RGB pictures, computed in batches."""
+        size = batch_size or self.batch_size
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            out[start : start + len(chunk)] = self.embed_prepared([self.prepare(img) for img in chunk])
+        return out
+
+    def patch_features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, H, W, C) float32 unit-length features per patch or cell, for heatmaps (when `spatial`)."""
+        raise ModelError(f"{self.name} has no spatial features; use a DINOv2 or CNN backbone for heatmaps")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} dim={self.dim}>"
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero); float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def check_image_size(size: int, multiple: int) -> None:
+    """A clear error unless `size` is a multiple of the model's patch (or stride) within the accepted range."""
+    if size % multiple or not 2 * multiple <= size <= MAX_IMAGE_SIZE:
+        raise ModelError(
+            f"image size {size} is not allowed: use a multiple of {multiple} between {2 * multiple} and "
+            f"{MAX_IMAGE_SIZE} (224 is the default; 336, 448 and 518 also suit DINOv2)"
+        )

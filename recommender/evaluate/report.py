@@ -1,0 +1,270 @@
+"""Reports of an evaluation: each backbone's results, as JSON, Markdown tables or a contact sheet."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .metrics import RECALL_AT, rounded
+from .pairs import PairsEvaluation
+from .retrieval import Evaluation
+from .sheet import SheetRow, contact_sheet
+from .universe import UniverseEvaluation
+
+if TYPE_CHECKING:
+    from .compare import Plan
+
+
+@dataclass
+class ModelRun:
+    """Every protocol's result for one backbone (or why it could not run here)."""
+
+    model: str
+    status: str = "ok"
+    index: str | None = None
+    index_mb: float | None = None
+    ms_per_image: float | None = None
+    sets: dict[str, Evaluation] = field(default_factory=dict)
+    pooled: Evaluation | None = None
+    reverse: dict[str, Evaluation] = field(default_factory=dict)
+    leave_one_out: Evaluation | None = None
+    pairs: PairsEvaluation | None = None
+    universe: UniverseEvaluation | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "status": self.status}
+        if not self.ok:
+            return out
+        if self.pooled is not None:
+            out |= self.pooled.to_dict()
+            if len(self.sets) > 1:
+                out["sets"] = {name: e.to_dict() for name, e in self.sets.items()}
+        out |= {"index": self.index, "index_mb": rounded(self.index_mb, 3),
+                "ms_per_image": rounded(self.ms_per_image, 2)}
+        if self.reverse:
+            out["reverse"] = {name: e.to_dict() for name, e in self.reverse.items()}
+        if self.leave_one_out is not None:
+            out["leave_one_out"] = self.leave_one_out.to_dict()
+        if self.pairs is not None:
+            out["pairs"] = self.pairs.to_dict()
+        if self.universe is not None:
+            out["universe"] = self.universe.to_dict()
+        return out
+
+    def sheet_rows(self, n: int) -> list[SheetRow]:
+        rows: list[SheetRow] = []
+        if self.pooled is not None:
+            rows += self.pooled.sheet_rows(n, f"{self.model}: worst queries (query | top match | a correct item)")
+        if self.leave_one_out is not None:
+            rows += self.leave_one_out.sheet_rows(n, f"{self.model}: leave-one-out (query | top match | a correct "
+                                                     "item)")
+        if self.pairs is not None:
+            rows += self.pairs.sheet_rows(n, f"{self.model}: pairs (left | best foil | true right)")
+        if self.universe is not None:
+            rows += self.universe.sheet_rows(n, f"{self.model}: another universe, worst decisions (query | top "
+                                                "match)")
+        return rows
+
+
+@dataclass
+class Report:
+    """One run of `evaluate`: a `ModelRun` per backbone, printable as JSON, Markdown or a contact sheet."""
+
+    gallery: str | None
+    runs: list[ModelRun]
+    plan: Plan
+
+    def to_dict(self) -> dict[str, Any]:
+        if len(self.runs) == 1:
+            return self.runs[0].to_dict()
+        return {"gallery": self.gallery, "models": [run.to_dict() for run in self.runs]}
+
+    def to_markdown(self, *, worst: int = 0) -> str:
+        return _markdown(self, worst)
+
+    def to_text(self, *, worst: int = 0) -> str:
+        """Plain lines for the simplest run (one index, one query set), else the Markdown tables."""
+        run = self.runs[0]
+        simple = len(self.runs) == 1 and len(run.sets) == 1 and not (
+            run.reverse or run.leave_one_out or run.pairs or run.universe)
+        if not simple or run.pooled is None:
+            return self.to_markdown(worst=worst)
+        e = run.pooled
+        lines = [f"{e.queries} queries against {run.index!r} ({run.model})"]
+        lines += [f"  {key:<10} {value:.3f}" for key, value in e.metrics().items()]
+        ms = f"{run.ms_per_image:.1f} ms an image, " if run.ms_per_image is not None else ""
+        lines.append(f"  {ms}{1000 * e.seconds_per_query:.1f} ms a query, index {run.index_mb or 0:.1f} MB")
+        lines += [f"{r.path}: {r.label}, named {r.predicted} ({r.score:.2f}), rank {r.rank or '-'}"
+                  for r in e.worst(worst)] if worst else []
+        return "\n".join(lines)
+
+    def write_sheet(self, path: str | Path, *, worst: int = 10) -> list[Path]:
+        """The worst queries of every protocol as a PNG contact sheet; one file per model when there are several."""
+        path = Path(path)
+        done = [run for run in self.runs if run.ok]
+        written = []
+        for run in done:
+            target = path if len(done) == 1 else path.with_name(f"{path.stem}-{slug(run.model, 40)}{path.suffix}")
+            written.append(contact_sheet(run.sheet_rows(worst), target))
+        return written
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in [*row, *[""] * (len(header) - len(row))]) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cost(run: ModelRun) -> list[Any]:
+    return [None if run.index_mb is None else f"{run.index_mb:.2f}",
+            None if run.ms_per_image is None else f"{run.ms_per_image:.1f}"]
+
+
+def _markdown(report: Report, worst: int) -> str:
+    runs, plan, k = report.runs, report.plan, report.plan.map_at
+    single = len(runs) == 1
+    out: list[str] = []
+    if single:
+        run = runs[0]
+        size = f"{run.index_mb:.2f} MB" if run.index_mb is not None else "no index"
+        ms = f"{run.ms_per_image:.1f} ms an image" if run.ms_per_image is not None else "embedding time unknown"
+        out.append(f"## `{run.index or report.gallery}` ({run.model}): index {size}, {ms}")
+    else:
+        out.append(f"## {len(runs)} backbones on `{report.gallery or plan.pairs}`")
+        out.append("MB: the gallery index on disk; ms/img: reading, decoding and embedding one picture here.")
+    cost = ["MB", "ms/img"]
+    metrics = [*(f"recall@{r}" for r in RECALL_AT), f"mAP@{k}"]
+
+    def model_rows(pick: Callable[[ModelRun], list[Any]], width: int) -> list[list[Any]]:
+        return [[run.model, *_cost(run), *pick(run)] if run.ok else [run.model, run.status, *[""] * (width + 1)]
+                for run in runs]
+
+    done = [run for run in runs if run.ok]
+    if any(run.pooled for run in done):
+        names = list(next(run for run in done if run.pooled).sets)
+        out.append(f"### Query sets vs `{report.gallery or done[0].index}`: naming recall and mAP@{k}")
+        if single:
+            run = done[0]
+            rows = [[name, e.queries, *e.metrics().values()] for name, e in run.sets.items()]
+            if len(run.sets) > 1 and run.pooled:
+                rows.append(["all", run.pooled.queries, *run.pooled.metrics().values()])
+            out.append(_md_table(["query set", "queries", *metrics], rows))
+        else:
+            # "mean": every set weighs the same; "all": every query does (large sets dominate).
+            mean = ["mean R@1"] if len(names) > 1 else []
+            header = ["model", *cost, *(f"{n} R@1" for n in names), *mean, "all R@1", f"all mAP@{k}"]
+            def sets_row(r: ModelRun) -> list[Any]:
+                if r.pooled is None:
+                    return []
+                recalls = [r.sets[n].recall[1] for n in names]
+                return [*recalls, *([float(np.mean(recalls))] if mean else []), r.pooled.recall[1], r.pooled.mean_ap]
+
+            out.append(_md_table(header, model_rows(sets_row, len(names) + len(mean) + 2)))
+        if any(run.pooled.group_by for run in done if run.pooled):
+            out += _group_tables(runs, lambda r: r.pooled, f"Query sets by {plan.group_by}", k)
+    if any(run.reverse for run in done):
+        out.append("### Reverse: gallery items as queries against each query set (items whose label the set "
+                   "lacks are left out)")
+        names = list(next(run.reverse for run in done if run.reverse))
+        if single:
+            out.append(_md_table(["gallery", "queries", *metrics],
+                                 [[n, e.queries, *e.metrics().values()] for n, e in done[0].reverse.items()]))
+        else:
+            out.append(_md_table(["model", *cost, *(f"{n} R@1" for n in names)],
+                                 model_rows(lambda r: [r.reverse[n].recall[1] for n in names], len(names))))
+    if any(run.leave_one_out for run in done):
+        e0 = next(run.leave_one_out for run in done if run.leave_one_out)
+        title = (f"Leave-one-out{f' by {plan.group_by}' if plan.group_by else ''}: each item queries the rest "
+                 f"({e0.queries} queries; {e0.left_out} items alone in their label left out)")
+        if plan.group_by:
+            out += _group_tables(runs, lambda r: r.leave_one_out, title, k)
+        elif single:
+            out += [f"### {title}", _md_table(["queries", *metrics], [[e0.queries, *e0.metrics().values()]])]
+        else:
+            out += [f"### {title}"]
+            out.append(_md_table(["model", *cost, *metrics], model_rows(
+                lambda r: list(r.leave_one_out.metrics().values()) if r.leave_one_out else [], len(metrics))))
+    if any(run.pairs for run in done):
+        p0 = next(run.pairs for run in done if run.pairs)
+        out.append(f"### Pairs: the true right picture among {p0.candidates} ({len(p0.results)} pairs, seed "
+                   f"{p0.seed}; chance top-1 {1 / p0.candidates:.3f}, top-2 {min(1, 2 / p0.candidates):.3f})")
+        out.append(_md_table(["model", *cost, "top-1", "top-2"], model_rows(
+            lambda r: [r.pairs.top(1), r.pairs.top(2)] if r.pairs else [], 2)))
+    if any(run.universe for run in done):
+        u0 = next(run.universe for run in done if run.universe)
+        n_in = sum(d.inside for d in u0.decisions)
+        out.append(f"### Another universe: {n_in} pictures from the catalog's universe vs {len(u0.decisions) - n_in} "
+                   "from outside (positive: refused as another universe)")
+        columns = ["threshold", "kept", "refused", "precision", "recall", "accuracy", "balanced_accuracy"]
+        if single:
+            out.append(_md_table(["rule", *columns], [[rule["rule"], *(rule[c] for c in columns)]
+                                                      for rule in done[0].universe.rules]))
+        else:
+            out.append(_md_table(["model", *cost, *columns, "best cut", "its balanced acc."], model_rows(
+                lambda r: [*(r.universe.rules[0][c] for c in columns), r.universe.rules[-1]["threshold"],
+                           r.universe.rules[-1]["balanced_accuracy"]] if r.universe else [], len(columns) + 2)))
+    if worst:
+        for run in done:
+            rows = run.sheet_rows(worst)
+            if rows:
+                out.append(f"### Worst {worst}: {run.model}")
+                out.append(_md_table(["protocol", "picture", "top match", "correct"], [
+                    [r.section.split(": ", 1)[-1].split(" (")[0], *(f"{_short(p)} {c}".strip() for p, c in r.cells)]
+                    for r in rows]))
+    return "\n\n".join(out) + "\n"
+
+
+def _group_tables(runs: list[ModelRun], pick: Callable[[ModelRun], Evaluation | None], title: str,
+                  k: int) -> list[str]:
+    done = [r for r in runs if r.ok and pick(r) is not None]
+    if not done:
+        return []
+    first = pick(done[0])
+    assert first is not None
+    if len(runs) == 1:
+        rows = [[g["group"], g["items"], f"{100 * g['share']:.1f}%" if g["share"] is not None else None,
+                 g["queries"], g["recall@1"], g[f"mAP@{k}"]] for g in first.groups()]
+        rows.append(["all", sum(first.distribution.values()), "100%", first.queries, first.recall[1], first.mean_ap])
+        return [f"### {title}", _md_table(["group", "items", "share", "queries", "recall@1", f"mAP@{k}"], rows)]
+    groups = [g["group"] for g in first.groups()][:12]  # the largest; every group is in --json
+    shares = {g["group"]: g for g in first.groups()}
+    header = ["model", "MB", "ms/img", "all R@1", f"all mAP@{k}", *(f"{g} mAP@{k}" for g in groups)]
+    rows = [["items (share)", "", "", "", sum(first.distribution.values()),
+             *(f"{shares[g]['items']} ({100 * (shares[g]['share'] or 0):.0f}%)" for g in groups)]]
+    for run in runs:
+        e = pick(run) if run.ok else None
+        if e is None:
+            rows.append([run.model, run.status])
+            continue
+        mine = {g["group"]: g for g in e.groups()}
+        rows.append([run.model, *_cost(run), e.recall[1], e.mean_ap,
+                     *(mine.get(g, {}).get(f"mAP@{k}") for g in groups)])
+    more = f" ({len(shares) - len(groups)} more groups in --json)" if len(shares) > len(groups) else ""
+    return [f"### {title}{more}", _md_table(header, rows)]
+
+
+def _short(path: Path | None) -> str:
+    return "" if path is None else "/".join(Path(path).parts[-2:])
+
+
+
+def slug(text: str, size: int = 24) -> str:
+    """A file-name-safe short form of a name (lower case, letters, digits, '.', '_' and '-')."""
+    slugged = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:size].strip("-._")
+    return slugged or "x"
