@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .backbones import Backbone, load_backbone, register_backbone, registered_backbones
 from .build import BuildReport, build_index
 from .catalog import Catalog, Item, read_catalog
@@ -20,6 +18,7 @@ from .errors import (
 from .images import load_image
 from .index import Index, Match, list_indexes
 from .recommend import Identification, identify, look_alikes, refine
+from .version import __version__
 from .websearch import Link, search_media
 
 __all__ = [
@@ -39,6 +38,7 @@ __all__ = [
     "ModelError",
     "RecommenderError",
     "WebSearchUnavailable",
+    "__version__",
     "build_index",
     "identify",
     "list_indexes",

@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from . import __version__, settings
+from . import settings
 from .backbones import FITS, POOLINGS, PRECISIONS, registered_backbones
 from .errors import RecommenderError
 from .memory import keep_freed_buffers
+from .version import __version__
 
 # Items listed individually before a build report summarises the rest.
 _SHOW_SKIPS = 5

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, settings
+from . import settings
 from .backbones import Backbone, load_backbone, normalise
 from .calibration import calibrate
 from .catalog import Item
@@ -42,6 +42,7 @@ from .files import fsync_dir, write_atomic
 from .ranking import LabelGroups
 from .runtime import Runtime
 from .store import Filters, LocalStore, MilvusStore, Store, StoreConfig, drop_stale, open_store
+from .version import __version__
 
 #: The newest manifest format this library reads and writes. Version 1 has no `store` (the vectors
 #: are local); version 2 adds it. Local indexes are still written as version 1, which every reader

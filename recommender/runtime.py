@@ -8,8 +8,8 @@ cache of its own. What lives here, and nowhere else:
   index built with another backbone is not re-loaded (and its weights not re-packed) per request;
 * `patches` and `pca`: the explanations' patch features and the catalogs' principal components,
   each a least-recently-used cache with a budget in bytes;
-* `clients(kind)`: one client per Milvus database or server (Milvus Lite allows one per process);
-* `web`: the web-search client with its answer cache.
+* `one(key, make)`: objects of which a process wants exactly one per key: a client per Milvus
+  database or server (Milvus Lite allows one per process), the web-search client with its cache.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .backbones import Backbone
+
+T = TypeVar("T")
 
 #: Byte budgets of the caches (patch grids are float16: a 16 x 16 x 384 grid is 200 KB).
 PATCH_CACHE_BYTES = 96 << 20
@@ -94,8 +96,7 @@ class Runtime:
         self.patches = ByteLRU(patch_bytes)
         self.pca = ByteLRU(pca_bytes)
         self._backbones: dict[str, Backbone] = {}
-        self._clients: dict[str, Any] = {}
-        self._web: Any = None
+        self._shared: dict[Hashable, Any] = {}
         self._lock = threading.RLock()
 
     def backbone(self, spec: Mapping[str, Any], *, device: str | None = None,
@@ -110,33 +111,28 @@ class Runtime:
                 found = self._backbones[key] = load_backbone(**spec, device=device, precision=precision)
             return found
 
-    def client(self, uri: str, connect: Callable[[], Any]) -> Any:
-        """One client per database or server address: `connect()` makes it the first time."""
+    def one(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The object kept under `key` (e.g. `("milvus", uri)`), made by `make()` the first time it is asked for."""
         with self._lock:
-            if uri not in self._clients:
-                self._clients[uri] = connect()
-            return self._clients[uri]
+            if key not in self._shared:
+                self._shared[key] = make()
+            return self._shared[key]
 
-    def pop_clients(self) -> dict[str, Any]:
-        """Every client held, forgotten here (the caller closes them)."""
+    def replace(self, key: Hashable, value: Any) -> None:
+        """Keep `value` under `key` from now on (None forgets it: the next `one` makes it afresh)."""
         with self._lock:
-            clients, self._clients = self._clients, {}
-        return clients
+            if value is None:
+                self._shared.pop(key, None)
+            else:
+                self._shared[key] = value
 
-    @property
-    def web(self) -> Any:
-        """The web-search client (`websearch.WebSearch`) with the provider the settings choose, made once."""
+    def pop_all(self, kind: str) -> dict[Hashable, Any]:
+        """Every object kept under a key `(kind, ...)`, forgotten here (the caller closes them)."""
         with self._lock:
-            if self._web is None:
-                from .websearch import WebSearch, make_provider
-
-                self._web = WebSearch(make_provider())
-            return self._web
-
-    @web.setter
-    def web(self, search: Any) -> None:
-        with self._lock:
-            self._web = search
+            found = {k: v for k, v in self._shared.items() if isinstance(k, tuple) and k and k[0] == kind}
+            for key in found:
+                del self._shared[key]
+        return found
 
     def clear_caches(self) -> None:
         """Forget every cached patch feature and principal component (the on-disk caches stay)."""

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import RecommenderError, WebSearchUnavailable
+from .runtime import Runtime, default_runtime
 
 Kind = Literal["image", "page", "video"]
 KINDS: tuple[Kind, ...] = ("page", "image", "video")
@@ -480,37 +481,27 @@ def _import_factory(path: str) -> Callable[[], Provider]:
     return factory
 
 
-_default: WebSearch | None = None
-_default_lock = threading.Lock()
+def default_search(runtime: Runtime | None = None) -> WebSearch:
+    """The runtime's `WebSearch` (one answer cache per process), built from the environment on first use."""
+    return (runtime or default_runtime()).one("web", lambda: WebSearch(make_provider()))
 
 
-def default_search() -> WebSearch:
-    """The shared `WebSearch` (one cache for the whole process), built from the environment on first use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = WebSearch(make_provider())
-        return _default
-
-
-def set_provider(provider: Provider | str | None) -> None:
+def set_provider(provider: Provider | str | None, *, runtime: Runtime | None = None) -> None:
     """Route `search_media` and the CLI through `provider` (an object or a registered name), with a fresh cache.
 
     None goes back to the environment's choice. Tests use this to put a fake provider behind the
     real code paths; an app may use it to plug in another search service.
     """
-    global _default
-    with _default_lock:
-        if provider is None:
-            _default = None
-        else:
-            _default = WebSearch(make_provider(provider) if isinstance(provider, str) else provider)
+    search = None if provider is None else WebSearch(make_provider(provider) if isinstance(provider, str)
+                                                     else provider)
+    (runtime or default_runtime()).replace("web", search)
 
 
-def search_media(name: str, *, kind: str = "page", limit: int = DEFAULT_LIMIT, domain: str | None = None) -> list[Link]:
-    """Links about a recognised item: `build_query(name, domain)` through the shared `WebSearch`.
+def search_media(name: str, *, kind: str = "page", limit: int = DEFAULT_LIMIT, domain: str | None = None,
+                 runtime: Runtime | None = None) -> list[Link]:
+    """Links about a recognised item: `build_query(name, domain)` through the runtime's `WebSearch`.
 
     `kind` is "page", "image" or "video" (plurals accepted). Raises `WebSearchUnavailable` (one-line
     reason) within the deadline when the web cannot be searched; callers show it and carry on.
     """
-    return default_search().search(build_query(name, domain), kind=kind, limit=limit)
+    return default_search(runtime).search(build_query(name, domain), kind=kind, limit=limit)

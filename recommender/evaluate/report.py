@@ -137,97 +137,136 @@ def _cost(run: ModelRun) -> list[Any]:
 
 
 def _markdown(report: Report, worst: int) -> str:
-    runs, plan, k = report.runs, report.plan, report.plan.map_at
-    single = len(runs) == 1
-    out: list[str] = []
-    if single:
-        run = runs[0]
-        size = f"{run.index_mb:.2f} MB" if run.index_mb is not None else "no index"
-        ms = f"{run.ms_per_image:.1f} ms an image" if run.ms_per_image is not None else "embedding time unknown"
-        out.append(f"## `{run.index or report.gallery}` ({run.model}): index {size}, {ms}")
-    else:
-        out.append(f"## {len(runs)} backbones on `{report.gallery or plan.pairs}`")
-        out.append("MB: the gallery index on disk; ms/img: reading, decoding and embedding one picture here.")
-    cost = ["MB", "ms/img"]
-    metrics = [*(f"recall@{r}" for r in RECALL_AT), f"mAP@{k}"]
+    """Every section that has results, as Markdown: one table per protocol, models as rows."""
+    page = _Page(report)
+    out = page.heading()
+    for section in (page.query_sets, page.reverse, page.leave_one_out, page.pairs, page.universe):
+        out += section()
+    if worst:
+        out += page.worst(worst)
+    return "\n\n".join(out) + "\n"
 
-    def model_rows(pick: Callable[[ModelRun], list[Any]], width: int) -> list[list[Any]]:
+
+class _Page:
+    """The Markdown sections of a report; each returns its lines (none when the protocol did not run)."""
+
+    cost = ("MB", "ms/img")
+
+    def __init__(self, report: Report) -> None:
+        self.report, self.runs, self.plan, self.k = report, report.runs, report.plan, report.plan.map_at
+        self.single = len(self.runs) == 1
+        self.done = [run for run in self.runs if run.ok]
+        self.metrics = [*(f"recall@{r}" for r in RECALL_AT), f"mAP@{self.k}"]
+
+    def model_rows(self, pick: Callable[[ModelRun], list[Any]], width: int) -> list[list[Any]]:
+        """One row per model: its name and cost, then `pick(run)`, or why it did not run."""
         return [[run.model, *_cost(run), *pick(run)] if run.ok else [run.model, run.status, *[""] * (width + 1)]
-                for run in runs]
+                for run in self.runs]
 
-    done = [run for run in runs if run.ok]
-    if any(run.pooled for run in done):
-        names = list(next(run for run in done if run.pooled).sets)
-        out.append(f"### Query sets vs `{report.gallery or done[0].index}`: naming recall and mAP@{k}")
-        if single:
-            run = done[0]
+    def heading(self) -> list[str]:
+        if self.single:
+            run = self.runs[0]
+            size = f"{run.index_mb:.2f} MB" if run.index_mb is not None else "no index"
+            ms = f"{run.ms_per_image:.1f} ms an image" if run.ms_per_image is not None else "embedding time unknown"
+            return [f"## `{run.index or self.report.gallery}` ({run.model}): index {size}, {ms}"]
+        return [f"## {len(self.runs)} backbones on `{self.report.gallery or self.plan.pairs}`",
+                "MB: the gallery index on disk; ms/img: reading, decoding and embedding one picture here."]
+
+    def query_sets(self) -> list[str]:
+        pooled = [run for run in self.done if run.pooled]
+        if not pooled:
+            return []
+        k, names = self.k, list(pooled[0].sets)
+        out = [f"### Query sets vs `{self.report.gallery or self.done[0].index}`: naming recall and mAP@{k}"]
+        if self.single:
+            run = self.done[0]
             rows = [[name, e.queries, *e.metrics().values()] for name, e in run.sets.items()]
             if len(run.sets) > 1 and run.pooled:
                 rows.append(["all", run.pooled.queries, *run.pooled.metrics().values()])
-            out.append(_md_table(["query set", "queries", *metrics], rows))
+            out.append(_md_table(["query set", "queries", *self.metrics], rows))
         else:
             # "mean": every set weighs the same; "all": every query does (large sets dominate).
             mean = ["mean R@1"] if len(names) > 1 else []
-            header = ["model", *cost, *(f"{n} R@1" for n in names), *mean, "all R@1", f"all mAP@{k}"]
+            header = ["model", *self.cost, *(f"{n} R@1" for n in names), *mean, "all R@1", f"all mAP@{k}"]
+
             def sets_row(r: ModelRun) -> list[Any]:
                 if r.pooled is None:
                     return []
                 recalls = [r.sets[n].recall[1] for n in names]
                 return [*recalls, *([float(np.mean(recalls))] if mean else []), r.pooled.recall[1], r.pooled.mean_ap]
 
-            out.append(_md_table(header, model_rows(sets_row, len(names) + len(mean) + 2)))
-        if any(run.pooled.group_by for run in done if run.pooled):
-            out += _group_tables(runs, lambda r: r.pooled, f"Query sets by {plan.group_by}", k)
-    if any(run.reverse for run in done):
-        out.append("### Reverse: gallery items as queries against each query set (items whose label the set "
-                   "lacks are left out)")
-        names = list(next(run.reverse for run in done if run.reverse))
-        if single:
-            out.append(_md_table(["gallery", "queries", *metrics],
-                                 [[n, e.queries, *e.metrics().values()] for n, e in done[0].reverse.items()]))
+            out.append(_md_table(header, self.model_rows(sets_row, len(names) + len(mean) + 2)))
+        if any(run.pooled.group_by for run in pooled if run.pooled):
+            out += _group_tables(self.runs, lambda r: r.pooled, f"Query sets by {self.plan.group_by}", k)
+        return out
+
+    def reverse(self) -> list[str]:
+        runs = [run for run in self.done if run.reverse]
+        if not runs:
+            return []
+        out = ["### Reverse: gallery items as queries against each query set (items whose label the set "
+               "lacks are left out)"]
+        names = list(runs[0].reverse)
+        if self.single:
+            out.append(_md_table(["gallery", "queries", *self.metrics],
+                                 [[n, e.queries, *e.metrics().values()] for n, e in runs[0].reverse.items()]))
         else:
-            out.append(_md_table(["model", *cost, *(f"{n} R@1" for n in names)],
-                                 model_rows(lambda r: [r.reverse[n].recall[1] for n in names], len(names))))
-    if any(run.leave_one_out for run in done):
-        e0 = next(run.leave_one_out for run in done if run.leave_one_out)
-        title = (f"Leave-one-out{f' by {plan.group_by}' if plan.group_by else ''}: each item queries the rest "
+            out.append(_md_table(["model", *self.cost, *(f"{n} R@1" for n in names)],
+                                 self.model_rows(lambda r: [r.reverse[n].recall[1] for n in names], len(names))))
+        return out
+
+    def leave_one_out(self) -> list[str]:
+        found = [run.leave_one_out for run in self.done if run.leave_one_out]
+        if not found:
+            return []
+        e0, group_by = found[0], self.plan.group_by
+        title = (f"Leave-one-out{f' by {group_by}' if group_by else ''}: each item queries the rest "
                  f"({e0.queries} queries; {e0.left_out} items alone in their label left out)")
-        if plan.group_by:
-            out += _group_tables(runs, lambda r: r.leave_one_out, title, k)
-        elif single:
-            out += [f"### {title}", _md_table(["queries", *metrics], [[e0.queries, *e0.metrics().values()]])]
-        else:
-            out += [f"### {title}"]
-            out.append(_md_table(["model", *cost, *metrics], model_rows(
-                lambda r: list(r.leave_one_out.metrics().values()) if r.leave_one_out else [], len(metrics))))
-    if any(run.pairs for run in done):
-        p0 = next(run.pairs for run in done if run.pairs)
-        out.append(f"### Pairs: the true right picture among {p0.candidates} ({len(p0.results)} pairs, seed "
-                   f"{p0.seed}; chance top-1 {1 / p0.candidates:.3f}, top-2 {min(1, 2 / p0.candidates):.3f})")
-        out.append(_md_table(["model", *cost, "top-1", "top-2"], model_rows(
-            lambda r: [r.pairs.top(1), r.pairs.top(2)] if r.pairs else [], 2)))
-    if any(run.universe for run in done):
-        u0 = next(run.universe for run in done if run.universe)
+        if group_by:
+            return _group_tables(self.runs, lambda r: r.leave_one_out, title, self.k)
+        if self.single:
+            return [f"### {title}", _md_table(["queries", *self.metrics], [[e0.queries, *e0.metrics().values()]])]
+        return [f"### {title}", _md_table(["model", *self.cost, *self.metrics], self.model_rows(
+            lambda r: list(r.leave_one_out.metrics().values()) if r.leave_one_out else [], len(self.metrics)))]
+
+    def pairs(self) -> list[str]:
+        found = [run.pairs for run in self.done if run.pairs]
+        if not found:
+            return []
+        p0 = found[0]
+        return [f"### Pairs: the true right picture among {p0.candidates} ({len(p0.results)} pairs, seed "
+                f"{p0.seed}; chance top-1 {1 / p0.candidates:.3f}, top-2 {min(1, 2 / p0.candidates):.3f})",
+                _md_table(["model", *self.cost, "top-1", "top-2"], self.model_rows(
+                    lambda r: [r.pairs.top(1), r.pairs.top(2)] if r.pairs else [], 2))]
+
+    def universe(self) -> list[str]:
+        found = [run.universe for run in self.done if run.universe]
+        if not found:
+            return []
+        u0 = found[0]
         n_in = sum(d.inside for d in u0.decisions)
-        out.append(f"### Another universe: {n_in} pictures from the catalog's universe vs {len(u0.decisions) - n_in} "
-                   "from outside (positive: refused as another universe)")
+        out = [f"### Another universe: {n_in} pictures from the catalog's universe vs {len(u0.decisions) - n_in} "
+               "from outside (positive: refused as another universe)"]
         columns = ["threshold", "kept", "refused", "precision", "recall", "accuracy", "balanced_accuracy"]
-        if single:
+        if self.single:
             out.append(_md_table(["rule", *columns], [[rule["rule"], *(rule[c] for c in columns)]
-                                                      for rule in done[0].universe.rules]))
+                                                      for rule in u0.rules]))
         else:
-            out.append(_md_table(["model", *cost, *columns, "best cut", "its balanced acc."], model_rows(
+            out.append(_md_table(["model", *self.cost, *columns, "best cut", "its balanced acc."], self.model_rows(
                 lambda r: [*(r.universe.rules[0][c] for c in columns), r.universe.rules[-1]["threshold"],
                            r.universe.rules[-1]["balanced_accuracy"]] if r.universe else [], len(columns) + 2)))
-    if worst:
-        for run in done:
+        return out
+
+    def worst(self, worst: int) -> list[str]:
+        out = []
+        for run in self.done:
             rows = run.sheet_rows(worst)
             if rows:
                 out.append(f"### Worst {worst}: {run.model}")
                 out.append(_md_table(["protocol", "picture", "top match", "correct"], [
                     [r.section.split(": ", 1)[-1].split(" (")[0], *(f"{_short(p)} {c}".strip() for p, c in r.cells)]
                     for r in rows]))
-    return "\n\n".join(out) + "\n"
+        return out
 
 
 def _group_tables(runs: list[ModelRun], pick: Callable[[ModelRun], Evaluation | None], title: str,

@@ -155,23 +155,9 @@ def explain(
     q_share = _object_share(q_valid, q_fg).ravel()  # (Pq,) in [0, 1]: 0 on padding and plain background
     m_share = _object_share(m_valid, m_fg).ravel()  # (Pm,)
 
-    a = fq.reshape(-1, fq.shape[-1])  # (Pq, C) unit rows
-    b = fm.reshape(-1, fm.shape[-1])  # (Pm, C)
-    sim = np.clip(a @ b.T, -1.0, 1.0)  # (Pq, Pm) patch-to-patch cosines (float16 storage can overshoot 1)
-    sim[~q_valid.ravel(), :] = -np.inf  # padding is not part of either picture
-    sim[:, ~m_valid.ravel()] = -np.inf
-    best_q, best_m = sim.max(axis=1), sim.max(axis=0)  # (Pq,), (Pm,)
-    base_q = (a @ ref.T).max(axis=1)  # (Pq,) how well a plain background explains each patch
-    base_m = (b @ ref.T).max(axis=1)  # (Pm,)
-    gain_q = np.where(q_valid.ravel(), np.clip(best_q - base_q, 0.0, None), 0.0)
-    gain_m = np.where(m_valid.ravel(), np.clip(best_m - base_m, 0.0, None), 0.0)
-    # The scale is set on the objects, so that a stray background patch cannot wash the overlays out.
-    peak = float(max(gain_q[q_share >= _ON_OBJECT].max(initial=0.0), gain_m[m_share >= _ON_OBJECT].max(initial=0.0)))
-    scale = peak if peak > 1e-6 else 1.0
-    q_map = np.clip(gain_q / scale, 0.0, 1.0).reshape(fq.shape[:2]).astype(np.float32)
-    m_map = np.clip(gain_m / scale, 0.0, 1.0).reshape(fm.shape[:2]).astype(np.float32)
-
-    found = _mutual_pairs(sim, base_q, base_m, q_share, m_share, pairs)
+    matched = _Matched.of(fq, fm, ref, q_valid, m_valid, q_share, m_share)
+    q_map, m_map, peak, sim = matched.q_map, matched.m_map, matched.peak, matched.sim
+    found = _mutual_pairs(sim, matched.base_q, matched.base_m, q_share, m_share, pairs)
     pair_list = [
         PatchPair(query_xy=q_view.patch_centre(i, fq.shape[:2]), match_xy=m_view.patch_centre(j, fm.shape[:2]),
                   similarity=float(sim[i, j]))
@@ -193,6 +179,39 @@ def explain(
     if out is not None:
         result.save(out)
     return result
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """How well each patch of either picture is matched in the other, beyond a plain background."""
+
+    sim: np.ndarray  # (Pq, Pm) patch-to-patch cosines, -inf on padding
+    base_q: np.ndarray  # (Pq,) how well a plain background explains each query patch
+    base_m: np.ndarray  # (Pm,)
+    q_map: np.ndarray  # (Hq, Wq) float32 in [0, 1]: gain over background, on the shared scale
+    m_map: np.ndarray  # (Hm, Wm)
+    peak: float  # the gain that 1 stands for: the best on the objects
+
+    @classmethod
+    def of(cls, fq: np.ndarray, fm: np.ndarray, ref: np.ndarray, q_valid: np.ndarray, m_valid: np.ndarray,
+           q_share: np.ndarray, m_share: np.ndarray) -> _Matched:
+        a = fq.reshape(-1, fq.shape[-1])  # (Pq, C) unit rows
+        b = fm.reshape(-1, fm.shape[-1])  # (Pm, C)
+        sim = np.clip(a @ b.T, -1.0, 1.0)  # (Pq, Pm) patch-to-patch cosines (float16 storage can overshoot 1)
+        sim[~q_valid.ravel(), :] = -np.inf  # padding is not part of either picture
+        sim[:, ~m_valid.ravel()] = -np.inf
+        best_q, best_m = sim.max(axis=1), sim.max(axis=0)  # (Pq,), (Pm,)
+        base_q = (a @ ref.T).max(axis=1)  # (Pq,)
+        base_m = (b @ ref.T).max(axis=1)  # (Pm,)
+        gain_q = np.where(q_valid.ravel(), np.clip(best_q - base_q, 0.0, None), 0.0)
+        gain_m = np.where(m_valid.ravel(), np.clip(best_m - base_m, 0.0, None), 0.0)
+        # The scale is set on the objects, so that a stray background patch cannot wash the overlays out.
+        peak = float(max(gain_q[q_share >= _ON_OBJECT].max(initial=0.0),
+                         gain_m[m_share >= _ON_OBJECT].max(initial=0.0)))
+        scale = peak if peak > 1e-6 else 1.0
+        q_map = np.clip(gain_q / scale, 0.0, 1.0).reshape(fq.shape[:2]).astype(np.float32)
+        m_map = np.clip(gain_m / scale, 0.0, 1.0).reshape(fm.shape[:2]).astype(np.float32)
+        return cls(sim, base_q, base_m, q_map, m_map, peak)
 
 
 def _finer(part: Backbone, detail: int | None, runtime: Runtime) -> Backbone:
