@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
+import itertools
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from .errors import CatalogError
 
@@ -147,66 +149,130 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+#: Bounds on a CSV catalog: a cell (csv's own limit, left as it is), a line, and the rows read.
+CSV_MAX_LINE = 1 << 20
+CSV_MAX_ROWS = 10_000_000
+
+
 def _read_csv(path: Path, *, image_column: str | None, label_column: str | None, id_column: str | None,
               confined: bool = False) -> Catalog:
+    """Read a CSV catalog a line at a time, within bounds: `CSV_MAX_LINE`, `CSV_MAX_ROWS` and csv's cell limit.
+
+    A cell, line or file beyond them is refused with one line (an unclosed quote is the usual cause
+    of a giant cell); rows that cannot be used are skipped with a reason.
+    """
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CatalogError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        fh = open(path, "rb")  # noqa: SIM115  # closed below, once every row is read
     except OSError as exc:
         raise CatalogError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise CatalogError(f"{path}: empty CSV (expected a header row naming the columns)")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(lines[0])
-    reader = csv.reader(lines, delimiter=delimiter)
-    header = [h.strip() for h in next(reader)]
-    if len(set(header)) != len(header):
-        raise CatalogError(f"{path}: repeated column names in the header: {header}")
-    image_col = _column(path, header, image_column, IMAGE_COLUMNS, "image", required=True)
-    label_col = _column(path, header, label_column, LABEL_COLUMNS, "label", required=False)
-    id_col = _column(path, header, id_column, ID_COLUMNS, "id", required=False)
-    assert image_col is not None
-    root = path.resolve().parent
-    items: list[Item] = []
-    skipped: list[Skip] = []
-    seen: set[str] = set()
-    for number, row in enumerate(reader, start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # blank line
-        where = f"{path.name} row {number}"
-        if len(row) != len(header):
-            skipped.append(Skip(where, f"has {len(row)} fields but the header has {len(header)}"))
-            continue
-        record = {h: cell.strip() for h, cell in zip(header, row)}
-        image = record[image_col]
-        if not image:
-            skipped.append(Skip(where, f"empty {image_col!r} cell"))
-            continue
-        if "://" in image:
-            skipped.append(Skip(where, f"{image}: URLs are not downloaded; list local files"))
-            continue
-        file = (root / image).expanduser()
-        if confined and not _inside(file.resolve(), root):  # asked first: says nothing of what exists there
-            skipped.append(Skip(where, f"{image}: outside the catalog's folder"))
-            continue
-        if not file.is_file():
-            skipped.append(Skip(where, f"{image}: no such file"))
-            continue
-        if not is_image_file(file):
-            skipped.append(Skip(where, f"{image}: not a picture file ({', '.join(IMAGE_SUFFIXES)})"))
-            continue
-        rel = Path(os.path.relpath(file.resolve(), root)).as_posix()
-        item_id = record[id_col] if id_col and record[id_col] else rel
-        if item_id in seen:
-            skipped.append(Skip(where, f"repeats the id {item_id!r}"))
-            continue
-        seen.add(item_id)
-        label = (record[label_col] or None) if label_col else None
-        metadata = {k: v for k, v in record.items() if k not in (image_col, label_col)}
-        items.append(Item(id=item_id, path=rel, label=label, metadata=metadata))
+    number = 1  # the record being read: the header is row 1
+    with fh:
+        lines = _csv_lines(fh, path)
+        first = next(lines, None)
+        if first is None or not first.strip():
+            raise CatalogError(f"{path}: empty CSV (expected a header row naming the columns)")
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(first)
+        reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
+        try:
+            header = [h.strip() for h in next(reader)]
+            if len(set(header)) != len(header):
+                raise CatalogError(f"{path}: repeated column names in the header: {header}")
+            image_col = _column(path, header, image_column, IMAGE_COLUMNS, "image", required=True)
+            label_col = _column(path, header, label_column, LABEL_COLUMNS, "label", required=False)
+            id_col = _column(path, header, id_column, ID_COLUMNS, "id", required=False)
+            assert image_col is not None
+            root = path.resolve().parent
+            items: list[Item] = []
+            reals: list[Path] = []  # each item's picture, links followed
+            skipped: list[Skip] = []
+            seen: set[str] = set()
+            for number, row in enumerate(reader, start=2):
+                if number > CSV_MAX_ROWS + 1:
+                    raise CatalogError(f"{path}: more than {CSV_MAX_ROWS:,} rows, the most a catalog may have; "
+                                       "split it into several catalogs")
+                if not any(cell.strip() for cell in row):
+                    continue  # blank line
+                where = f"{path.name} row {number}"
+                if len(row) != len(header):
+                    skipped.append(Skip(where, f"has {len(row)} fields but the header has {len(header)}"))
+                    continue
+                record = {h: cell.strip() for h, cell in zip(header, row)}
+                image = record[image_col]
+                if not image:
+                    skipped.append(Skip(where, f"empty {image_col!r} cell"))
+                    continue
+                if "://" in image:
+                    skipped.append(Skip(where, f"{image}: URLs are not downloaded; list local files"))
+                    continue
+                file = (root / image).expanduser()
+                if confined and not _inside(file.resolve(), root):  # asked first: says nothing of what exists there
+                    skipped.append(Skip(where, f"{image}: outside the catalog's folder"))
+                    continue
+                if not file.is_file():
+                    skipped.append(Skip(where, f"{image}: no such file"))
+                    continue
+                if not is_image_file(file):
+                    skipped.append(Skip(where, f"{image}: not a picture file ({', '.join(IMAGE_SUFFIXES)})"))
+                    continue
+                real = file.resolve()
+                rel = Path(os.path.relpath(real, root)).as_posix()
+                item_id = record[id_col] if id_col and record[id_col] else rel
+                if item_id in seen:
+                    skipped.append(Skip(where, f"repeats the id {item_id!r}"))
+                    continue
+                seen.add(item_id)
+                label = (record[label_col] or None) if label_col else None
+                metadata = {k: v for k, v in record.items() if k not in (image_col, label_col)}
+                items.append(Item(id=item_id, path=rel, label=label, metadata=metadata))
+                reals.append(real)
+        except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise CatalogError(f"{path}: row {number + 1} has a cell longer than {csv.field_size_limit():,} "
+                                   "characters (an unclosed quote?); a catalog's cells hold paths, labels and short "
+                                   "text") from None
+            raise CatalogError(f"{path}: row {number + 1} is not readable CSV ({exc})") from None
+    root, items = _under_one_root(path, root, items, reals)
     columns = {"image": image_col, "label": label_col, "id": id_col}
     return Catalog(source=path, root=root, kind="csv", items=items, skipped=skipped, columns=columns)
+
+
+def _under_one_root(path: Path, root: Path, items: list[Item], reals: list[Path]) -> tuple[Path, list[Item]]:
+    """The root and items of a CSV whose rows may name pictures outside its folder: one root above them all.
+
+    An index names its pictures by plain relative paths under its catalog root (never `..`, which
+    a loaded index refuses), so the root moves up to the folder that holds every picture; an id
+    that was the picture's path moves with it.
+    """
+    outside = [real for real in reals if not _inside(real, root)]
+    if not outside:
+        return root, items
+    top = Path(os.path.commonpath([root, *outside]))
+    if top == top.parent:
+        raise CatalogError(f"{path}: its pictures are spread over the whole file system ({root} and "
+                           f"{outside[0].parent} have only {top} in common); put them under one folder")
+    moved = []
+    for item, real in zip(items, reals):
+        rel = Path(os.path.relpath(real, top)).as_posix()
+        moved.append(replace(item, path=rel, id=rel if item.id == item.path else item.id))
+    return top, moved
+
+
+def _csv_lines(fh: BinaryIO, path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file (BOM dropped, any line break), refusing a line over `CSV_MAX_LINE` bytes."""
+    offset = 0
+    while raw := fh.readline(CSV_MAX_LINE + 1):
+        if len(raw) > CSV_MAX_LINE:
+            raise CatalogError(f"{path}: a line longer than {CSV_MAX_LINE:,} bytes at byte {offset:,}; a catalog's "
+                               "rows name a picture and a few short fields")
+        if offset == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"{path}: not UTF-8 text ({exc.reason} at byte {offset + exc.start}); save it as "
+                               "UTF-8") from None
+        offset += len(raw)
+        yield from text.splitlines()
 
 
 def _sniff_delimiter(header_line: str) -> str:

@@ -39,6 +39,7 @@ class Checkpoint:
         key = hashlib.sha256(json.dumps([backbone.spec, backbone.identity, dtype], sort_keys=True).encode())
         self.root = folder / FOLDER
         self.dir = self.root / key.hexdigest()[:16]
+        self.dim = backbone.dim
         self.seconds = seconds
         self.rows = rows
         self.written = 0  # shards written by this build
@@ -47,19 +48,29 @@ class Checkpoint:
         self._last = time.monotonic()
 
     def load(self) -> dict[str, np.ndarray]:
-        """Content hash -> (D,) float32 vector, from every complete shard of an earlier, unfinished build."""
+        """Content hash -> (D,) float32 vector, from every complete shard of an earlier, unfinished build.
+
+        A shard that is not what `flush` writes (too large, other shapes or types, vectors that are
+        not numbers: a damaged disk, or an index folder from elsewhere) costs only its own work.
+        """
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
+        # Far more than a shard written by `flush` can be: `rows` plus one batch of hashes and vectors.
+        largest = 2 * max(self.rows, CHECKPOINT_ROWS) * (32 + 4 * self.dim) + (1 << 20)
         found: dict[str, np.ndarray] = {}
         for path in sorted(self.dir.glob("shard-*.safetensors")) if self.dir.is_dir() else []:
             try:
+                if not path.is_file() or path.is_symlink() or path.stat().st_size > largest:
+                    continue
                 data = load_file(path)
                 hashes, vectors = data["hashes"], data["vectors"]  # (n, 32) uint8, (n, D) float32
             except (SafetensorError, KeyError, OSError, ValueError):
                 continue  # cannot happen through the atomic rename; a damaged disk costs only that shard's work
-            if len(hashes) == len(vectors):
-                found.update(zip((bytes(h).hex() for h in hashes), vectors))
+            if (hashes.dtype == np.uint8 and hashes.ndim == 2 and hashes.shape[1] == 32
+                    and vectors.dtype == np.float32 and vectors.shape == (len(hashes), self.dim)):
+                finite = np.isfinite(vectors).all(axis=1)  # (n,) a NaN is embedded again, never re-used
+                found.update(zip((bytes(h).hex() for h in hashes[finite]), vectors[finite]))
         return found
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:

@@ -12,6 +12,12 @@ An index is a folder `<index dir>/<name>/` holding
 The manifest is the commit point. A build writes new data files (or a new collection) under fresh
 names, then replaces the manifest with one atomic rename; a crash at any moment leaves either the
 old manifest (whose data was never touched) or the new one. No pickle is involved anywhere.
+
+An index folder may come from elsewhere (downloaded, hand-made), so loading trusts none of it: the
+JSON files are bounded in size and nesting, every field is type-checked, item paths must be plain
+relative paths under a catalog root that is an absolute folder (not the file system's root), a
+picture reached through a link outside that root is refused when its path is handed out, and
+vectors must be finite numbers (checked on load when the file is checksummed, else when searched).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -41,7 +48,7 @@ from .errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, Reco
 from .files import fsync_dir, write_atomic
 from .ranking import LabelGroups
 from .runtime import Runtime
-from .store import Filters, LocalStore, MilvusStore, Store, StoreConfig, drop_stale, open_store
+from .store import Filters, LocalStore, MilvusStore, Store, StoreConfig, check_finite, drop_stale, open_store
 from .version import __version__
 
 #: The newest manifest format this library reads and writes. Version 1 has no `store` (the vectors
@@ -58,6 +65,13 @@ _SPEC_KEYS = {"model", "weights", "pooling", "image_size", "fit"}
 _VERIFY_LIMIT = 64 << 20
 # Item files larger than this are parsed on first use rather than when the index is opened.
 _LAZY_ITEMS = 8 << 20
+#: The most bytes a manifest and an items file may hold (about 10M items), and how deep a manifest may nest.
+MANIFEST_MAX_BYTES = 16 << 20
+ITEMS_MAX_BYTES = 2 << 30
+_MAX_DEPTH = 16
+# Our safetensors header is about 200 bytes: one tensor and a little metadata.
+_HEADER_MAX = 1 << 16
+_MAX_DIM = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -120,10 +134,13 @@ class Index:
         self._read_items = None if isinstance(items, list) else items
         self._items_lock = threading.Lock()
         # An array is the local store's memory-mapped (N, D) unit rows.
-        self.store = LocalStore(store, lambda: self.items) if isinstance(store, np.ndarray) else store
+        self.store = LocalStore(store, lambda: self.items, label=folder.name) if isinstance(store, np.ndarray) \
+            else store
         self._positions: dict[str, int] | None = None
         self._backbones: dict[str | None, Backbone] = {}  # by device, loaded on first use
         self._backbone_lock = threading.Lock()
+        # Real (links followed) folders of the items' pictures already checked to lie under the root.
+        self._checked_dirs: set[str] = set()
 
     @property
     def items(self) -> list[Item]:
@@ -161,7 +178,7 @@ class Index:
                 f"no index named {label!r} in {folder.parent}{listing}; build one with "
                 f"`python -m recommender index SOURCE --name {label}`"
             )
-        manifest = _read_json(manifest_path, label)
+        manifest = _read_json(manifest_path, label, limit=MANIFEST_MAX_BYTES)
         _check_manifest(manifest, label)
         files = manifest["files"]
         items_path = folder / files["items"]
@@ -169,7 +186,7 @@ class Index:
 
         def read_items() -> list[Item]:
             _verify_hash(items_path, files.get("items_sha256"), label)
-            return _decode_items(_read_json(items_path, label), count, label)
+            return _decode_items(_read_json(items_path, label, limit=ITEMS_MAX_BYTES), count, label)
 
         # Small item files are read and checked now; large ones (beyond ~100k items; a million items
         # take seconds to parse) when first needed, so that opening an index stays well under a second.
@@ -183,13 +200,16 @@ class Index:
         if check:
             _verify_hash(emb_path, files.get("embeddings_sha256"), label)
         embeddings = _open_safetensors(emb_path, "embeddings", (count, dim), label)
+        if check:  # read whole for the checksum already: finding a NaN costs little more
+            check_finite(embeddings, label)
         return cls(folder, manifest, embeddings, items)
 
     # ----------------------------------------------------------------------------- facts
 
     @property
     def name(self) -> str:
-        return self.manifest.get("name", self.folder.name)
+        # The folder's name, never the manifest's: an index cannot pass itself off as another one.
+        return self.folder.name
 
     @property
     def dim(self) -> int:
@@ -200,8 +220,12 @@ class Index:
 
     @property
     def root(self) -> Path:
-        """The folder the items' paths are relative to."""
+        """The folder the items' paths are relative to (absolute, not the file system's root: checked on load)."""
         return Path(self.manifest["catalog"]["root"])
+
+    @cached_property
+    def _real_root(self) -> str:
+        return os.path.realpath(self.manifest["catalog"]["root"])
 
     @property
     def labeled(self) -> bool:
@@ -261,8 +285,24 @@ class Index:
         return self.folder / f"derived-{kind}-{self.version}{suffix}"
 
     def path_of(self, item: Item) -> Path:
-        # normpath, not resolve(): the root is absolute already, and this runs for every match shown.
-        return Path(os.path.normpath(os.path.join(self.root, item.path)))
+        """The picture of an item, refused (`IndexLoadError`) when a link takes it outside the catalog root.
+
+        Item paths are plain relative paths (checked on load), so only links can lead elsewhere:
+        the real folder of each picture is checked once, and the picture itself when it is a link.
+        """
+        path = os.path.join(self.manifest["catalog"]["root"], item.path)
+        folder = os.path.dirname(path)
+        if folder not in self._checked_dirs:
+            if not _inside(os.path.realpath(folder), self._real_root):
+                raise self._outside(item)
+            self._checked_dirs.add(folder)
+        if os.path.islink(path) and not _inside(os.path.realpath(path), self._real_root):
+            raise self._outside(item)
+        return Path(os.path.normpath(path))
+
+    def _outside(self, item: Item) -> IndexLoadError:
+        return IndexLoadError(f"index {self.name!r}: the picture of item {item.id[:80]!r} is a link to a file outside "
+                              f"its catalog folder, which is refused; remove the link or {_rebuild_hint(self.name)}")
 
     def position(self, item_id: str) -> int:
         """The row of the item with this id, or a clear error."""
@@ -275,7 +315,10 @@ class Index:
 
     def vector(self, item_id: str) -> np.ndarray:
         """(D,) float32 embedding of an item."""
-        return np.asarray(self.store.vectors([self.position(item_id)])[0], dtype=np.float32)
+        row = self.position(item_id)
+        vector = np.asarray(self.store.vectors([row])[0], dtype=np.float32)
+        check_finite(vector[None, :], self.name, first_row=row)
+        return vector
 
     # ----------------------------------------------------------------------------- backbone
 
@@ -337,6 +380,9 @@ class Index:
                 f"query vectors are {q.shape[1]}-d but index {self.name!r} holds {self.dim}-d vectors; "
                 "embed queries with the backbone the index was built with"
             )
+        if not np.isfinite(q).all():  # NaN would score nothing and return no match, silently
+            raise RecommenderError(f"a query vector is not a number (NaN or infinite), so index {self.name!r} "
+                                   "cannot be searched with it; the backbone gave no usable vector")
         return q
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
@@ -409,13 +455,19 @@ def write_index(
         raise RecommenderError(f"dtype must be float16 or float32, not {dtype!r}")
     assert embeddings.shape == (len(items), backbone.dim), (embeddings.shape, len(items), backbone.dim)
     config = StoreConfig.parse(store if store is not None else settings.store())
+    # Rounded to the stored precision first, so that every store scores exactly the same vectors.
+    data = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
+    bad = np.flatnonzero(~np.isfinite(data).all(axis=1)) if data.size else np.zeros(0, dtype=np.int64)
+    if len(bad):  # an index of NaN vectors would match nothing: refuse it before anything is written
+        named = ", ".join(items[int(i)].path for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise RecommenderError(
+            f"{backbone.name} gave vectors that are not numbers (NaN or infinite) for {len(bad)} of {len(items)} "
+            f"pictures ({named}); nothing was written: check the model's weights, or leave those pictures out")
     folder.mkdir(parents=True, exist_ok=True)
     with _lock(folder):
         previous = _previous_location(folder)
         tag = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         emb_name, items_name = f"embeddings-{tag}.safetensors", f"items-{tag}.json"
-        # Rounded to the stored precision first, so that every store scores exactly the same vectors.
-        data = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
         files: dict[str, Any] = {}
         if config.kind == "local":
             location: dict[str, Any] = {"kind": "local"}
@@ -450,8 +502,8 @@ def write_index(
 
 def _previous_location(folder: Path) -> dict[str, Any] | None:
     """Where the committed version of this index keeps its vectors, if it can be told (to clean up after)."""
-    with contextlib.suppress(OSError, ValueError):
-        manifest = json.loads((folder / MANIFEST).read_bytes())
+    with contextlib.suppress(RecommenderError):
+        manifest = _read_json(folder / MANIFEST, folder.name, limit=MANIFEST_MAX_BYTES)
         if isinstance(manifest, dict) and isinstance(manifest.get("store"), dict):
             return manifest["store"]
     return None
@@ -500,24 +552,28 @@ def _safetensors_bytes(key: str, array: np.ndarray) -> bytes:
 def _open_safetensors(path: Path, key: str, shape: tuple[int, int], label: str) -> np.ndarray:
     """Memory-map one tensor of a safetensors file after checking the header against the file's size."""
     bad = f"index {label!r} is corrupt: {path.name}"
+    not_ours = f"{bad} is truncated or not a safetensors file; {_rebuild_hint(label)}"
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             (head_len,) = struct.unpack("<Q", fh.read(8))
-            if head_len > min(size - 8, 1 << 24):
-                raise IndexLoadError(f"{bad} is truncated or not a safetensors file; {_rebuild_hint(label)}")
+            if head_len > min(size - 8, _HEADER_MAX):
+                raise IndexLoadError(not_ours)
             header = json.loads(fh.read(head_len))
     except FileNotFoundError:
         raise IndexLoadError(f"{bad} is missing; {_rebuild_hint(label)}") from None
-    except (OSError, struct.error, ValueError, UnicodeDecodeError):
-        raise IndexLoadError(f"{bad} is truncated or not a safetensors file; {_rebuild_hint(label)}") from None
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, RecursionError):
+        raise IndexLoadError(not_ours) from None
     entry = header.get(key) if isinstance(header, dict) else None
     if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPES:
         raise IndexLoadError(f"{bad} holds no {key!r} tensor of float16/float32; {_rebuild_hint(label)}")
     dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-    start, end = (int(x) for x in entry.get("data_offsets", (0, 0)))
-    if list(entry.get("shape", ())) != list(shape):
-        raise IndexLoadError(f"{bad} holds shape {entry.get('shape')} but the manifest says {list(shape)}; "
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(x) and x >= 0 for x in offsets)):
+        raise IndexLoadError(f"{bad} has a malformed header (data_offsets); {_rebuild_hint(label)}")
+    start, end = offsets
+    if entry.get("shape") != list(shape):
+        raise IndexLoadError(f"{bad} holds shape {str(entry.get('shape'))[:40]} but the manifest says {list(shape)}; "
                              f"{_rebuild_hint(label)}")
     if end - start != shape[0] * shape[1] * dtype.itemsize or 8 + head_len + end != size:
         raise IndexLoadError(f"{bad} is truncated ({size} bytes, expected {8 + head_len + end}); "
@@ -538,62 +594,152 @@ def _encode_items(items: Sequence[Item]) -> dict[str, Any]:
     }
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _plain_relative(path: str) -> bool:
+    """True for a path like `a/b.png`: relative, '/'-separated, no '', '.' or '..' part, no backslash or NUL."""
+    return (bool(path) and "\\" not in path and "\0" not in path and not re.match(r"^[A-Za-z]:", path)
+            and not any(part in ("", ".", "..") for part in path.split("/")))
+
+
+def _first_not_plain(paths: list[str]) -> int | None:
+    """Position of the first path that is not `_plain_relative`, or None: a few substring scans over all of them."""
+    joined = "\0".join(paths)
+    if not paths or joined.count("\0") != len(paths) - 1 or "\\" in joined or ":" in joined:
+        slow = True  # a NUL, a backslash or a possible drive: look at each path
+    else:
+        parts = f"/{joined.replace(chr(0), '/')}/"  # every part between slashes, paths included
+        slow = "//" in parts or "/./" in parts or "/../" in parts
+    return next((i for i, path in enumerate(paths) if not _plain_relative(path)), None) if slow else None
+
+
 def _decode_items(data: Any, count: int, label: str) -> list[Item]:
-    try:
-        ids, paths, labels, hashes = data["id"], data["path"], data["label"], data["sha256"]
-        meta = data.get("metadata") or {}
-        if not all(len(col) == count for col in (ids, paths, labels, hashes, *meta.values())):
-            raise ValueError("column lengths differ from the manifest's count")
-        columns = list(meta)
-        return [
-            Item(id=str(ids[i]), path=str(paths[i]), label=labels[i], sha256=hashes[i],
-                 metadata={c: meta[c][i] for c in columns if meta[c][i] is not None})
-            for i in range(count)
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IndexLoadError(f"index {label!r} has a malformed items file ({exc}); {_rebuild_hint(label)}") from None
+    def malformed(why: str) -> IndexLoadError:
+        return IndexLoadError(f"index {label!r} has a malformed items file ({why}); {_rebuild_hint(label)}")
+
+    if not isinstance(data, dict):
+        raise malformed("not an object of columns")
+    meta = data.get("metadata") or {}
+    columns = [data.get(key) for key in ("id", "path", "label", "sha256")]
+    if not isinstance(meta, dict) or not all(isinstance(col, list) for col in (*columns, *meta.values())):
+        raise malformed("columns must be lists")
+    ids, paths, labels, hashes = columns
+    if not all(len(col) == count for col in (*columns, *meta.values())):
+        raise malformed("column lengths differ from the manifest's count")
+    # Every cell is a string (or null where allowed): nothing nested, nothing that a later step could choke on.
+    if not set(map(type, ids)) | set(map(type, paths)) <= {str}:
+        raise malformed("an id or path that is not a string")
+    if not set().union(*(map(type, col) for col in (labels, hashes, *meta.values()))) <= {str, type(None)}:
+        raise malformed("a label, hash or metadata value that is not a string")
+    bad = _first_not_plain(paths)
+    if bad is not None:
+        raise IndexLoadError(
+            f"index {label!r} is refused: item {bad} has the path {paths[bad][:80]!r}, which is not a plain "
+            f"relative path inside its catalog folder (absolute, '..', or empty); {_rebuild_hint(label)}")
+    names = list(meta)
+    return [
+        Item(id=ids[i], path=paths[i], label=labels[i], sha256=hashes[i],
+             metadata={c: meta[c][i] for c in names if meta[c][i] is not None})
+        for i in range(count)
+    ]
 
 
-def _read_json(path: Path, label: str) -> Any:
+def _read_json(path: Path, label: str, *, limit: int) -> Any:
+    """Parse a JSON file of an index, refusing one larger than `limit` bytes or nested beyond reason."""
+    corrupt = f"index {label!r} is corrupt: {path.name}"
     try:
+        size = path.stat().st_size
+        if size > limit:
+            raise IndexLoadError(f"{corrupt} is {size / 1e6:,.1f} MB, more than the {limit / 1e6:,.1f} MB it may be; "
+                                 f"{_rebuild_hint(label)}")
         return json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise IndexLoadError(f"index {label!r} is corrupt: {path.name} is missing; {_rebuild_hint(label)}") from None
+        raise IndexLoadError(f"{corrupt} is missing; {_rebuild_hint(label)}") from None
+    except RecursionError:
+        raise IndexLoadError(f"{corrupt} is nested too deeply to be an index file; {_rebuild_hint(label)}") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise IndexLoadError(
-            f"index {label!r} is corrupt: {path.name} is not valid JSON ({str(exc)[:80]}); {_rebuild_hint(label)}"
-        ) from None
+        raise IndexLoadError(f"{corrupt} is not valid JSON ({str(exc)[:80]}); {_rebuild_hint(label)}") from None
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """True when JSON `value` nests no deeper than `limit` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_manifest(manifest: Any, label: str) -> None:
+    def malformed(what: str) -> IndexLoadError:
+        return IndexLoadError(f"index {label!r} has a malformed manifest ({what}); {_rebuild_hint(label)}")
+
     if not isinstance(manifest, dict):
         raise IndexLoadError(f"index {label!r} has a malformed manifest; {_rebuild_hint(label)}")
     version = manifest.get("format_version")
-    if version not in (_LOCAL_VERSION, FORMAT_VERSION):
+    if version not in (_LOCAL_VERSION, FORMAT_VERSION) or isinstance(version, bool):
         newer = isinstance(version, int) and version > FORMAT_VERSION
         why = "a newer version of recommender; upgrade it" if newer else "an older version of recommender"
         raise IndexMismatchError(
-            f"index {label!r} has format version {version} (built by {why}), this library reads versions "
+            f"index {label!r} has format version {str(version)[:20]} (built by {why}), this library reads versions "
             f"{_LOCAL_VERSION}-{FORMAT_VERSION} (library {__version__}); {_rebuild_hint(label)}"
         )
+    if not _depth(manifest, _MAX_DEPTH):
+        raise malformed("nested too deeply")
     required = {"backbone": dict, "weights": str, "dim": int, "count": int, "catalog": dict, "files": dict}
     for key, kind in required.items():
-        if not isinstance(manifest.get(key), kind):
-            raise IndexLoadError(f"index {label!r} has a malformed manifest (bad {key!r}); {_rebuild_hint(label)}")
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise malformed(f"bad {key!r}")
+    if not (0 < manifest["dim"] <= _MAX_DIM and 0 <= manifest["count"] < 1 << 40):
+        raise malformed("bad 'dim' or 'count'")
+    for key in ("stats", "calibration"):
+        if not isinstance(manifest.get(key) or {}, dict):
+            raise malformed(f"bad {key!r}")
+    threshold = (manifest.get("calibration") or {}).get("threshold", 0.0)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+        raise malformed("bad calibration threshold")
     spec = manifest["backbone"]
     if not isinstance(spec.get("model"), str) or not set(spec) <= _SPEC_KEYS:
         # The spec becomes load_backbone's keyword arguments: only the ones it takes, as data.
-        raise IndexLoadError(f"index {label!r} has a malformed manifest (bad backbone {_describe_spec(spec)[:120]!r});"
-                             f" {_rebuild_hint(label)}")
+        raise malformed(f"bad backbone {_describe_spec(spec)[:120]!r}")
+    _check_root(manifest["catalog"].get("root"), label)
     store = manifest.get("store")
     if store is not None and not (isinstance(store, dict) and isinstance(store.get("kind"), str)):
-        raise IndexLoadError(f"index {label!r} has a malformed manifest (bad 'store'); {_rebuild_hint(label)}")
+        raise malformed("bad 'store'")
     local = store is None or store["kind"] == "local"
     for key in ("embeddings", "items") if local else ("items",):
         name = manifest["files"].get(key)
         if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
-            raise IndexLoadError(f"index {label!r} has a malformed manifest (bad file {name!r}); "
+            raise malformed(f"bad file {str(name)[:80]!r}")
+    for key in ("embeddings_sha256", "items_sha256"):
+        digest = manifest["files"].get(key)
+        if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise malformed(f"bad {key!r}")
+
+
+def _check_root(root: Any, label: str) -> None:
+    """The catalog root must be an absolute folder other than the file system's root (links followed)."""
+    if not isinstance(root, str) or "\0" in root or not os.path.isabs(root):
+        raise IndexLoadError(f"index {label!r} is refused: its catalog root {str(root)[:120]!r} is not an absolute "
+                             f"folder; {_rebuild_hint(label)}")
+    for path in (Path(os.path.normpath(root)), Path(os.path.realpath(root))):
+        if path == path.parent:
+            raise IndexLoadError(f"index {label!r} is refused: its catalog root is {root[:120]!r}, the file "
+                                 f"system's root; an index may only name pictures in its catalog's folder; "
                                  f"{_rebuild_hint(label)}")
+
+
+def _inside(path: str, root: str) -> bool:
+    """True when real path `path` is `root` or lies under it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _verify_hash(path: Path, expected: str | None, label: str) -> None:

@@ -113,7 +113,11 @@ def embed_query(image: ImageSource, index: Index, *, backbone: Backbone | None =
     # Decoded like catalog pictures, no larger than the model needs: the same pixels for the same
     # file, and a 9000x9000 upload costs a fraction of a second.
     picture = load_image(image, name=name, max_side=DECODE_MAX_SIDE, fit_to=backbone.decode_size)
-    return backbone.embed([picture])[0]
+    vector = backbone.embed([picture])[0]
+    if not np.isfinite(vector).all():  # a NaN query would match nothing, silently
+        raise RecommenderError(f"{name or describe(image)}: {backbone.name} gave no usable vector for this picture "
+                               "(not a number); check the model's weights")
+    return vector
 
 
 def identify(

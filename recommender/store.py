@@ -211,6 +211,35 @@ class Store(ABC):
         return hits / (k * len(q))
 
 
+# --------------------------------------------------------------------------------- vectors that are not numbers
+
+
+def check_scores(scores: np.ndarray, label: str) -> np.ndarray:
+    """(Q, N) scores of finite queries, checked: a NaN or infinite stored vector makes its score non-finite.
+
+    Far cheaper than checking the vectors themselves (Q*N values, not N*D), and it catches a
+    damaged or hand-made index whose rows would otherwise never match, silently.
+    """
+    if not np.isfinite(scores).all():
+        row = int(np.flatnonzero(~np.isfinite(scores).all(axis=0))[0])
+        raise IndexLoadError(_not_numbers(label, row))
+    return scores
+
+
+def check_finite(vectors: np.ndarray, label: str, *, first_row: int = 0) -> None:
+    """Raise `IndexLoadError` naming the first row of (N, D) `vectors` that holds a NaN or an infinity."""
+    for start in range(0, len(vectors), _CHUNK_ROWS):  # blocks: a memory-mapped file is never copied whole
+        block = np.asarray(vectors[start : start + _CHUNK_ROWS])
+        if not np.isfinite(block).all():
+            row = first_row + start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise IndexLoadError(_not_numbers(label, row))
+
+
+def _not_numbers(label: str, row: int) -> str:
+    return (f"index {label!r} is corrupt: its vector {row} is not a number (NaN or infinite); rebuild it with "
+            f"`python -m recommender index SOURCE --name {label}`")
+
+
 # --------------------------------------------------------------------------------- local: exact, memory-mapped
 
 
@@ -235,11 +264,13 @@ class LocalStore(Store):
     kind = "local"
     exact = True
 
-    def __init__(self, embeddings: np.ndarray, items: Sequence[Item] | Callable[[], Sequence[Item]]) -> None:
+    def __init__(self, embeddings: np.ndarray, items: Sequence[Item] | Callable[[], Sequence[Item]], *,
+                 label: str = "") -> None:
         super().__init__(*embeddings.shape)
         self.embeddings = embeddings  # (N, D), memory-mapped, unit rows
         # For filters, evaluated on the items themselves; a function when the index reads them lazily.
         self._items = items
+        self.label = label  # the index's name, for errors
 
     @property
     def items(self) -> Sequence[Item]:
@@ -262,12 +293,12 @@ class LocalStore(Store):
     def scores(self, queries: np.ndarray) -> np.ndarray:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if self._dense is not None:
-            return _product(q, self._dense)
+            return check_scores(_product(q, self._dense), self.label)
         out = np.empty((q.shape[0], self.count), dtype=np.float32)
         for start in range(0, self.count, _CHUNK_ROWS):
             block = np.asarray(self.embeddings[start : start + _CHUNK_ROWS], dtype=np.float32)  # (B, D)
             out[:, start : start + len(block)] = _product(q, block)
-        return out
+        return check_scores(out, self.label)
 
     @cached_property
     def _coarse(self) -> Any:
@@ -312,7 +343,8 @@ class LocalStore(Store):
         """Exact top k of a large index: bf16 scores for everything, exact float32 ones near the top."""
         import torch
 
-        coarse = (torch.from_numpy(queries).to(torch.bfloat16) @ self._coarse.T).float().numpy()  # (Q, N)
+        coarse = check_scores((torch.from_numpy(queries).to(torch.bfloat16) @ self._coarse.T).float().numpy(),
+                              self.label)  # (Q, N)
         if where is not None:
             coarse[:, ~where.mask(self.items)] = -np.inf
         if len(exclude):
@@ -345,8 +377,11 @@ _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(kind: str, uri: str) -> Any:
-    """One client per database or server per process (Milvus Lite allows one process per database)."""
+def _client(kind: str, uri: str, *, create: bool = False) -> Any:
+    """One client per database or server per process (Milvus Lite allows one process per database).
+
+    Only a build (`create`) may make a new Milvus Lite database; opening names an existing one.
+    """
     with _clients_lock:
         if uri in _clients:
             return _clients[uri]
@@ -359,7 +394,8 @@ def _client(kind: str, uri: str) -> Any:
             except ImportError:
                 raise RecommenderError(f"the Milvus Lite store needs milvus-lite, which is not installed: {_PIP}") \
                     from None
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
         token = os.environ.get("RECOMMENDER_MILVUS_TOKEN", "") if kind == "milvus" else ""
         try:
             client = pymilvus.MilvusClient(uri=uri, token=token)
@@ -417,6 +453,55 @@ def _resolve_uri(location: Mapping[str, Any], folder: Path) -> str:
     return str(folder / uri) if location["kind"] == "milvus-lite" and not os.path.isabs(uri) else uri
 
 
+_COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def trusted_uri(location: Any, folder: Path, label: str) -> str:
+    """Where a manifest's vectors live, once checked to be a place this machine may open; else `IndexLoadError`.
+
+    An index folder may come from elsewhere, so its manifest cannot make us create files or contact
+    servers: a Milvus Lite database must already exist, and be in the index folder when named by a
+    relative path (a build records `vectors.db`, or the absolute path given to `--store`); a
+    Milvus server is contacted (with RECOMMENDER_MILVUS_TOKEN) only when it is the one that
+    RECOMMENDER_STORE names.
+    """
+    from . import settings
+
+    rebuild = f"rebuild it with `python -m recommender index SOURCE --name {label}`"
+
+    def refuse(why: str) -> IndexLoadError:
+        return IndexLoadError(f"index {label!r} is refused: {why}; {rebuild}")
+
+    if not isinstance(location, Mapping) or location.get("kind") not in ("milvus-lite", "milvus"):
+        raise refuse("its manifest names no known vector store")
+    uri, params = location.get("uri"), location.get("search_params") or {}
+    if not (isinstance(uri, str) and "\0" not in uri and isinstance(location.get("collection"), str)
+            and _COLLECTION.match(location["collection"]) and isinstance(location.get("columns"), list)
+            and all(isinstance(c, str) for c in location["columns"]) and isinstance(location.get("index", {}), dict)
+            and isinstance(params, dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20 for v in params.values())):
+        raise refuse("its manifest has a malformed 'store'")
+    if location["kind"] == "milvus-lite":
+        if not uri.endswith(".db"):
+            raise refuse(f"its Milvus Lite database {uri[:120]!r} is not a path ending in .db")
+        if not os.path.isabs(uri):
+            path = os.path.realpath(folder / uri)
+            if "/" in uri or "\\" in uri or not path.startswith(os.path.realpath(folder) + os.sep):
+                raise refuse(f"its Milvus Lite database {uri[:120]!r} lies outside the index folder")
+        else:
+            path = uri
+        if not os.path.exists(path):
+            raise refuse(f"its Milvus Lite database {uri[:120]!r} does not exist here")
+        return path
+    configured = StoreConfig.parse(settings.store())
+    if not (configured.kind == "milvus" and configured.uri == uri):
+        server = uri.replace("http://", "milvus://", 1)[:120]
+        raise refuse(f"it keeps its vectors on the Milvus server {server}, which is not the store this machine is "
+                     f"set to use ({settings.ENV_STORE}={str(configured)[:60]}), and an index does not choose which "
+                     f"servers we contact: set {settings.ENV_STORE}={server} to trust it")
+    return uri
+
+
 def _tags(item: Item, columns: Sequence[str]) -> list[str]:
     # One ARRAY<VARCHAR> field of "column position=case-folded value" pushes every filter down as
     # array_contains_any(...), whatever the catalog's columns are (a position cannot contain '=').
@@ -433,7 +518,7 @@ class MilvusStore(Store):
 
     exact = False
 
-    def __init__(self, client: Any, location: Mapping[str, Any], count: int, dim: int) -> None:
+    def __init__(self, client: Any, location: Mapping[str, Any], count: int, dim: int, label: str = "") -> None:
         super().__init__(count, dim)
         self.client = client
         self.kind = location["kind"]
@@ -441,15 +526,16 @@ class MilvusStore(Store):
         self.collection = location["collection"]
         self.columns: list[str] = list(location["columns"])
         self._vectors: np.ndarray | None = None
+        self._label = label
 
     @property
     def location(self) -> dict[str, Any]:
         return dict(self._location)
 
     @classmethod
-    def open(cls, location: Mapping[str, Any], *, folder: Path, count: int, dim: int, label: str) -> MilvusStore:
-        """The store a manifest points at, checked to hold the manifest's number of vectors."""
-        client = _client(location["kind"], _resolve_uri(location, folder))
+    def open(cls, location: Mapping[str, Any], *, uri: str, count: int, dim: int, label: str) -> MilvusStore:
+        """The store a manifest points at (at `uri`, see `trusted_uri`), checked to hold the manifest's vectors."""
+        client = _client(location["kind"], uri)
         collection = location["collection"]
         rebuild = f"rebuild it with `python -m recommender index SOURCE --name {label} --store ...`"
         with _milvus_errors(f"open collection {collection}", IndexLoadError):
@@ -461,7 +547,7 @@ class MilvusStore(Store):
                 raise IndexLoadError(f"index {label!r} is corrupt: its collection {collection} holds {rows} vectors "
                                      f"but the manifest says {count}; {rebuild}")
             client.load_collection(collection)
-        return cls(client, location, count, dim)
+        return cls(client, location, count, dim, label)
 
     @classmethod
     def write(cls, config: StoreConfig, *, folder: Path, tag: str, vectors: np.ndarray,
@@ -472,7 +558,7 @@ class MilvusStore(Store):
             uri, recorded = (str(folder / LITE_DB), LITE_DB) if config.uri is None else (config.uri, config.uri)
         else:
             uri = recorded = str(config.uri)
-        client = _client(config.kind, uri)
+        client = _client(config.kind, uri, create=True)
         collection = collection_prefix(folder) + re.sub(r"\W", "_", tag)
         count, dim = vectors.shape
         columns = ["label", "id", *sorted({k for item in items for k in item.metadata})]
@@ -536,6 +622,7 @@ class MilvusStore(Store):
             seen += len(got)
         if seen != self.count:
             raise RecommenderError(f"collection {self.collection} returned {seen} of {self.count} vectors")
+        check_finite(out, self._label)
         return out
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
@@ -563,6 +650,8 @@ class MilvusStore(Store):
         for per_query in hits:
             rows = np.fromiter((h["entity"]["row"] for h in per_query), dtype=np.int64, count=len(per_query))
             scores = np.fromiter((h["distance"] for h in per_query), dtype=np.float32, count=len(per_query))
+            if not np.isfinite(scores).all():  # a hand-made collection: refused, as the local store refuses it
+                raise IndexLoadError(_not_numbers(self._label, int(rows[~np.isfinite(scores)][0])))
             order = np.argsort(-scores, kind="stable")  # Milvus returns them sorted; ties kept in its order
             found.append((rows[order], scores[order]))
         return found
@@ -602,8 +691,9 @@ def open_store(location: Mapping[str, Any], *, folder: Path, count: int, dim: in
     """The non-local store a manifest points at (the local one is opened by `index`, which owns the files)."""
     kind = location.get("kind")
     if kind not in ("milvus-lite", "milvus"):
-        raise IndexLoadError(f"index {label!r} keeps its vectors in an unknown store {kind!r}; rebuild it with "
-                             f"`python -m recommender index SOURCE --name {label}`")
+        raise IndexLoadError(f"index {label!r} keeps its vectors in an unknown store {str(kind)[:40]!r}; rebuild it "
+                             f"with `python -m recommender index SOURCE --name {label}`")
+    uri = trusted_uri(location, folder, label)  # before anything is imported, opened or contacted
     if kind == "milvus-lite":
         try:
             import milvus_lite  # noqa: F401
@@ -612,7 +702,7 @@ def open_store(location: Mapping[str, Any], *, folder: Path, count: int, dim: in
             raise RecommenderError(f"index {label!r} keeps its vectors in Milvus Lite, which is not installed: "
                                    f"{_PIP}") from None
     _pymilvus(f"index {label!r} (vectors in {kind})")
-    return MilvusStore.open(location, folder=folder, count=count, dim=dim, label=label)
+    return MilvusStore.open(location, uri=uri, count=count, dim=dim, label=label)
 
 
 def drop_stale(folder: Path, current: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
@@ -621,15 +711,19 @@ def drop_stale(folder: Path, current: Mapping[str, Any], previous: Mapping[str, 
     Best effort: a server that cannot be reached now only keeps an unused collection.
     """
     keep = current.get("collection")
-    places = []
-    if previous and previous.get("kind") in ("milvus-lite", "milvus"):
-        places.append(previous)
+    places: list[tuple[str, str]] = []
     if current.get("kind") in ("milvus-lite", "milvus"):
-        places.append(current)
+        places.append((current["kind"], _resolve_uri(current, folder)))  # where this build has just written
+    if previous and previous.get("kind") in ("milvus-lite", "milvus"):
+        # The previous manifest is as untrusted as any: a place it may not name is left alone.
+        with contextlib.suppress(IndexLoadError, RecommenderError):
+            place = (previous["kind"], trusted_uri(previous, folder, folder.name))
+            if place not in places:
+                places.append(place)
     prefix = collection_prefix(folder)
-    for place in places:
+    for kind, uri in places:
         with contextlib.suppress(Exception):
-            client = _client(place["kind"], _resolve_uri(place, folder))
+            client = _client(kind, uri)
             for name in client.list_collections():
                 if name.startswith(prefix) and name != keep:
                     client.drop_collection(name)

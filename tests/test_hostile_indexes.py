@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_labeled_catalog
@@ -141,7 +139,7 @@ def test_loading_and_searching_a_hostile_index_never_runs_its_code(shapes, tmp_p
             Index.load("shapes", verify=True)
     restore()
     edit_manifest(index, catalog={**index.manifest["catalog"], "__reduce__": "posix.system",
-                                  "root": f"$(touch {sentinel})"})
+                                  "root": f"{tmp_path}/$(touch {sentinel})"})
     Index.load("shapes")  # strings in JSON stay strings
 
     # A backbone folder of the attacker's: DINOv2 by name, custom code on offer, pickled weights.
@@ -160,20 +158,3 @@ def test_loading_and_searching_a_hostile_index_never_runs_its_code(shapes, tmp_p
     assert result.exit_code == 1 and "cannot load the model" in result.stderr
     assert not sentinel.exists()
     assert not any(p.suffix == ".pyc" for p in model.rglob("*"))  # its module was never even imported
-
-
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_vectors_that_are_not_numbers_never_come_back_as_matches(shapes):
-    # A crafted index can hold NaN or infinite vectors with valid checksums: they are never matches.
-    catalog, index = shapes
-    vectors = np.array(index.embeddings, dtype=np.float32)
-    vectors[0], vectors[1] = np.nan, np.inf
-    from recommender.index import write_index
-
-    backbone = index.backbone()
-    shutil.rmtree(index.folder)
-    write_index(index.folder, embeddings=vectors, items=index.items, backbone=backbone,
-                catalog=index.manifest["catalog"])
-    matches = look_alikes(catalog / "red-circle" / "0.png", Index.load("shapes"), k=6)
-    assert {m.item.id for m in matches}.isdisjoint({index.items[0].id, index.items[1].id})
-    assert all(np.isfinite(m.score) for m in matches)
