@@ -135,7 +135,7 @@ def links_html(label: str | None, domain: str | None) -> str:
 def similarity_picture(service: Service, index_name: str, features: str) -> SimilarityMatrix:
     """The catalog heatmap, drawn once per index version and feature count."""
     index = service.index(index_name)
-    return _similarity_picture(index, features, index.manifest["files"]["embeddings"])
+    return _similarity_picture(index, features, index.version)
 
 
 @functools.lru_cache(maxsize=16)

@@ -28,8 +28,9 @@ from common import machine, make_catalog, make_model, table
 
 def random_index(folder: Path, n: int, backbone: object) -> object:
     """An index of n random unit vectors with the backbone's spec, written through the library."""
+    from recommender.calibration import Calibration
     from recommender.catalog import Item
-    from recommender.index import Index, write_index
+    from recommender.index import CatalogInfo, Index, write_index
 
     if not (folder / "manifest.json").exists():
         rng = np.random.default_rng(n)
@@ -37,7 +38,7 @@ def random_index(folder: Path, n: int, backbone: object) -> object:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         items = [Item(id=f"item{i}", path=f"item{i}.jpg", label=f"label{i % 500}") for i in range(n)]
         write_index(folder, embeddings=vectors, items=items, backbone=backbone,  # type: ignore[arg-type]
-                    catalog={"root": str(folder), "labeled": True}, calibration={"threshold": 0.5})
+                    catalog=CatalogInfo(root=str(folder), labeled=True), calibration=Calibration(0.5))
     return Index.load(folder)
 
 

@@ -94,11 +94,13 @@ def run_milvus(vectors: np.ndarray, queries: np.ndarray, folder: Path, kind: str
 
 
 def _through_library(vectors, folder, store, Item, Index, write_index):
+    from recommender.index import CatalogInfo
+
     """Write an index the way `build_index` does (store included), load it, and search it with `Index.search`."""
     backbone = SimpleNamespace(spec={"model": "random"}, name="random", identity="random", dim=vectors.shape[1])
     items = [Item(id=str(i), path=f"{i}.jpg", label=None) for i in range(len(vectors))]
     started = time.perf_counter()
-    write_index(folder, embeddings=vectors, items=items, backbone=backbone, catalog={"root": str(folder)},
+    write_index(folder, embeddings=vectors, items=items, backbone=backbone, catalog=CatalogInfo(root=str(folder)),
                 store=store)
     del items
     opening = time.perf_counter()
@@ -163,7 +165,7 @@ def main() -> None:
     print(f"{args.items} x {args.dim} float16 vectors ({vectors.nbytes / 1e6:.0f} MB) and {args.queries} queries "
           f"made in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-    from recommender.store import LocalStore
+    from recommender.index.store import LocalStore
 
     truth = np.stack([rows[:K] for rows, _ in LocalStore(vectors, []).search(queries, K)])  # exact top-10
     rows: list[dict[str, object]] = []
@@ -193,7 +195,7 @@ def main() -> None:
             print(f"{engine}: done in {time.perf_counter() - started:.0f} s: {rows[-1]}", file=sys.stderr)
             del search, found
             if engine.startswith("milvus"):
-                from recommender.store import close_clients
+                from recommender.index.store.milvus import close_clients
 
                 close_clients()
     print(f"{args.items} items x {args.dim}-d (float16), {args.queries} single queries, top-{K}; "

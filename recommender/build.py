@@ -27,8 +27,7 @@ from .catalog import Catalog, Item, Skip, read_catalog
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
 from .errors import CatalogError, ImageError, RecommenderError
 from .images import DECODE_MAX_SIDE, Fit, load_image, read_bytes
-from .index import Index, index_folder, write_index
-from .store import StoreConfig
+from .index import BuildStats, CatalogInfo, Index, StoreConfig, index_folder, write_index
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -137,21 +136,15 @@ def build_index(
     matrix = embedded.vectors  # (N, D)
     removed = len(set(own) - {item.sha256 for item in items}) if own else 0
     seconds = time.perf_counter() - started
-    catalog_info = {
-        "source": str(Path(catalog.source).resolve()),
-        "root": str(catalog.root),
-        "kind": catalog.kind,
-        "labeled": any(item.label is not None for item in items),
-        "labels": len({item.label for item in items if item.label is not None}),
-        "columns": catalog.columns,
-        "limit": limit,
-        "domain": domain,
-        "fingerprint": fingerprint,
-    }
+    catalog_info = CatalogInfo(
+        source=str(Path(catalog.source).resolve()), root=str(catalog.root), kind=catalog.kind,
+        labeled=any(item.label is not None for item in items),
+        labels=len({item.label for item in items if item.label is not None}), columns=catalog.columns, limit=limit,
+        domain=domain, fingerprint=fingerprint)
     resumed = sum(item.sha256 in resumable for item in items)
-    stats = {"embedded": embedded.embedded, "reused": embedded.reused, "resumed": resumed, "skipped": len(skipped),
-             "removed": removed, "seconds": round(seconds, 3), "precision": getattr(backbone, "precision", "fp32"),
-             "ray": bool(ray)}
+    stats = BuildStats(embedded=embedded.embedded, reused=embedded.reused, resumed=resumed, skipped=len(skipped),
+                       removed=removed, seconds=seconds, precision=backbone.precision, ray=bool(ray),
+                       forward=backbone.forward)
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = matrix.astype(np.float16 if dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
@@ -254,8 +247,8 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
     except RecommenderError as exc:  # damaged, other backbone, or in a store that cannot be reached now
         notes.append(f"existing index not re-used, everything is embedded again: {exc}")
         return {}
-    if old.manifest.get("dtype") != dtype:
-        notes.append(f"existing index is {old.manifest.get('dtype')}, not {dtype}: everything is embedded again")
+    if old.manifest.dtype != dtype:
+        notes.append(f"existing index is {old.manifest.dtype}, not {dtype}: everything is embedded again")
         return {}
     return {item.sha256: np.asarray(old.embeddings[i], dtype=np.float32)
             for i, item in enumerate(old.items) if item.sha256}

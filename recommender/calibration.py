@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,50 @@ CALIBRATION_QUERIES = 2000
 OUTSIDE_QUANTILE = 0.05
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How an index tells pictures of its universe from the others: the threshold, and how it was learnt.
+
+    Stored in the manifest (`calibration`); `nearest_else` and `same_label` summarise the scores
+    it was learnt from (5th percentile, median, 95th), for people.
+    """
+
+    threshold: float
+    method: str = "stored threshold"
+    queries: int = 0
+    nearest_else: Mapping[str, float] | None = None
+    same_label: Mapping[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"threshold": self.threshold, "method": self.method, "queries": self.queries}
+        if self.nearest_else is not None:
+            out["nearest_else"] = dict(self.nearest_else)
+        if self.same_label is not None:
+            out["same_label"] = dict(self.same_label)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> Calibration:
+        """Parse a manifest's `calibration`; `ValueError` unless the threshold is a finite number."""
+        threshold = data.get("threshold") if isinstance(data, dict) else None
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+            raise ValueError("bad calibration threshold")
+        summaries = {key: data.get(key) for key in ("nearest_else", "same_label")}
+        if not all(value is None or _is_summary(value) for value in summaries.values()):
+            raise ValueError("bad calibration summary")
+        queries = data.get("queries", 0)
+        return cls(threshold=float(threshold), method=str(data.get("method", "stored threshold"))[:200],
+                   queries=queries if isinstance(queries, int) and not isinstance(queries, bool) else 0,
+                   **summaries)
+
+
+def _is_summary(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in value.values())
+
+
 def calibrate(embeddings: np.ndarray, labels: Sequence[str | None], *, queries: int = CALIBRATION_QUERIES,
-              seed: int = 0, quantile: float = OUTSIDE_QUANTILE) -> dict[str, Any]:
+              seed: int = 0, quantile: float = OUTSIDE_QUANTILE) -> Calibration:
     """The score above which a picture counts as "from this catalog's universe", learnt from the catalog.
 
     Each sampled catalog item is matched against all the others, leaving out itself and, in a
@@ -34,7 +78,7 @@ def calibrate(embeddings: np.ndarray, labels: Sequence[str | None], *, queries: 
     """
     n = len(labels)
     if n < 2:
-        return {"threshold": 0.5, "method": "default (fewer than two items)", "queries": 0}
+        return Calibration(threshold=0.5, method="default (fewer than two items)")
     codes = LabelGroups.of(labels).codes  # (N,) label position or -1
     picked = np.sort(np.random.default_rng(seed).choice(n, size=min(n, queries), replace=False))  # (Q,)
     inside, outside, _ = _leave_one_out(embeddings, codes, picked)
@@ -47,15 +91,14 @@ def calibrate(embeddings: np.ndarray, labels: Sequence[str | None], *, queries: 
         nearest_else = np.maximum(inside, outside)
         method = "nearest other item (unlabeled catalog)"
     threshold = float(np.quantile(nearest_else, quantile))
-    result: dict[str, Any] = {
-        "threshold": round(threshold, 4),
-        "method": f"{quantile:.0%} quantile of each item's score to its {method}",
-        "queries": len(picked),
-        "nearest_else": _summary(nearest_else),
-    }
-    if labeled and np.isfinite(inside).any():
-        result["same_label"] = _summary(inside[np.isfinite(inside)])  # for information: how alike labels are
-    return result
+    same = inside[np.isfinite(inside)] if labeled else inside[:0]
+    return Calibration(
+        threshold=round(threshold, 4),
+        method=f"{quantile:.0%} quantile of each item's score to its {method}",
+        queries=len(picked),
+        nearest_else=_summary(nearest_else),
+        same_label=_summary(same) if len(same) else None,  # for information: how alike labels are
+    )
 
 
 def _leave_one_out(embeddings: np.ndarray, codes: np.ndarray, picked: np.ndarray,

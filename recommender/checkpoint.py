@@ -36,7 +36,7 @@ class Checkpoint:
 
     def __init__(self, folder: Path, backbone: Backbone, dtype: str, *, seconds: float = CHECKPOINT_SECONDS,
                  rows: int = CHECKPOINT_ROWS) -> None:
-        key = hashlib.sha256(json.dumps([backbone.spec, backbone.identity, dtype], sort_keys=True).encode())
+        key = hashlib.sha256(json.dumps([backbone.spec.to_json(), backbone.identity, dtype], sort_keys=True).encode())
         self.root = folder / FOLDER
         self.dir = self.root / key.hexdigest()[:16]
         self.dim = backbone.dim

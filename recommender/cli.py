@@ -108,7 +108,7 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     """
     from .backbones import load_backbone
     from .build import build_index
-    from .store import StoreConfig
+    from .index import StoreConfig
 
     config = StoreConfig.parse(settings.store(store))  # a bad --store fails before the model loads
     if actors is not None and ray_address is None:
@@ -330,31 +330,29 @@ def map_cmd(ctx: click.Context, index_name: str | None, out: str, color_by: str,
 def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: bool) -> None:
     """What an index holds: backbone, size, labels, where it came from, where its vectors live."""
     from .index import Index
-    from .store import describe_location
 
     index = Index.load(settings.index_name(index_name), index_dir=ctx.obj["index_dir"], verify=verify or None)
     m = index.manifest
     labels = sorted({item.label for item in index.items if item.label is not None})
     columns = sorted({k for item in index.items for k in item.metadata})
     if as_json:
-        click.echo(json.dumps({**m, "folder": str(index.folder), "size_bytes": index.size_bytes,
+        click.echo(json.dumps({**m.to_json(), "folder": str(index.folder), "size_bytes": index.size_bytes,
                                "label_names": labels, "metadata_columns": columns}, indent=2, ensure_ascii=False))
         return
     shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
     rows = [
         ("index", f"{index.name}  ({index.folder})"),
-        ("items", f"{len(index)}  ({m['dtype']}, {index.size_bytes / 1e6:.1f} MB on disk)"),
-        ("backbone", f"{m['backbone_name']}  {_spec_text(m['backbone'])}"),
-        ("weights", m["weights"]),
-        ("dim", str(m["dim"])),
-        ("vectors", describe_location(m.get("store"))),
+        ("items", f"{len(index)}  ({m.dtype}, {index.size_bytes / 1e6:.1f} MB on disk)"),
+        ("backbone", f"{m.backbone_name}  {_spec_text(m.backbone.to_json())}"),
+        ("weights", m.weights),
+        ("dim", str(m.dim)),
+        ("vectors", m.store.describe()),
         ("labels", shown if labels else "none (unlabeled)"),
         ("metadata", ", ".join(columns) or "none"),
-        ("source", f"{m['catalog'].get('source')}  ({m['catalog'].get('kind')})"),
-        ("built", f"{m['created']} by recommender {m['library_version']} (format {m['format_version']})"),
+        ("source", f"{m.catalog.source}  ({m.catalog.kind})"),
+        ("built", f"{m.created} by recommender {m.library_version} (format {m.format_version})"),
+        ("last build", ", ".join(f"{k} {v}" for k, v in m.stats.to_json().items())),
     ]
-    if m.get("stats"):
-        rows.append(("last build", ", ".join(f"{k} {v}" for k, v in m["stats"].items())))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")

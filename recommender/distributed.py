@@ -113,7 +113,7 @@ def _run(ray: Any, items: Sequence[Item], root: Path, backbone: Backbone, *, act
                                              "fit_to": backbone.decode_size})
     dataset = dataset.map_batches(
         _Embedder, batch_size=batch_size, compute=ActorPoolStrategy(size=count), **resources,
-        fn_constructor_kwargs={"spec": backbone.spec, "identity": backbone.identity, "device": device,
+        fn_constructor_kwargs={"spec": backbone.spec.as_kwargs(), "identity": backbone.identity, "device": device,
                                "precision": _precision(backbone), "threads": threads},
     )
     out: dict[int, tuple[str, str, np.ndarray | None]] = {}

@@ -149,7 +149,7 @@ def identify(
     for item_id in disliked:
         scores[index.position(item_id)] = -np.inf  # "less like this": not offered again
     matches = index.search(query, k=k, exclude=disliked)
-    threshold = float(index.calibration["threshold"])
+    threshold = index.calibration.threshold
     best_score = float(scores.max())
     in_catalog = best_score >= threshold
     if reference is None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from .backbones import Backbone
+    from .backbones import Backbone, BackboneSpec
 
 T = TypeVar("T")
 
@@ -99,16 +99,15 @@ class Runtime:
         self._shared: dict[Hashable, Any] = {}
         self._lock = threading.RLock()
 
-    def backbone(self, spec: Mapping[str, Any], *, device: str | None = None,
-                 precision: str | None = None) -> Backbone:
-        """The backbone `load_backbone(**spec)` gives, loaded once per spec, device and precision."""
+    def backbone(self, spec: BackboneSpec, *, device: str | None = None, precision: str | None = None) -> Backbone:
+        """The backbone `spec` describes, loaded once per spec, device and precision."""
         from .backbones import load_backbone
 
-        key = json.dumps([dict(spec), device, precision], sort_keys=True, default=str)
+        key = json.dumps([spec.to_json(), device, precision], sort_keys=True, default=str)
         with self._lock:
             found = self._backbones.get(key)
             if found is None:
-                found = self._backbones[key] = load_backbone(**spec, device=device, precision=precision)
+                found = self._backbones[key] = load_backbone(**spec.as_kwargs(), device=device, precision=precision)
             return found
 
     def one(self, key: Hashable, make: Callable[[], T]) -> T:

@@ -81,7 +81,7 @@ def ensure_index(
     try:
         index = Index.load(name, index_dir=index_dir)
         index.check_backbone(backbone)
-        if index.manifest["catalog"].get("fingerprint") == fingerprint:
+        if index.manifest.catalog.fingerprint == fingerprint:
             return index, None
     except IndexLoadError:
         pass
@@ -160,7 +160,7 @@ class Service:
 
     def backbone_for(self, index: Index) -> Backbone:
         """The app's backbone when the index was built with it, else the index's own (loaded once)."""
-        if index.manifest["backbone"] == self.backbone.spec and index.manifest["weights"] == self.backbone.identity:
+        if index.built_with(self.backbone):
             return self.backbone
         return index.backbone()
 

@@ -122,7 +122,7 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("RECOMMENDER_STORE", request.param)
     yield request.param
     if request.param != "local":
-        from recommender.store import close_clients
+        from recommender.index.store.milvus import close_clients
 
         close_clients()
 

@@ -40,7 +40,8 @@ def test_dinov2_from_a_local_folder(tiny_model, pooling, factor):
     images, _ = pictures()
     out = backbone.embed(images, batch_size=4)  # two batches
     assert_unit_rows(out, len(images), 32 * factor)
-    assert backbone.spec == {"model": str(tiny_model.resolve()), "pooling": pooling, "image_size": 224, "fit": "pad"}
+    assert backbone.spec.to_json() == {"model": str(tiny_model.resolve()), "pooling": pooling, "image_size": 224,
+                                       "fit": "pad"}
     assert backbone.identity.startswith("sha256:")
 
 
@@ -102,7 +103,7 @@ def test_model_loaded_once(tiny_model):
 
 def test_colour_histogram_ignores_the_background():
     hist = load_backbone("colour-histogram")
-    assert hist.dim == 512 and hist.spec == {"model": "colour-histogram"}
+    assert hist.dim == 512 and hist.spec.to_json() == {"model": "colour-histogram"}
     red_on_white = draw_shape("circle", (220, 30, 30), seed=1)
     red_on_grey = draw_shape("square", (220, 30, 30), seed=2, background=(128, 128, 128))
     blue_on_white = draw_shape("circle", (30, 30, 220), seed=1)
@@ -125,7 +126,7 @@ def test_hybrid_cosine_is_the_weighted_mean_of_its_parts(tiny_model):
     a = load_backbone(str(tiny_model)).embed(images)
     b = load_backbone("colour-histogram").embed(images)
     np.testing.assert_allclose(x @ x.T, 0.75 * (a @ a.T) + 0.25 * (b @ b.T), atol=1e-5)
-    rebuilt = load_backbone(**hybrid.spec)
+    rebuilt = load_backbone(**hybrid.spec.as_kwargs())
     assert rebuilt.spec == hybrid.spec and rebuilt.identity == hybrid.identity
     assert hybrid.patch_features(images[:1]).shape == (1, 16, 16, 32)
     # JPEGs are decoded large enough for every part: the model's 224 px square, the histogram's 128.
@@ -220,7 +221,7 @@ def test_efficientnet_with_real_weights():
 def test_offline_alias():
     offline = load_backbone("offline")
     assert offline.name == "offline" and offline.dim == 1280 + 512
-    assert offline.spec["model"] == "offline"
+    assert offline.spec.model == "offline"
     assert_unit_rows(offline.embed(pictures(1)[0]), 3, 1792)
 
 

@@ -77,7 +77,7 @@ def test_a_ray_build_equals_the_plain_build(catalog, backbone):
     assert [str(s) for s in distributed.skipped] == [str(s) for s in plain.skipped]
     assert {s.reason for s in distributed.skipped} >= {"same picture as red-circle/0.png"}
     _same_index(Index.load("plain"), Index.load("ray"))
-    assert Index.load("ray").manifest["stats"]["ray"] is True
+    assert Index.load("ray").manifest.stats.ray is True
 
 
 def test_an_interrupted_ray_build_resumes(catalog, monkeypatch):
@@ -106,7 +106,7 @@ def test_an_interrupted_ray_build_resumes(catalog, monkeypatch):
 def test_ray_into_milvus_from_the_command_line(catalog):
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
-    from recommender.store import close_clients
+    from recommender.index.store.milvus import close_clients
 
     runner = CliRunner()
     try:

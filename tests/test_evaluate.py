@@ -182,7 +182,7 @@ def test_all_four_protocols_from_the_cli(data, tiny_model, tmp_path):
     assert 0 <= d["pairs"]["top-1"] <= d["pairs"]["top-2"] <= 1 and d["pairs"]["chance_top-1"] == 0.05
     universe = d["universe"]
     assert universe["inside"] == 6 and universe["outside"] == 3
-    assert universe["threshold"] == Index.load("shapes").calibration["threshold"]
+    assert universe["threshold"] == Index.load("shapes").calibration.threshold
     assert {"precision", "recall", "accuracy", "kept", "refused"} <= set(universe)
     assert universe["rules"][-1]["rule"].startswith("best cut") and len(universe["rules"]) == 5
     with Image.open(sheet) as img:
@@ -228,8 +228,8 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
     assert runs[0]["recall@1"] == 1.0  # colour alone names every generated shape
     cache = isolated_folders / "cache" / "evaluation"
     hybrid = Index.load(runs[2]["index"], index_dir=cache)
-    assert hybrid.manifest["stats"]["embedded"] == 0  # assembled from its parts' cached indexes
-    assert hybrid.manifest["backbone"]["weights"] == [0.3, 0.7]
+    assert hybrid.manifest.stats.embedded == 0  # assembled from its parts' cached indexes
+    assert hybrid.manifest.backbone.weights == (0.3, 0.7)
     direct = load_backbone(f"colour-histogram+{tiny}", weights=[0.3, 0.7]).embed(
         [Image.open(data["catalog"] / hybrid.items[0].path).convert("RGB")])[0]
     assert float(direct @ hybrid.vector(hybrid.items[0].id)) > 0.999

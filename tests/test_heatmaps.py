@@ -195,7 +195,7 @@ def test_backbone_without_spatial_features(labeled: Index, index_dir: Path) -> N
     index = Index.load("histogram", index_dir=index_dir)
     assert index.backbone().spatial_part is None
     assert labeled.backbone().spatial_part is labeled.backbone()
-    hybrid = load_backbone(f"{labeled.manifest['backbone']['model']}+colour-histogram")
+    hybrid = load_backbone(f"{labeled.manifest.backbone.model}+colour-histogram")
     assert hybrid.spatial and hybrid.spatial_part is hybrid.parts[0]
     with pytest.raises(ModelError, match="no spatial features"):
         explain(draw_shape("circle", (220, 30, 30), seed=3), index.items[0], index)

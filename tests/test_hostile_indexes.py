@@ -69,8 +69,8 @@ def test_another_image_size_or_backbone_is_refused_when_searched(shapes, tiny_mo
 def test_damaged_indexes_are_detected_on_load(shapes, damage):
     _, index = shapes
     manifest_path = index.folder / "manifest.json"
-    files = index.manifest["files"]
-    items, embeddings = index.folder / files["items"], index.folder / files["embeddings"]
+    files = index.manifest.files
+    items, embeddings = index.folder / files.items, index.folder / files.embeddings
     if damage == "manifest cut":
         manifest_path.write_bytes(manifest_path.read_bytes()[:200])
     elif damage == "items cut":
@@ -80,11 +80,11 @@ def test_damaged_indexes_are_detected_on_load(shapes, damage):
     elif damage == "embeddings missing":
         embeddings.unlink()
     elif damage == "count disagrees":
-        edit_manifest(index, count=index.manifest["count"] + 1)
+        edit_manifest(index, count=index.manifest.count + 1)
     elif damage == "dim disagrees":
         edit_manifest(index, dim=64)
     else:
-        edit_manifest(index, backbone={**index.manifest["backbone"], "trust_remote_code": True})
+        edit_manifest(index, backbone={**index.manifest.backbone.to_json(), "trust_remote_code": True})
     with pytest.raises(IndexLoadError) as caught:
         Index.load("shapes", verify=True)
     assert "shapes" in one_line(caught.value)
@@ -138,7 +138,7 @@ def test_loading_and_searching_a_hostile_index_never_runs_its_code(shapes, tmp_p
         with pytest.raises(IndexLoadError, match="not a safetensors file|not valid JSON"):
             Index.load("shapes", verify=True)
     restore()
-    edit_manifest(index, catalog={**index.manifest["catalog"], "__reduce__": "posix.system",
+    edit_manifest(index, catalog={**index.manifest.catalog.to_json(), "__reduce__": "posix.system",
                                   "root": f"{tmp_path}/$(touch {sentinel})"})
     Index.load("shapes")  # strings in JSON stay strings
 
@@ -151,7 +151,7 @@ def test_loading_and_searching_a_hostile_index_never_runs_its_code(shapes, tmp_p
     (model / "modeling_evil.py").write_text(f"import os\nos.system('touch {sentinel}')\n")
     (model / "pytorch_model.bin").write_bytes(evil)
     restore()
-    edit_manifest(index, backbone={**index.manifest["backbone"], "model": str(model)})
+    edit_manifest(index, backbone={**index.manifest.backbone.to_json(), "model": str(model)})
     with pytest.raises(RecommenderError, match="cannot load the model"):
         look_alikes(catalog / "red-circle" / "0.png", Index.load("shapes"))
     result = CliRunner().invoke(cli, ["search", str(catalog / "red-circle" / "0.png"), "--index", "shapes"])

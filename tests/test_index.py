@@ -18,7 +18,7 @@ from recommender.errors import (
     IndexNotFoundError,
     RecommenderError,
 )
-from recommender.index import FORMAT_VERSION, Index, list_indexes, write_index
+from recommender.index import FORMAT_VERSION, CatalogInfo, Index, list_indexes, write_index
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def built_any(store, labeled_catalog, tiny_model):
     """`built`, once with each vector store (see conftest's `store`)."""
     report = build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False)
     index = Index.load("shapes")
-    assert index.store.kind == store == index.manifest["store"]["kind"]
+    assert index.store.kind == store == index.manifest.store.kind
     return report, index
 
 
@@ -125,17 +125,17 @@ def test_incremental_rebuild_embeds_only_new_and_changed(built_any, labeled_cata
     assert len(names) == 3 and "manifest.json" in names
     assert not (after.folder / ".build").exists()  # the checkpoint went with the commit
     if not after.store.exact:  # and the previous version's collection went with it
-        from recommender.store import collection_prefix
+        from recommender.index.store.milvus import collection_prefix
 
         mine = [c for c in after.store.client.list_collections() if c.startswith(collection_prefix(after.folder))]
-        assert mine == [after.manifest["store"]["collection"]]
+        assert mine == [after.manifest.store.collection]
 
 
 def test_other_backbone_rebuilds_everything(built, labeled_catalog, tiny_model):
     report = build_index(labeled_catalog, name="shapes", model=str(tiny_model), pooling="mean", progress=False)
     assert report.embedded == 12 and report.reused == 0
     assert any("not re-used" in note for note in report.notes)
-    assert Index.load("shapes").manifest["backbone"]["pooling"] == "mean"
+    assert Index.load("shapes").manifest.backbone.pooling == "mean"
 
 
 def test_broken_pictures_are_skipped_and_duplicates_reported(labeled_catalog, tiny_model):
@@ -160,7 +160,7 @@ def test_catalog_of_only_broken_pictures_is_an_error(tmp_path, tiny_model):
 def test_float32_storage_and_info(labeled_catalog, tiny_model):
     build_index(labeled_catalog, name="exact", model=str(tiny_model), dtype="float32", progress=False)
     index = Index.load("exact")
-    assert index.embeddings.dtype == np.float32 and index.manifest["dtype"] == "float32"
+    assert index.embeddings.dtype == np.float32 and index.manifest.dtype == "float32"
     assert list_indexes() == ["exact"]
 
 
@@ -175,7 +175,7 @@ def test_unknown_and_incomplete_indexes(tmp_path, built):
 
 
 def _emb_file(index: Index):
-    return index.folder / index.manifest["files"]["embeddings"]
+    return index.folder / index.manifest.files.embeddings
 
 
 @pytest.mark.parametrize("cut", [0, 5, 100, -2])
@@ -198,7 +198,7 @@ def test_changed_bytes_and_broken_files_are_detected(built):
     path.write_bytes(bytes(data))
     with pytest.raises(IndexLoadError, match="does not match its checksum"):
         Index.load("shapes")
-    items = index.folder / index.manifest["files"]["items"]
+    items = index.folder / index.manifest.files.items
     items.write_text("{not json")
     with pytest.raises(IndexLoadError, match="corrupt"):
         Index.load("shapes", verify=False)
@@ -264,7 +264,7 @@ def test_changed_weights_in_the_model_folder_are_noticed(labeled_catalog, tiny_m
 
 def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny_model, monkeypatch):
     _, old = built
-    import recommender.index as index_module
+    import recommender.index.write as index_module
 
     real = index_module.write_atomic
 
@@ -277,7 +277,7 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(index_module, "write_atomic", crash_on_manifest)
         write_index(old.folder, embeddings=np.zeros((1, 32), np.float32), items=old.items[:1], backbone=backbone,
-                    catalog={})
+                    catalog=CatalogInfo(root=str(old.root)))
     again = Index.load("shapes")
     assert len(again) == 12
     np.testing.assert_array_equal(again.embeddings, old.embeddings)
@@ -287,7 +287,7 @@ def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
     """Large indexes score in bf16 first, then exactly near the top: the result must equal brute force."""
     import recommender.hardware as hardware
     from recommender.catalog import Item
-    from recommender.store import Filters, LocalStore
+    from recommender.index.store import Filters, LocalStore
 
     rng = np.random.default_rng(7)
     base = rng.normal(size=(400, 64)).astype(np.float32)
@@ -317,14 +317,14 @@ def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
 
 
 def test_large_item_files_are_read_on_first_use(built, monkeypatch):
-    import recommender.index as index_module
+    import recommender.index.index as index_module
 
     _, index = built
     monkeypatch.setattr(index_module, "_LAZY_ITEMS", 0)  # every item file counts as large
     lazy = Index.load("shapes")
     assert lazy._items is None  # opened without parsing the items
     assert [i.id for i in lazy.items] == [i.id for i in index.items]
-    items_file = index.folder / index.manifest["files"]["items"]
+    items_file = index.folder / index.manifest.files.items
     items_file.write_text(items_file.read_text()[:-20])
     broken = Index.load("shapes")  # still opens at once...
     with pytest.raises(IndexLoadError, match="does not match its checksum"):

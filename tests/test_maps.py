@@ -69,3 +69,18 @@ def test_map_from_the_command_line(shapes, labeled_catalog, tmp_path):
     assert result.exit_code == 0 and (tmp_path / "m.png").exists()
     bad = CliRunner().invoke(cli, ["map", "--index", "shapes", "--out", str(tmp_path / "m.png"), "--color-by", "x"])
     assert bad.exit_code == 1 and "cannot colour by 'x'" in bad.stderr
+
+
+def test_heatmap_map_and_explain_work_the_same_on_every_store(store, labeled_catalog, tiny_model, tmp_path):
+    """A Milvus index has no embeddings file: everything derived from it keys on the index version instead."""
+    from recommender.explain import catalog_heatmap, explain
+
+    build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False)
+    index = Index.load("shapes")
+    assert index.store.kind == store
+    assert catalog_map(index).coords.shape == (12, 2) and index.derived_file("map", ".npz").exists()
+    assert write_map(index, tmp_path / "map.png").stat().st_size > 1000
+    matrix = catalog_heatmap(index, features=5, out=tmp_path / "matrix.png")
+    assert matrix.features == 5 and len(matrix.labels) == 12 and (tmp_path / "matrix.png").exists()
+    shown = explain(labeled_catalog / "red-circle" / "0.png", "red-circle/1.png", index)
+    assert shown.query_map.shape == (16, 16)

@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from conftest import SHAPES, draw_shape, make_labeled_catalog
 
 from recommender import build_index, load_backbone
-from recommender.calibration import calibrate
+from recommender.calibration import Calibration, calibrate
 from recommender.catalog import Item
 from recommender.cli import cli
 from recommender.errors import CatalogError, RecommenderError
 from recommender.evaluate import evaluate_queries
-from recommender.index import Index, write_index
+from recommender.index import CatalogInfo, Index, write_index
 from recommender.recommend import another_picture, identify, rank_labels
 
 
@@ -35,7 +35,7 @@ def crafted_index(tmp_path: Path, rows: list[tuple[str, str | None, np.ndarray]]
     labels = [label for _, label, _ in rows]
     folder = tmp_path / "index" / "crafted"
     write_index(folder, embeddings=vectors, items=items, backbone=load_backbone("colour-histogram"),
-                catalog={"root": str(tmp_path), "labeled": any(labels), "domain": "shape"},
+                catalog=CatalogInfo(root=str(tmp_path), labeled=any(labels), domain="shape"),
                 calibration=calibrate(vectors, labels))
     return Index.load("crafted")
 
@@ -81,13 +81,13 @@ def test_calibration_learns_how_close_the_catalog_is_to_itself():
     vectors = np.concatenate([sample(c, 5) for c in centres])
     labels = [f"l{i // 5}" for i in range(100)]
     cal = calibrate(vectors, labels)
-    assert cal["method"] == "5% quantile of each item's score to its nearest item of another label"
-    assert cal["queries"] == 100 and cal["nearest_else"]["p05"] == pytest.approx(cal["threshold"], abs=1e-3)
-    assert cal["same_label"]["median"] > cal["nearest_else"]["median"]
-    assert (vectors @ sample(centres[3], 1)[0]).max() >= cal["threshold"]  # a new picture of a known thing
+    assert cal.method == "5% quantile of each item's score to its nearest item of another label"
+    assert cal.queries == 100 and cal.nearest_else["p05"] == pytest.approx(cal.threshold, abs=1e-3)
+    assert cal.same_label["median"] > cal.nearest_else["median"]
+    assert (vectors @ sample(centres[3], 1)[0]).max() >= cal.threshold  # a new picture of a known thing
     outsider = np.zeros(64)
     outsider[32:] = np.abs(rng.normal(size=32))  # another universe: nothing in common with the catalog
-    assert (vectors @ (outsider / np.linalg.norm(outsider))).max() < cal["threshold"]
+    assert (vectors @ (outsider / np.linalg.norm(outsider))).max() < cal.threshold
 
 
 def test_calibration_of_unlabeled_and_tiny_catalogs():
@@ -95,10 +95,10 @@ def test_calibration_of_unlabeled_and_tiny_catalogs():
     vectors = rng.normal(size=(50, 16))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     cal = calibrate(vectors, [None] * 50)
-    assert "unlabeled" in cal["method"] and cal["nearest_else"]["p05"] == pytest.approx(cal["threshold"], abs=1e-3)
-    assert calibrate(vectors[:1], [None])["queries"] == 0
+    assert "unlabeled" in cal.method and cal.nearest_else["p05"] == pytest.approx(cal.threshold, abs=1e-3)
+    assert calibrate(vectors[:1], [None]).queries == 0
     sampled = calibrate(vectors, [None] * 50, queries=10)
-    assert sampled["queries"] == 10
+    assert sampled.queries == 10
 
 
 def test_calibration_in_blocks_equals_the_direct_computation(monkeypatch):
@@ -134,7 +134,7 @@ def test_identify_names_a_new_picture_and_offers_another(shapes, labeled_catalog
     assert answer.message == f"This is red-circle ({answer.score:.2f})"
     assert answer.another_image is not None and answer.another_image.parent.name == "red-circle"
     assert answer.another_image != answer.matches[0].path
-    assert answer.threshold == shapes.calibration["threshold"]
+    assert answer.threshold == shapes.calibration.threshold
     assert answer.labels[0].label == "red-circle" and len(answer.labels) == 3
     d = answer.to_dict()
     assert {"label", "score", "in_catalog", "another_image", "matches"} <= set(d)
@@ -150,7 +150,7 @@ def test_catalog_picture_is_not_its_own_another_image(shapes, labeled_catalog):
 
 def test_a_picture_from_another_universe(shapes, monkeypatch):
     # Force the calibrated threshold above any score: the decision and the message must follow it.
-    monkeypatch.setitem(shapes.manifest, "calibration", {"threshold": 1.5})
+    monkeypatch.setitem(shapes.__dict__, "calibration", Calibration(threshold=1.5))
     answer = identify(draw_shape("circle", (220, 30, 30), seed=7), shapes)
     assert not answer.in_catalog and answer.label == "red-circle"
     assert answer.message.startswith("You gave a picture from another universe; the shape that looks most like it"
@@ -158,9 +158,9 @@ def test_a_picture_from_another_universe(shapes, monkeypatch):
 
 
 def test_manifest_keeps_the_calibration(shapes):
-    cal = shapes.manifest["calibration"]
-    assert "another label" in cal["method"] and -1 <= cal["threshold"] <= 1
-    assert cal["queries"] == 12
+    cal = shapes.manifest.calibration
+    assert "another label" in cal.method and -1 <= cal.threshold <= 1
+    assert cal.queries == 12
 
 
 def test_naming_through_a_reference_index(store, tmp_path, tiny_model):
@@ -172,7 +172,7 @@ def test_naming_through_a_reference_index(store, tmp_path, tiny_model):
     reference = make_labeled_catalog(tmp_path / "reference")
     build_index(reference, name="ref", model="colour-histogram", domain="shape", progress=False)  # another backbone
     mystery, ref = Index.load("mystery"), Index.load("ref")
-    assert not mystery.labeled and "unlabeled" in mystery.calibration["method"]
+    assert not mystery.labeled and "unlabeled" in mystery.calibration.method
     alone = identify(unlabeled / "picture1.png", mystery)
     assert alone.label is None and alone.matches[0].item.id == "picture1.png" and alone.in_catalog
     assert alone.message.startswith("The closest picture is picture1.png")

@@ -30,7 +30,8 @@ from recommender.catalog import CSV_MAX_LINE, Item, _under_one_root, read_catalo
 from recommender.checkpoint import Checkpoint
 from recommender.cli import cli
 from recommender.errors import CatalogError, IndexLoadError, RecommenderError
-from recommender.index import Index, _safetensors_bytes, write_index
+from recommender.index import CatalogInfo, Index, write_index
+from recommender.index.format import safetensors_bytes
 from recommender.recommend import identify
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -61,7 +62,7 @@ def tamper(folder: Path, *, items: Callable[[dict], None] | None = None,
         path.write_bytes(raw)
         m["files"]["items_sha256"] = hashlib.sha256(raw).hexdigest()
     if embeddings is not None:
-        raw = _safetensors_bytes("embeddings", embeddings)
+        raw = safetensors_bytes("embeddings", embeddings)
         (folder / m["files"]["embeddings"]).write_bytes(raw)
         m["files"]["embeddings_sha256"] = hashlib.sha256(raw).hexdigest()
     if manifest is not None:
@@ -140,7 +141,7 @@ def test_a_csv_naming_pictures_beside_its_folder_gets_a_root_above_them(tmp_path
 
 def test_a_safetensors_header_of_brackets_is_one_line(shapes):
     _, index = shapes
-    emb = index.folder / index.manifest["files"]["embeddings"]
+    emb = index.folder / index.manifest.files.embeddings
     for head in (b"[" * (16 << 20), b"[" * 60_000):  # the 16 MB one, and one under the header bound
         emb.write_bytes(struct.pack("<Q", len(head)) + head + b"\0" * 64)
         tamper(index.folder, manifest=lambda m: m["files"].pop("embeddings_sha256", None))
@@ -153,7 +154,7 @@ def test_a_safetensors_header_of_brackets_is_one_line(shapes):
 @pytest.mark.parametrize("target", ["manifest", "items"])
 def test_deeply_nested_index_json_is_one_line(shapes, target):
     _, index = shapes
-    path = index.folder / ("manifest.json" if target == "manifest" else index.manifest["files"]["items"])
+    path = index.folder / ("manifest.json" if target == "manifest" else index.manifest.files.items)
     if target == "items":
         tamper(index.folder, manifest=lambda m: m["files"].pop("items_sha256"))
     path.write_bytes(b"[" * 200_000)
@@ -261,7 +262,7 @@ def test_nan_vectors_in_an_index_fail_on_load_and_on_search(shapes):
 
 def test_nan_vectors_in_the_two_pass_search_are_found(monkeypatch):
     import recommender.hardware as hardware
-    from recommender.store import LocalStore
+    from recommender.index.store import LocalStore
 
     rows = np.eye(8, 16, dtype=np.float16)
     rows[5, 3] = np.nan
@@ -294,7 +295,7 @@ def test_a_backbone_that_gives_nan_never_writes_an_index(tmp_path, nan_model):
     backbone = load_backbone(str(nan_model))
     items = [Item(id=p.name, path=f"red-circle/{p.name}", sha256="0" * 64) for p in (catalog / "red-circle").iterdir()]
     write_index(tmp_path / "index" / "damaged", embeddings=np.eye(1, backbone.dim, dtype=np.float32), items=items,
-                backbone=backbone, catalog={"root": str(catalog)})
+                backbone=backbone, catalog=CatalogInfo(root=str(catalog)))
     with pytest.raises(RecommenderError, match="0.png: .* gave no usable vector for this picture"):
         look_alikes(catalog / "red-circle" / "0.png", Index.load("damaged"))
 
@@ -427,14 +428,14 @@ def test_a_malformed_store_in_the_manifest_is_one_line(shapes, extra):
     _, index = shapes
     tamper(index.folder, manifest=milvus_manifest("milvus-lite", "vectors.db", **extra))
     (index.folder / "vectors.db").mkdir()
-    with pytest.raises(IndexLoadError, match="malformed 'store'"):
+    with pytest.raises(IndexLoadError, match=r"malformed manifest \(bad 'store'\)"):
         Index.load("shapes")
 
 
 def test_a_rebuild_leaves_a_store_the_old_manifest_names_elsewhere_alone(shapes, tmp_path):
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
-    from recommender.store import close_clients
+    from recommender.index.store.milvus import close_clients
 
     catalog, index = shapes
     elsewhere = tmp_path / "not-mine" / "vectors.db"

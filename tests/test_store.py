@@ -17,9 +17,10 @@ from recommender.catalog import Item
 from recommender.cli import cli
 from recommender.errors import IndexLoadError, RecommenderError
 from recommender.evaluate import evaluate_queries
-from recommender.index import Index, write_index
+from recommender.index import CatalogInfo, Index, write_index
+from recommender.index.store import Filters, StoreConfig
+from recommender.index.store.milvus import close_clients
 from recommender.recommend import identify
-from recommender.store import Filters, StoreConfig, close_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,8 +68,8 @@ def test_same_search_identify_and_evaluate_through_either_store(milvus, labeled_
     build_index(labeled_catalog, name="flat", backbone=backbone, progress=False, store="local")
     build_index(labeled_catalog, name="ann", backbone=backbone, progress=False, store="milvus-lite")
     local, ann = Index.load("flat"), Index.load("ann")
-    assert local.manifest["format_version"] == 1 and ann.manifest["format_version"] == 2
-    assert ann.manifest["store"]["kind"] == "milvus-lite" and "embeddings" not in ann.manifest["files"]
+    assert local.manifest.format_version == 1 and ann.manifest.format_version == 2
+    assert ann.manifest.store.kind == "milvus-lite" and ann.manifest.files.embeddings is None
     assert ann.calibration == local.calibration
     queries = _queries(tmp_path / "queries")
     for query in sorted(queries.rglob("*.png")):
@@ -114,10 +115,10 @@ def test_ann_recall_against_exact_search(milvus, tmp_path, kind, record_property
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     items = [Item(id=f"v{i}", path=f"v{i}.png", label=f"g{i % 7}", sha256=f"{i:064x}") for i in range(3000)]
     write_index(tmp_path / "index" / "random", embeddings=vectors, items=items,
-                backbone=load_backbone("colour-histogram"), catalog={"root": str(tmp_path)},
+                backbone=load_backbone("colour-histogram"), catalog=CatalogInfo(root=str(tmp_path)),
                 store=f"milvus-lite?index={kind}")
     index = Index.load("random")
-    assert index.manifest["store"]["index"]["index_type"] == kind
+    assert index.manifest.store.index["index_type"] == kind
     queries = vectors[:100] + 0.1 * rng.standard_normal((100, 512)).astype(np.float32)
     recall = index.ann_recall(queries, k=10)
     record_property(f"{kind} recall@10", recall)
@@ -170,7 +171,7 @@ def test_the_library_and_app_import_without_the_optional_packages():
     # A fresh interpreter that cannot import them: the default path must not need them.
     code = ("import sys\n"
             "for name in ('pymilvus', 'milvus_lite', 'ray', 'faiss'): sys.modules[name] = None\n"
-            "import recommender, recommender.cli, recommender.service, recommender.store, recommender.index\n"
+            "import recommender, recommender.cli, recommender.service, recommender.index.store, recommender.index\n"
             "import recommender.build, recommender.checkpoint, recommender.distributed\n"
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -7,7 +7,7 @@ callers never need to ask what type it is.
 
 from __future__ import annotations
 
-from .base import DEFAULT_IMAGE_SIZE, FITS, POOLINGS, PRECISIONS, Backbone, Options, normalise
+from .base import DEFAULT_IMAGE_SIZE, FITS, POOLINGS, PRECISIONS, Backbone, BackboneSpec, Options, normalise
 from .cnn import CNN
 from .dinov2 import DINOV2_MODELS
 from .histogram import HISTOGRAM
@@ -34,6 +34,7 @@ __all__ = [
     "POOLINGS",
     "PRECISIONS",
     "Backbone",
+    "BackboneSpec",
     "Hybrid",
     "Options",
     "load_backbone",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,57 @@ FITS = ("pad", "crop")
 DEFAULT_IMAGE_SIZE = 224
 #: The largest model input side any backbone accepts.
 MAX_IMAGE_SIZE = 1036
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What rebuilds a backbone: `load_backbone(**spec.as_kwargs())`; an index's manifest records it.
+
+    Only the options that change the vectors: the device and precision belong to the machine.
+    """
+
+    model: str
+    weights: tuple[float, ...] | None = None  # a hybrid's part weights
+    pooling: str | None = None
+    image_size: int | None = None
+    fit: str | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `load_backbone`, without the options left at their defaults."""
+        return {name: list(value) if name == "weights" else value for name, value in self._set()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's `backbone` object (the same keys, in the same order, as earlier versions wrote)."""
+        return self.as_kwargs()
+
+    @classmethod
+    def from_json(cls, data: Any) -> BackboneSpec:
+        """Parse a manifest's `backbone` object; `ValueError` for anything `load_backbone` would not take."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str) or not set(data) <= set(_SPEC_FIELDS):
+            raise ValueError("not a backbone spec")
+        weights = data.get("weights")
+        if weights is not None and not (isinstance(weights, list) and all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+            raise ValueError("bad hybrid weights")
+        for key, kind in (("pooling", str), ("image_size", int), ("fit", str)):
+            value = data.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise ValueError(f"bad {key}")
+        return cls(model=data["model"], weights=None if weights is None else tuple(float(w) for w in weights),
+                   pooling=data.get("pooling"), image_size=data.get("image_size"), fit=data.get("fit"))
+
+    def replace(self, **changes: Any) -> BackboneSpec:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line for messages: `model=..., pooling=...`."""
+        return ", ".join(f"{name}={value}" for name, value in self.as_kwargs().items())
+
+    def _set(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in _SPEC_FIELDS if getattr(self, name) is not None]
+
+
+_SPEC_FIELDS = ("model", "weights", "pooling", "image_size", "fit")
 
 
 @dataclass(frozen=True)
@@ -63,8 +115,8 @@ class Backbone(ABC):
 
     @property
     @abstractmethod
-    def spec(self) -> dict[str, Any]:
-        """Everything needed to rebuild this backbone with `load_backbone(**spec)`; stored in manifests."""
+    def spec(self) -> BackboneSpec:
+        """Everything needed to rebuild this backbone (`load_backbone(**spec.as_kwargs())`); stored in manifests."""
 
     @property
     @abstractmethod

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..images import Fit
-from .base import check_image_size
+from .base import BackboneSpec, check_image_size
 from .hub import file_sha256
 from .torch_backbone import TorchBackbone
 
@@ -38,8 +38,8 @@ class EfficientNetLite0(TorchBackbone):
         self.forward = f"torch-{self.precision}"
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return {"model": self.name, "image_size": self.image_size, "fit": self.fit}
+    def spec(self) -> BackboneSpec:
+        return BackboneSpec(self.name, image_size=self.image_size, fit=self.fit)
 
     @property
     def identity(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..images import Fit
-from .base import check_image_size
+from .base import BackboneSpec, check_image_size
 from .hub import local_model_folder, weights_identity
 from .lean import LeanDinov2, supports
 from .torch_backbone import TorchBackbone
@@ -59,8 +59,8 @@ class DinoV2(TorchBackbone):
         self.forward = f"lean-{self.precision}" if self._lean is not None else f"transformers-{self.precision}"
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return {"model": self.name, "pooling": self.pooling, "image_size": self.image_size, "fit": self.fit}
+    def spec(self) -> BackboneSpec:
+        return BackboneSpec(self.name, pooling=self.pooling, image_size=self.image_size, fit=self.fit)
 
     @property
     def identity(self) -> str:

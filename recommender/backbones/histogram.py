@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..images import Fit
-from .base import DEFAULT_IMAGE_SIZE, Backbone, normalise
+from .base import DEFAULT_IMAGE_SIZE, Backbone, BackboneSpec, normalise
 
 HISTOGRAM = "colour-histogram"
 
@@ -27,8 +26,8 @@ class ColourHistogram(Backbone):
         self.image_size = image_size  # unused: kept so that every backbone reports one
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return {"model": self.name}
+    def spec(self) -> BackboneSpec:
+        return BackboneSpec(self.name)
 
     @property
     def decode_size(self) -> tuple[int, Fit]:

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import Fit
-from .base import Backbone
+from .base import Backbone, BackboneSpec
 
 
 class Hybrid(Backbone):
@@ -45,10 +45,9 @@ class Hybrid(Backbone):
         return tuple(self.weights)
 
     @property
-    def spec(self) -> dict[str, Any]:
-        if self.alias:
-            return {"model": self.alias, **self.options}
-        return {"model": self.name, "weights": [round(w, 6) for w in self.weights], **self.options}
+    def spec(self) -> BackboneSpec:
+        weights = None if self.alias else tuple(round(w, 6) for w in self.weights)
+        return BackboneSpec(self.alias or self.name, weights=weights, **self.options)
 
     @property
     def identity(self) -> str:

@@ -92,7 +92,7 @@ def cached_index(catalog: Catalog, backbone: Backbone, *, directory: Path, progr
     fingerprint = _fingerprint(catalog)
     try:
         index = Index.load(name, index_dir=directory)
-        if index.manifest["catalog"].get("fingerprint") == fingerprint:
+        if index.manifest.catalog.fingerprint == fingerprint:
             index.check_backbone(backbone)
             return index
     except IndexLoadError:
@@ -122,12 +122,11 @@ def _known_vectors(directory: Path, backbone: Backbone, paths: set[str], root: P
     known: dict[str, np.ndarray] = {}
     for manifest in sorted(directory.glob("*/manifest.json")) if directory.is_dir() else []:
         try:
-            head = json.loads(manifest.read_text())
-            if head.get("backbone") != backbone.spec or head.get("weights") != backbone.identity:
-                continue
             index = Index.load(manifest.parent)
-        except (OSError, ValueError, IndexLoadError):
+        except RecommenderError:
             continue  # a broken cache entry is rebuilt when its own turn comes
+        if not index.built_with(backbone):
+            continue
         for row, item in enumerate(index.items):
             if item.sha256 and str(index.path_of(item)) in wanted:
                 known[item.sha256] = np.asarray(index.embeddings[row], dtype=np.float32)
@@ -136,7 +135,7 @@ def _known_vectors(directory: Path, backbone: Backbone, paths: set[str], root: P
 
 def _cache_name(catalog: Catalog, backbone: Backbone) -> str:
     source = Path(catalog.source).resolve()
-    digest = hashlib.sha256(json.dumps([str(source), catalog.columns, backbone.spec], sort_keys=True,
+    digest = hashlib.sha256(json.dumps([str(source), catalog.columns, backbone.spec.to_json()], sort_keys=True,
                                        default=str).encode()).hexdigest()[:10]
     model = Path(backbone.name).name if "/" in backbone.name else backbone.name
     return f"{slug(source.stem or source.name)}-{slug(model.replace('+', '_'))}-{digest}"
@@ -177,10 +176,10 @@ def _ms_per_image(catalog: Catalog, backbone: Backbone, directory: Path) -> floa
     embedded enough pictures to say (a hybrid costs the sum of its parts), else from a fresh sample."""
     rates = []
     for part in backbone.parts:
-        stats = cached_index(catalog, part, directory=directory, progress=False).manifest.get("stats") or {}
-        if stats.get("embedded", 0) < TIMING_SAMPLE:
+        stats = cached_index(catalog, part, directory=directory, progress=False).manifest.stats
+        if stats.embedded < TIMING_SAMPLE:
             return time_embedding(backbone, catalog.items, catalog.root)
-        rates.append(1000 * stats["seconds"] / stats["embedded"])
+        rates.append(1000 * stats.seconds / stats.embedded)
     return sum(rates)
 
 
@@ -232,7 +231,7 @@ def evaluate_index(index: Index, plan: Plan, *, backbone: Backbone | None = None
         embedded.append(vectors)
         return vectors
 
-    run = ModelRun(index.manifest.get("backbone_name", "?"), index=index.name, index_mb=index.size_bytes / 1e6)
+    run = ModelRun(index.manifest.backbone_name, index=index.name, index_mb=index.size_bytes / 1e6)
     _run_protocols(run, index, vectors_of, sources, plan)
     if embedded:
         run.ms_per_image = 1000 * sum(v.seconds for v in embedded) / sum(len(v.items) for v in embedded)
@@ -326,8 +325,7 @@ def _run_protocols(run: ModelRun, gallery: Index | None, vectors_of: Callable[[C
         query_sets = {name: get(c, name) for name, c in sources["queries"].items()}
         if plan.query_index is not None:
             other = plan.query_index
-            if other.manifest["backbone"] != gallery.manifest["backbone"] or other.manifest["weights"] != \
-                    gallery.manifest["weights"]:
+            if not other.same_vectors_as(gallery):
                 raise IndexMismatchError(f"index {other.name!r} and {gallery.name!r} were built with different "
                                          "backbones; their vectors cannot be compared")
             query_sets[other.name] = Vectors.of_index(other)

@@ -90,13 +90,13 @@ def evaluate_universe(index: Index, inside: Sequence[Vectors], outside: Sequence
     ins = np.array([d.score for d in decisions if d.inside])
     outs = np.array([d.score for d in decisions if not d.inside])
     calibration = index.calibration
-    threshold = float(calibration["threshold"])
-    rules = [{"rule": f"index calibration ({calibration.get('method', 'stored threshold')})",
+    threshold = calibration.threshold
+    rules = [{"rule": f"index calibration ({calibration.method})",
               **decision_metrics(ins, outs, threshold)}]
     embeddings, labels = np.asarray(index.embeddings), [item.label for item in index.items]
     for q in RULE_QUANTILES:
         other = calibrate(embeddings, labels, quantile=q)
-        rules.append({"rule": f"{q:.0%} quantile", **decision_metrics(ins, outs, other["threshold"])})
+        rules.append({"rule": f"{q:.0%} quantile", **decision_metrics(ins, outs, other.threshold)})
     rules.append({"rule": "best cut on these pictures (oracle)", **decision_metrics(ins, outs, best_cut(ins, outs))})
     embedded = [v for v in (*inside, *outside) if v.seconds]
     ms = 1000 * sum(v.seconds for v in embedded) / sum(len(v.items) for v in embedded) if embedded else None
