@@ -22,8 +22,8 @@ ENV_MAX_DECODE_MB = "RECOMMENDER_MAX_DECODE_MB"
 DEFAULT_MODEL = "dinov2-small"
 DEFAULT_INDEX = "pokemon"
 #: Memory, in MB, that all pictures being decoded at once may hold (`images.DECODE_BUDGET`): a 16-bit
-#: 9400x9400 PNG needs about 230 MB, a 24-megapixel photo decoded whole about 200, a
-#: 9400x9400 lossless WebP 1,400 (refused).
+#: grey 9400x9400 PNG read as a query reserves about 250 MB (and uses 200), a 24-megapixel JPEG
+#: decoded whole 190, a 9400x9400 lossless WebP 1,450 (refused).
 DEFAULT_MAX_DECODE_MB = 512
 
 #: The repository root (the folder holding app.py, assets/ and index/).
