@@ -146,9 +146,7 @@ def _similarity_picture(index: Any, features: str, version: str) -> SimilarityMa
 @functools.lru_cache(maxsize=512)
 def thumbnail(path: str) -> Image.Image:
     """A small copy of a catalog picture: served from Gradio's cache, never from the catalog's folder."""
-    img = load_image(path).copy()
-    img.thumbnail((THUMBNAIL, THUMBNAIL))
-    return img
+    return load_image(path, max_side=THUMBNAIL)  # a huge catalog picture is decoded small, within the memory budget
 
 
 def build_ui(service: Service) -> gr.Blocks:

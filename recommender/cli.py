@@ -49,13 +49,20 @@ def _debug(ctx: click.Context) -> bool:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--index-dir", type=click.Path(file_okay=False), default=None,
               help=f"Folder of built indexes [env {settings.ENV_INDEX_DIR}; default: index/ in the repository].")
+@click.option("--max-decode-mb", type=float, default=None, metavar="MB",
+              help="Memory all pictures being decoded at once may hold; a picture that needs more is refused "
+                   f"[env {settings.ENV_MAX_DECODE_MB}; default: {settings.DEFAULT_MAX_DECODE_MB}].")
 @click.option("--debug", is_flag=True, envvar="RECOMMENDER_DEBUG", help="Show tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="recommender")
 @click.pass_context
-def cli(ctx: click.Context, index_dir: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, index_dir: str | None, max_decode_mb: float | None, debug: bool) -> None:
     """Index catalogs of pictures and find the items that look most alike."""
     keep_freed_buffers()  # a quarter faster CPU embedding (see memory.py); a MALLOC_* the user set wins
     ctx.obj = {"debug": debug, "index_dir": settings.index_dir(index_dir)}
+    if max_decode_mb is not None:
+        from .images import set_max_decode_mb
+
+        set_max_decode_mb(max_decode_mb)
 
 
 def _index_option(func: Any) -> Any:
@@ -425,12 +432,13 @@ def heatmap_cmd(ctx: click.Context, index_name: str | None, features: str, label
 def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: int, pairs: int, out: str) -> None:
     """Show where IMAGE and one of its matches look alike: query | match, side by side with overlays."""
     from .explain import explain
-    from .images import load_image
+    from .images import DECODE_MAX_SIDE, load_image
     from .recommend import look_alikes
 
     index = _open_index(ctx, index_name)
     backbone = index.backbone()
-    picture = load_image(image)  # read once for both the search and the overlays
+    # Read once for both the search and the overlays, no larger than either uses it.
+    picture = load_image(image, max_side=DECODE_MAX_SIDE)
     matches = look_alikes(picture, index, k=rank, backbone=backbone)
     if len(matches) < rank:
         raise RecommenderError(f"index {index.name!r} has only {len(matches)} items; choose --rank {len(matches)} "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+
+from .errors import RecommenderError
 
 #: Environment variables the library reads; the README documents each.
 ENV_INDEX_DIR = "RECOMMENDER_INDEX_DIR"
@@ -14,9 +17,14 @@ ENV_INDEX = "RECOMMENDER_INDEX"
 ENV_DEVICE = "RECOMMENDER_DEVICE"
 ENV_PRECISION = "RECOMMENDER_PRECISION"
 ENV_STORE = "RECOMMENDER_STORE"
+ENV_MAX_DECODE_MB = "RECOMMENDER_MAX_DECODE_MB"
 
 DEFAULT_MODEL = "dinov2-small"
 DEFAULT_INDEX = "pokemon"
+#: Memory, in MB, that all pictures being decoded at once may hold (`images.DECODE_BUDGET`): a 16-bit
+#: grey 9400x9400 PNG read as a query reserves about 250 MB (and uses 200), a 24-megapixel JPEG
+#: decoded whole 190, a 9400x9400 lossless WebP 1,450 (refused).
+DEFAULT_MAX_DECODE_MB = 512
 
 #: The repository root (the folder holding app.py, assets/ and index/).
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +81,16 @@ def precision(flag: str | None = None) -> str:
 def store(flag: str | None = None) -> str:
     """Where builds put the vectors: `local` (files), `milvus-lite[:PATH.db]` or `milvus://HOST:PORT`."""
     return _pick(flag, ENV_STORE, "local")
+
+
+def max_decode_mb(flag: float | None = None) -> float:
+    """Megabytes that all pictures being decoded at once may hold; a picture that needs more is refused."""
+    raw = _pick(str(flag) if flag is not None else None, ENV_MAX_DECODE_MB, str(DEFAULT_MAX_DECODE_MB))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise RecommenderError(f"the decoding memory limit ({ENV_MAX_DECODE_MB} or --max-decode-mb) must be a "
+                               f"positive number of megabytes, not {raw!r}")
+    return value

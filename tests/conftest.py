@@ -95,7 +95,7 @@ def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RECOMMENDER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RECOMMENDER_DATA_DIR", str(tmp_path / "data"))
     for name in ("RECOMMENDER_MODEL", "RECOMMENDER_INDEX", "RECOMMENDER_DEVICE", "RECOMMENDER_DEBUG",
-                 "RECOMMENDER_PRECISION", "RECOMMENDER_STORE"):
+                 "RECOMMENDER_PRECISION", "RECOMMENDER_STORE", "RECOMMENDER_MAX_DECODE_MB"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 

@@ -52,6 +52,54 @@ def png_with_header(width: int, height: int, *, depth: int = 8, colour: int = 2,
             + png_chunk(b"IEND", b""))
 
 
+def blank_png(width: int, height: int, *, depth: int = 8, colour: int = 2, ink: int = 0) -> bytes:
+    """A valid PNG of `width` x `height` black pixels but for `ink` in its first byte, compressed row by row.
+
+    Rows of zeros deflate about 1000:1, so a 16-bit grey 9400x9400 picture is 172 KB, made in half
+    a second without ever holding its pixels: the picture bomb that fits under Pillow's pixel limit.
+    """
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    row = bytes(1 + (width * channels * depth + 7) // 8)  # filter byte 0, then the pixels
+    packer = zlib.compressobj(6)  # as small as level 9 on zeros, in two thirds of the time
+    parts = [packer.compress(row[:1] + bytes([ink]) + row[2:])]
+    parts += [packer.compress(row) for _ in range(height - 1)]
+    parts.append(packer.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts))
+            + png_chunk(b"IEND", b""))
+
+
+def lossless_webp(width: int, height: int) -> bytes:
+    """A 34-byte lossless WebP of one colour whose header says `width` x `height`: libwebp decodes all of it."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (90, 30, 160)), "WEBP", lossless=True))
+    at = data.index(b"VP8L") + 8
+    assert data[at] == 0x2F  # the lossless signature, then 14 bits of width - 1 and 14 of height - 1
+    bits = int.from_bytes(data[at + 1 : at + 5], "little") & ~((1 << 28) - 1)
+    data[at + 1 : at + 5] = (bits | (width - 1) | ((height - 1) << 14)).to_bytes(4, "little")
+    return bytes(data)
+
+
+@functools.cache
+def picture_bombs() -> dict[str, bytes]:
+    """Small files that decode to about 88 million pixels, just under Pillow's limit: name -> bytes.
+
+    The 16-bit grey PNG took 31 s and 3.4 GB in one request to the app before decoding was bounded
+    by memory; the RGBA PNG is the most bytes a pixel takes (4); the WebP also needs libwebp's own
+    buffers (1.4 GB in all).
+    """
+    return {
+        "grey16-9400.png": blank_png(9400, 9400, depth=16, colour=0),
+        "rgba-9400.png": blank_png(9400, 9400, depth=8, colour=6),
+        "lossless-9400.webp": lossless_webp(9400, 9400),
+    }
+
+
+def bomb_zip(path: Path, count: int = 3) -> Path:
+    """A zip of `count` different 16-bit grey 9400x9400 PNGs, stored (about 516 KB for three, ratio 1)."""
+    return make_zip(path, {f"bomb-{i}.png": blank_png(9400, 9400, depth=16, colour=0, ink=i + 1)
+                           for i in range(count)}, level=0)
+
+
 def picture(size: tuple[int, int] = (48, 40), mode: str = "RGB", *, seed: int = 0) -> Image.Image:
     """A small picture with some structure (a disc and a bar on noise), so that codecs have work to do."""
     rng = np.random.default_rng(seed)

@@ -203,3 +203,71 @@ def test_pixel_art_enlarged_with_nearest_neighbour_is_shrunk_back():
     smooth = sprite.resize((27, 39), Image.Resampling.BICUBIC)
     assert pixel_upscale_factor(smooth) == 1
     assert pixel_upscale_factor(Image.new("RGB", (1, 5))) == 1
+
+
+# --- Large pictures are converted band by band: the same pixels as converting them whole -------------
+
+def old_grey(arr: np.ndarray, top: float) -> np.ndarray:
+    """The former whole-picture float64 formula for 16-bit, 32-bit and float grey."""
+    return np.clip(np.nan_to_num(arr.astype(np.float64) / top * 255.0, nan=0.0), 0, 255).round().astype(np.uint8)
+
+
+def test_16_and_32_bit_grey_in_bands_match_the_float_formula():
+    from recommender.images import BAND_PIXELS, to_rgb
+
+    rng = np.random.default_rng(1)
+    height = 3 * BAND_PIXELS // 700 + 5  # four bands
+    sixteen = rng.integers(0, 65536, (height, 700), dtype=np.uint16)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(sixteen)))[..., 0], old_grey(sixteen, 65535.0))
+    wide = rng.integers(-500, 70000, (height, 700), dtype=np.int32)  # over 255 somewhere: a 16-bit range
+    out = np.asarray(to_rgb(Image.fromarray(wide, mode="I")))[..., 1]
+    assert np.array_equal(out, old_grey(wide, 65535.0))
+    narrow = rng.integers(0, 256, (height, 700), dtype=np.int32)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(narrow, mode="I")))[..., 2], narrow.astype(np.uint8))
+
+
+def test_float_grey_in_bands_decides_its_range_on_the_whole_picture():
+    from recommender.images import BAND_PIXELS, to_rgb
+
+    height = 2 * BAND_PIXELS // 500 + 3
+    fractions = np.random.default_rng(2).random((height, 500), dtype=np.float32)
+    fractions[: BAND_PIXELS // 500] = np.nan  # the whole first band is NaN: black, and no say in the range
+    out = np.asarray(to_rgb(Image.fromarray(fractions, mode="F")))[..., 0]
+    assert np.array_equal(out, old_grey(fractions, 1.0))
+    fractions[-1, -1] = 7.5  # one value over 1.0, in the last band: the picture is 0-255 throughout
+    out = np.asarray(to_rgb(Image.fromarray(fractions, mode="F")))[..., 0]
+    assert np.array_equal(out, old_grey(fractions, 255.0))
+
+
+def test_alpha_and_palette_in_bands_match_compositing_whole():
+    from recommender.images import BAND_PIXELS, to_rgb
+
+    height = 2 * BAND_PIXELS // 600 + 7
+    rgba = Image.fromarray(np.random.default_rng(3).integers(0, 256, (height, 600, 4), dtype=np.uint8))
+    whole = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    assert np.array_equal(np.asarray(to_rgb(rgba)), np.asarray(whole))
+    palette = rgba.convert("RGB").quantize(16)
+    palette.info["transparency"] = 3
+    expected = Image.alpha_composite(Image.new("RGBA", palette.size, (255, 255, 255, 255)),
+                                     palette.convert("RGBA")).convert("RGB")
+    assert np.array_equal(np.asarray(to_rgb(palette)), np.asarray(expected))
+
+
+def test_large_pictures_are_reduced_before_they_are_converted_like_a_thumbnail():
+    rgba = Image.fromarray(np.random.default_rng(4).integers(0, 256, (900, 4600, 4), dtype=np.uint8))
+    rgba = rgba.resize((4600, 900), Image.Resampling.BICUBIC, box=(0, 0, 460, 90))  # smooth, like a photo
+    data = encode(rgba, "PNG")
+    out = load_image(data, max_side=1024)
+    before = load_image(data)  # composited whole, then shrunk as before
+    before.thumbnail((1024, 1024), Image.Resampling.BICUBIC)
+    assert out.size == before.size == (1024, 200)
+    assert np.abs(np.asarray(out, float) - np.asarray(before, float)).mean() < 1.0
+
+
+@pytest.mark.parametrize(("resolutions", "decoded"), [(6, (64, 48)), (3, (128, 96)), (1, (512, 384))])
+def test_jpeg_2000_decodes_at_reduced_scale_within_its_levels(resolutions, decoded):
+    gradient = Image.linear_gradient("L").resize((512, 384)).convert("RGB")
+    data = encode(gradient, "JPEG2000", num_resolutions=resolutions)
+    img = load_image(data, fit_to=(64, "pad"))
+    assert img.size == decoded  # 1/2**levels at most, never below the square it will fill
+    assert np.abs(np.asarray(fit_square(img, 64), float) - np.asarray(fit_square(gradient, 64), float)).mean() < 4
