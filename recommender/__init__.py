@@ -8,11 +8,13 @@ from .backbones import BACKBONES, Backbone, load_backbone
 from .build import BuildReport, build_index
 from .catalog import Catalog, Item, read_catalog
 from .errors import (
+    BuildStopped,
     CatalogError,
     ImageError,
     IndexLoadError,
     IndexMismatchError,
     IndexNotFoundError,
+    LimitExceeded,
     ModelError,
     RecommenderError,
     WebSearchUnavailable,
@@ -26,6 +28,7 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BuildReport",
+    "BuildStopped",
     "Catalog",
     "CatalogError",
     "Identification",
@@ -35,6 +38,7 @@ __all__ = [
     "IndexMismatchError",
     "IndexNotFoundError",
     "Item",
+    "LimitExceeded",
     "Link",
     "Match",
     "ModelError",
