@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_labeled_catalog
+from conftest import CHROMIUM, make_labeled_catalog
 from hostile import make_zip, png
 from PIL import Image
 
@@ -303,11 +303,15 @@ class BuildsServer:
 
 #: The server's limits: small enough to reach in a test, and a long build (LONG pictures) well under them.
 PICTURES, UPLOAD_MB, LONG = 9000, 20, 8000
+CACHE_SECONDS = 20
 
 
 @pytest.fixture(scope="module")
 def builds_server(tmp_path_factory, tiny_model, app_folder) -> Iterator[BuildsServer]:
-    """A server of its own, with small limits, an operator's index `shop`, and Gradio's cache kept 8 s."""
+    """A server of its own, with small limits, an operator's index `shop`, and Gradio's cache kept 20 s.
+
+    (Long enough for a page under load to upload a zip and start its build before the zip expires.)
+    """
     from appserver import start_app
 
     folder = tmp_path_factory.mktemp("app-builds")
@@ -317,7 +321,8 @@ def builds_server(tmp_path_factory, tiny_model, app_folder) -> Iterator[BuildsSe
     process, url = start_app(folder, {
         "RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
         "RECOMMENDER_UPLOAD_PICTURES": str(PICTURES), "RECOMMENDER_UPLOAD_MB": str(UPLOAD_MB),
-        "RECOMMENDER_UPLOAD_SECONDS": "120", "RECOMMENDER_BUILD_THREADS": "1", "RECOMMENDER_GRADIO_CACHE_TTL": "8"})
+        "RECOMMENDER_UPLOAD_SECONDS": "120", "RECOMMENDER_BUILD_THREADS": "1",
+        "RECOMMENDER_GRADIO_CACHE_TTL": str(CACHE_SECONDS)})
     yield BuildsServer(process, url, folder)
     process.terminate()
     process.wait(timeout=30)
@@ -454,7 +459,7 @@ def test_server_lets_uploaded_files_expire_from_gradios_cache(builds_server, tmp
     guest = visitor(builds_server)
     stored = Path(guest.upload(make_zip(tmp_path / "a.zip", {"a.png": png(1)}))["path"])
     assert stored.is_file()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 3 * CACHE_SECONDS
     while stored.exists():
         assert time.monotonic() < deadline, "an upload stayed in Gradio's cache"
         time.sleep(0.5)
@@ -476,17 +481,14 @@ def test_server_removes_a_sessions_uploads_when_its_page_closes(builds_server, t
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
-def test_two_browsers_each_see_only_their_own_uploads(builds_server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    from test_app import CHROMIUM, CHROMIUM_ARGS
-
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tmp_path):
     archive = make_zip(tmp_path / "shop.zip", {"a.png": png(1), "b.png": png(2)})
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    contexts = [browser.new_context(viewport={"width": 1280, "height": 1000}) for _ in range(2)]  # two strangers
+    try:
         pages = []
-        for _ in range(2):  # two separate contexts: two strangers
-            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        for context in contexts:
+            page = context.new_page()
             page.goto(builds_server.url)
             page.click("button[role=tab]:has-text('Your own catalog')")
             pages.append(page)
@@ -513,4 +515,6 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, tmp_path):
         assert listed(owner) == ["pokemon", "shop", "shop (your upload)"]
         assert listed(stranger) == ["pokemon", "shop"]
         assert "catalog **shop**: 2 pictures" not in stranger.inner_text("body")
-        browser.close()
+    finally:
+        for context in contexts:
+            context.close()
