@@ -493,14 +493,24 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
             page.click("button[role=tab]:has-text('Your own catalog')")
             pages.append(page)
         owner, stranger = pages
+
+        def wait(condition: str) -> None:
+            from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+            try:
+                owner.wait_for_function(condition, timeout=60_000)
+            except PlaywrightTimeout:
+                seen = owner.evaluate("() => [document.querySelector('#upload').innerText, document.querySelector("
+                                      "'#build-report').innerText, document.querySelector('#chooser input').value, "
+                                      "[...document.querySelectorAll('.toast-body')].map(t => t.innerText)]")
+                pytest.fail(f"waited for {condition}; upload, report, chooser, toasts: {seen}")
+
         owner.set_input_files("#upload input[type=file]", str(archive))
-        owner.wait_for_function("document.querySelector('#upload').innerText.includes('shop.zip')", timeout=30_000)
+        wait("document.querySelector('#upload').innerText.includes('shop.zip')")
         owner.locator("#new-name input, #new-name textarea").first.fill("shop")
         owner.click("#build")
-        owner.wait_for_function("document.querySelector('#build-report').innerText.includes('Built shop')",
-                                timeout=60_000)
-        owner.wait_for_function("document.querySelector('#chooser input').value === 'shop (your upload)'",
-                                timeout=30_000)
+        wait("document.querySelector('#build-report').innerText.includes('Built shop')")
+        wait("document.querySelector('#chooser input').value === 'shop (your upload)'")
 
         def listed(page: object) -> list[str]:
             page.click("text=Refresh list")  # type: ignore[attr-defined]
