@@ -152,23 +152,20 @@ class Uploads:
                 self._busy[key] -= 1
                 if not self._busy[key]:
                     del self._busy[key]
-                    gone = key in self._closed
-                    self._closed.discard(key)
-                else:
-                    gone = False
-            if gone:
-                self._remove(key)
+                    if key in self._closed:
+                        self._closed.discard(key)
+                        self._remove(key)
 
     def close(self, session: str | None) -> None:
         """The session's page was closed: remove its uploads now (after its build, if one runs)."""
         if not session:
             return
         key = session_key(session)
-        with self._lock:
+        with self._lock:  # held while removing: a build of this session cannot start meanwhile
             if key in self._busy:
                 self._closed.add(key)
-                return
-        self._remove(key)
+            else:
+                self._remove(key)
 
     def sweep(self, now: float | None = None) -> None:
         """Remove the sessions unused for longer than the time-to-live."""
@@ -180,10 +177,10 @@ class Uploads:
                 idle = now - folder.stat().st_mtime
             except OSError:
                 continue
-            with self._lock:
-                busy = folder.name in self._busy
-            if idle > self.limits.ttl and not busy:
-                self._remove(folder.name)
+            if idle > self.limits.ttl:
+                with self._lock:
+                    if folder.name not in self._busy:
+                        self._remove(folder.name)
 
     def clear(self) -> None:
         """Remove every session's uploads: at start, those of an earlier process (and of builds it was killed in)."""

@@ -87,8 +87,9 @@ def test_a_hostile_zip_through_the_apps_upload_path_writes_only_its_two_folders(
     index = service.index("upload:My-Shop", session="s1")
     assert sorted(item.label for item in index.items) == ["round", "round"]
     assert all(index.path_of(item).is_relative_to(tmp_path / mine / "catalogs" / "My-Shop") for item in index.items)
-    # Only what the index holds is kept: no CSV, no copy, no broken picture.
+    # Only what the index holds is kept: no CSV, no copy, no broken picture; and all of that.
     assert sorted(p.name for p in (tmp_path / mine / "catalogs").rglob("*") if p.is_file()) == ["a.png", "b.png"]
+    assert all(index.path_of(item).is_file() for item in index.items)
 
 
 def test_a_second_upload_under_the_same_name_replaces_the_first(service, tmp_path):
