@@ -16,11 +16,13 @@ import gradio as gr
 from PIL import Image
 
 from recommender import RecommenderError, load_image
-from recommender.errors import WebSearchUnavailable
+from recommender.errors import BuildStopped, WebSearchUnavailable
 from recommender.explain import HOVER_SCRIPT, SimilarityMatrix, catalog_heatmap, explain, map_figure
 from recommender.memory import keep_freed_buffers, limit_malloc_arenas
 from recommender.recommend import embed_query
 from recommender.service import Service
+from recommender.settings import gradio_cache_seconds
+from recommender.uploads import UPLOAD
 from recommender.websearch import search_media
 
 ROOT = Path(__file__).resolve().parent
@@ -132,15 +134,37 @@ def links_html(label: str | None, domain: str | None) -> str:
     return f"<div id='links'><div>{thumbs}</div><ul>{items}</ul></div>"
 
 
-def similarity_picture(service: Service, index_name: str, features: str) -> SimilarityMatrix:
+def similarity_picture(index: Any, features: str) -> SimilarityMatrix:
     """The catalog heatmap, drawn once per index version and feature count."""
-    index = service.index(index_name)
     return _similarity_picture(index, features, index.version)
 
 
 @functools.lru_cache(maxsize=16)
 def _similarity_picture(index: Any, features: str, version: str) -> SimilarityMatrix:
     return catalog_heatmap(index, features=features)
+
+
+def client_gone() -> Callable[[], bool]:
+    """For the event running in this thread: a check of whether its client has gone away.
+
+    Gradio never interrupts a running function: when the client's event stream closes
+    (`routes.queue_data_helper` -> `Queue.clean_events`) it only marks the event `alive = False`,
+    and `/cancel` ends the task awaiting it, which drops the event from `event_ids_to_events`. A
+    long build asks this between pictures. The event's id is in `gradio.context.LocalContext`,
+    set in the worker thread by `utils.get_function_with_locals` (as for `gr.Progress`).
+    """
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:  # called outside an event: nobody to lose
+        return lambda: False
+
+    def gone() -> bool:
+        event = queue.event_ids_to_events.get(event_id)
+        return event is None or not event.alive
+
+    return gone
 
 
 @functools.lru_cache(maxsize=512)
@@ -154,14 +178,15 @@ def build_ui(service: Service) -> gr.Blocks:
     examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
 
     @user_errors
-    def answer(image: str | bytes | Image.Image | None, k: int, index_name: str | None, *,
+    def answer(image: str | bytes | Image.Image | None, k: int, index_name: str | None, request: gr.Request, *,
                liked: list[str] | None = None, disliked: list[str] | None = None) -> tuple[Any, ...]:
         if image is None:
             raise gr.Error("Upload, paste or take a picture first.")
         liked, disliked = liked or [], disliked or []
-        result = service.identify(image, index=index_name, k=int(k), name=upload_name(image), liked=liked,
-                                  disliked=disliked)
-        index = service.index(index_name)
+        session = request.session_hash
+        result = service.identify(image, index=index_name, session=session, k=int(k), name=upload_name(image),
+                                  liked=liked, disliked=disliked)
+        index = service.index(index_name, session=session)
         another = thumbnail(str(result.another_image)) if result.another_image else None
         gallery = [(thumbnail(str(m.path)), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
         scores = {f"{m.rank}. {m.label or m.item.id}": max(0.0, m.score) for m in result.matches}
@@ -174,12 +199,16 @@ def build_ui(service: Service) -> gr.Blocks:
             detail += f" Searched the part you cropped ({image.width}×{image.height} px)."
         if liked or disliked:
             detail += f" Steered by your feedback: {len(liked)} more like, {len(disliked)} less like."
-        state = {"query": image, "index": index.name, "label": result.label, "liked": liked, "disliked": disliked,
+        state = {"query": image, "index": index_name or index.name, "label": result.label, "liked": liked,
+                 "disliked": disliked,
                  "matches": [{"id": m.item.id, "path": str(m.path), "label": m.label or m.item.id, "score": m.score}
                              for m in result.matches]}
         return f"{headline}\n\n{detail}", another, gallery, scores, state
 
-    with gr.Blocks(title="Look-alike: a visual recommender") as demo:
+    # Files Gradio stored for requests (uploads, pictures it served) go once this old, looked for every tenth of it.
+    cache_age = gradio_cache_seconds()
+    with gr.Blocks(title="Look-alike: a visual recommender",
+                   delete_cache=(max(1, min(600, cache_age // 10)), cache_age)) as demo:
         index_state = gr.State(None)  # the index this session searches; None = the default catalog
         result_state = gr.State({})
         gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
@@ -237,7 +266,7 @@ def build_ui(service: Service) -> gr.Blocks:
             gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
                         "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
             with gr.Row():
-                chooser = gr.Dropdown(choices=service.indexes(), value=service.default.name, label="Index to search",
+                chooser = gr.Dropdown(choices=service.choices(), value=service.default.name, label="Index to search",
                                       allow_custom_value=False, elem_id="chooser")
                 refresh = gr.Button("Refresh list")
             with gr.Row():
@@ -246,19 +275,20 @@ def build_ui(service: Service) -> gr.Blocks:
             build = gr.Button("Build index", elem_id="build")
             build_report = gr.Markdown(elem_id="build-report")
 
-        def related(state: dict[str, Any]) -> str:
-            index = service.index(state.get("index")) if state else None
+        def related(state: dict[str, Any], request: gr.Request) -> str:
+            index = service.index(state.get("index"), session=request.session_hash) if state else None
             return links_html(state.get("label") if state else None, index.domain if index else None)
 
         def to_editor(state: dict[str, Any]) -> Image.Image | None:
             return load_image(state["query"], max_side=1024) if state.get("query") is not None else gr.skip()
 
         @user_errors
-        def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+        def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None,
+                        request: gr.Request) -> tuple[Any, ...]:
             part = (value or {}).get("composite")
             if part is None:
                 raise gr.Error("Search a picture first, then crop it here.")
-            return answer(part, k, index_name)
+            return answer(part, k, index_name, request)
 
         @user_errors
         def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
@@ -267,10 +297,10 @@ def build_ui(service: Service) -> gr.Blocks:
             return title_of(match), None, match
 
         @user_errors
-        def where(state: dict[str, Any], match: dict[str, Any] | None) -> tuple[Any, ...]:
+        def where(state: dict[str, Any], match: dict[str, Any] | None, request: gr.Request) -> tuple[Any, ...]:
             if not match:
                 return gr.skip(), None
-            index = service.index(state["index"])
+            index = service.index(state["index"], session=request.session_hash)
             backbone = service.backbone_for(index)
             title = title_of(match)
             if backbone.spatial_part is None:
@@ -279,14 +309,16 @@ def build_ui(service: Service) -> gr.Blocks:
             return f"{title}: warm colours mark the regions that match", shown.image
 
         @user_errors
-        def search_with(match: dict[str, Any] | None, k: int, index_name: str | None) -> tuple[Any, ...]:
+        def search_with(match: dict[str, Any] | None, k: int, index_name: str | None,
+                        request: gr.Request) -> tuple[Any, ...]:
             if not match:
                 raise gr.Error("Click a look-alike first.")
-            return (thumbnail(match["path"]), *answer(match["path"], k, index_name))
+            return (thumbnail(match["path"]), *answer(match["path"], k, index_name, request))
 
         def feedback(kind: str) -> Callable[..., tuple[Any, ...]]:
             @user_errors
-            def steer(state: dict[str, Any], match: dict[str, Any] | None, k: int) -> tuple[Any, ...]:
+            def steer(state: dict[str, Any], match: dict[str, Any] | None, k: int,
+                      request: gr.Request) -> tuple[Any, ...]:
                 if not state or state.get("query") is None:
                     raise gr.Error("Search a picture first.")
                 liked, disliked = [], []
@@ -297,7 +329,7 @@ def build_ui(service: Service) -> gr.Blocks:
                     liked = [i for i in state.get("liked", []) if i != match["id"]]
                     disliked = [i for i in state.get("disliked", []) if i != match["id"]]
                     (liked if kind == "like" else disliked).append(match["id"])
-                return answer(state["query"], k, state["index"], liked=liked, disliked=disliked)
+                return answer(state["query"], k, state["index"], request, liked=liked, disliked=disliked)
 
             return steer
 
@@ -323,21 +355,21 @@ def build_ui(service: Service) -> gr.Blocks:
                                                     show_progress_on=overlay, api_visibility="private")
 
         @user_errors
-        def draw_matrix(count: str, index_name: str | None) -> tuple[Any, ...]:
-            index = service.index(index_name)
-            drawn = similarity_picture(service, index.name, count)
+        def draw_matrix(count: str, index_name: str | None, request: gr.Request) -> tuple[Any, ...]:
+            index = service.index(index_name, session=request.session_hash)
+            drawn = similarity_picture(index, count)
             return drawn.image, f"**{index.name}**: {len(drawn.labels)} items, similarities on {drawn.description}."
 
         @user_errors
-        def plot_map(column: str, index_name: str | None, state: dict[str, Any]) -> Any:
-            index = service.index(index_name)
+        def plot_map(column: str, index_name: str | None, state: dict[str, Any], request: gr.Request) -> Any:
+            index = service.index(index_name, session=request.session_hash)
             query = None
-            if state and state.get("query") is not None and state.get("index") == index.name:
+            if state and state.get("query") is not None and state.get("index") == (index_name or index.name):
                 query = embed_query(state["query"], index, backbone=service.backbone_for(index))
             return map_figure(index, color_by=column or "label", query=query)
 
-        def columns(index_name: str | None) -> Any:
-            index = service.index(index_name)
+        def columns(index_name: str | None, request: gr.Request) -> Any:
+            index = service.index(index_name, session=request.session_hash)
             names = ["label", *sorted({k for item in index.items[:1000] for k in item.metadata})]
             return gr.Dropdown(choices=names, value="view" if "view" in names else "label")
 
@@ -350,19 +382,29 @@ def build_ui(service: Service) -> gr.Blocks:
                   api_visibility="private")
 
         @user_errors
-        def choose(name: str) -> tuple[Any, ...]:
-            index = service.index(name)
-            return (None if index.name == service.default.name else index.name), service.status(index)
+        def choose(name: str, request: gr.Request) -> tuple[Any, ...]:
+            # The reference itself, checked here: a session's upload is only found among its own.
+            index = service.index(name, session=request.session_hash)
+            return (None if index is service.default else name), service.status(index)
+
+        def listing(request: gr.Request) -> Any:
+            return gr.Dropdown(choices=service.choices(request.session_hash))
 
         chooser.change(choose, inputs=chooser, outputs=[index_state, status], api_visibility="private")
-        refresh.click(lambda: gr.Dropdown(choices=service.indexes()), outputs=chooser, api_visibility="private")
+        refresh.click(listing, outputs=chooser, api_visibility="private")
 
         @user_errors
-        def build_upload(archive: str | None, name: str, progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+        def build_upload(archive: str | None, name: str, request: gr.Request,
+                         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
                          ) -> tuple[Any, ...]:
             if not archive:
                 raise gr.Error("Choose a zip file first.")
-            report = service.build_upload(archive, name)
+            session = request.session_hash
+            try:
+                report = service.build_upload(archive, name, session=session, client_gone=client_gone())
+            except BuildStopped as exc:
+                log.info("a web build of %r stopped: %s", name, exc)
+                raise
             lines = [f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in "
                      f"{report.seconds:.1f} s."]
             if report.skipped:
@@ -370,9 +412,16 @@ def build_ui(service: Service) -> gr.Blocks:
                 lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
                 if len(report.skipped) > 20:
                     lines.append(f"- ... and {len(report.skipped) - 20} more")
-            return "\n".join(lines), gr.Dropdown(choices=service.indexes(), value=report.name)
+            return "\n".join(lines), gr.Dropdown(choices=service.choices(session), value=UPLOAD + report.name)
 
-        build.click(build_upload, inputs=[upload, new_name], outputs=[build_report, chooser], api_visibility="private")
+        # Builds queue apart from searches (one at a time, whoever asks), so that a search never waits for one.
+        build.click(build_upload, inputs=[upload, new_name], outputs=[build_report, chooser], api_visibility="private",
+                    concurrency_id="build", concurrency_limit=1)
+
+        def closed(request: gr.Request) -> None:
+            service.close_session(request.session_hash)  # the page is gone: so are its uploads
+
+        demo.unload(closed)
 
         # The named API: one picture in, the answer's text out (its first words name what it is).
         api_image = raw_uploads(gr.Image(type="filepath", visible=False))
@@ -399,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     limit_malloc_arenas()  # before the server's threads start
     keep_freed_buffers()  # CPU embedding a quarter faster: activations are not re-faulted at every layer
     service = Service()
+    service.sweep_every(min(300.0, service.limits.ttl / 4))
     log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
     demo = build_ui(service)
     demo.queue(default_concurrency_limit=max(1, (os.cpu_count() or 2) // 2), max_size=64)

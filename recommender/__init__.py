@@ -6,11 +6,13 @@ from .backbones import Backbone, load_backbone, register_backbone, registered_ba
 from .build import BuildReport, build_index
 from .catalog import Catalog, Item, read_catalog
 from .errors import (
+    BuildStopped,
     CatalogError,
     ImageError,
     IndexLoadError,
     IndexMismatchError,
     IndexNotFoundError,
+    LimitExceeded,
     ModelError,
     RecommenderError,
     WebSearchUnavailable,
@@ -24,6 +26,7 @@ from .websearch import Link, search_media
 __all__ = [
     "Backbone",
     "BuildReport",
+    "BuildStopped",
     "Catalog",
     "CatalogError",
     "Identification",
@@ -33,6 +36,7 @@ __all__ = [
     "IndexMismatchError",
     "IndexNotFoundError",
     "Item",
+    "LimitExceeded",
     "Link",
     "Match",
     "ModelError",

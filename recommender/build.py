@@ -8,6 +8,7 @@ and a report of everything skipped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -25,7 +26,7 @@ from .backbones import Backbone, load_backbone
 from .calibration import calibrate
 from .catalog import Catalog, Item, Skip, read_catalog
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
-from .errors import CatalogError, ImageError, RecommenderError
+from .errors import BuildStopped, CatalogError, ImageError, RecommenderError
 from .images import DECODE_MAX_SIDE, Fit, load_image, read_bytes
 from .index import BuildStats, CatalogInfo, Index, StoreConfig, index_folder, write_index
 
@@ -88,6 +89,8 @@ def build_index(
     ray: bool | str = False,
     actors: int | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    should_stop: Callable[[], str | None] | None = None,
+    threads: int | None = None,
 ) -> BuildReport:
     """Index a catalog (folder or CSV) under `name`, re-using embeddings of unchanged pictures.
 
@@ -102,6 +105,12 @@ def build_index(
     `store.StoreConfig`; default `RECOMMENDER_STORE`, else local files). `ray` embeds on Ray Data:
     True for a local Ray (or the cluster in RAY_ADDRESS), or a cluster's address; `actors` model
     replicas there.
+
+    Bounds for builds that strangers start (the app's uploads): `should_stop` is asked before each
+    picture (so at least between batches); when it answers, its answer (why) is raised as
+    `BuildStopped`, nothing is written and the checkpoint is kept. `threads` caps the torch threads
+    this build embeds with (in the calling thread only, restored after), so that other work in the
+    process keeps some CPU; pass `workers` too for the reading threads.
     """
     folder = index_folder(name, index_dir)
     config = StoreConfig.parse(store if store is not None else settings.store())  # a bad --store fails first
@@ -120,13 +129,17 @@ def build_index(
     options = dict(previous=previous | resumable, dedupe=True, batch_size=batch_size, progress=progress,
                    desc=f"indexing {name}", on_embedded=checkpoint.add)
     try:
+        if ray and should_stop is not None:
+            raise RecommenderError("a build on Ray cannot be bounded by should_stop; build locally")
         if ray:
             from .distributed import embed_items_ray
 
             embedded = embed_items_ray(catalog.items, catalog.root, backbone, address=ray if isinstance(ray, str)
                                        else None, actors=actors, **options)
         else:
-            embedded = embed_items(catalog.items, catalog.root, backbone, workers=workers, **options)
+            with torch_threads(threads):
+                embedded = embed_items(catalog.items, catalog.root, backbone, workers=workers,
+                                       should_stop=should_stop, **options)
     finally:
         checkpoint.flush()  # interrupted or not: what was embedded survives until the index is committed
     items, skipped = embedded.items, catalog.skipped + embedded.skipped
@@ -179,13 +192,15 @@ def embed_items(
     progress: bool = True,
     desc: str = "embedding",
     on_embedded: Callable[[list[str], np.ndarray], None] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> Embedded:
     """Read, hash, decode and embed catalog pictures in batches; unreadable ones are skipped with a reason.
 
     Pictures are read and prepared in worker threads while the model embeds the previous batch.
     `previous` maps content hashes to vectors that need no embedding again; `dedupe` skips
     pictures whose bytes repeat an earlier item's; `on_embedded` receives the content hashes and
-    (B, D) vectors of each batch embedded (a checkpoint).
+    (B, D) vectors of each batch embedded (a checkpoint). `should_stop` is asked before each
+    picture; what it answers (why to stop) is raised as `BuildStopped`.
     """
     previous = previous or {}
     reads = _map_ordered(lambda item: _read(item, root, backbone.prepare, previous, backbone.decode_size), items,
@@ -211,6 +226,8 @@ def embed_items(
     bar = _progress(len(items), desc, enabled=progress)
     try:
         for read in reads:
+            if should_stop is not None and (reason := should_stop()):
+                raise BuildStopped(reason)
             bar.update(1)
             item = read.item
             if read.error:
@@ -235,6 +252,26 @@ def embed_items(
         bar.close()
     matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, backbone.dim), np.float32)
     return Embedded(items=kept, vectors=matrix, skipped=skipped, **counts)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with at most `count` torch threads in this thread, then restore the number before.
+
+    OpenMP keeps the number per thread: a build capped in a server's worker thread leaves the
+    searches in the other threads their full count.
+    """
+    if not count:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(count, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[str]) -> dict[str, np.ndarray]:

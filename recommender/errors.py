@@ -31,6 +31,14 @@ class IndexMismatchError(IndexLoadError):
     """An index was built with another backbone, settings or format than the one in use."""
 
 
+class LimitExceeded(RecommenderError):
+    """A web upload goes past one of the server's limits: pictures, CSV rows, unpacked bytes or disk quota."""
+
+
+class BuildStopped(RecommenderError):
+    """A build was stopped before it finished: its client went away, or it ran past its time limit."""
+
+
 class WebSearchUnavailable(RecommenderError):
     """Related links cannot be had now: no network, a timeout, a rate limit, or the provider failed or is off.
 

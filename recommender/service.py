@@ -17,11 +17,12 @@ from pathlib import Path
 from . import settings
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, build_index
-from .catalog import Skip, extract_archive, read_catalog
-from .errors import IndexLoadError, ModelError, RecommenderError
+from .catalog import Skip, extract_archive, prune_catalog, read_catalog, unpacked_size
+from .errors import IndexLoadError, LimitExceeded, ModelError
 from .images import ImageSource
-from .index import Index, check_name, list_indexes
+from .index import MANIFEST, Index, check_name, list_indexes
 from .recommend import Identification, identify
+from .uploads import UPLOAD, UploadLimits, Uploads, stop_check
 
 #: The embedded default catalog, and what its items are.
 DEFAULT_CATALOG = settings.ROOT / "assets" / "pokemon" / "catalog.csv"
@@ -124,38 +125,57 @@ def _fingerprint(source: Path) -> str:
 
 
 class Service:
-    """One per app process: shared, read-mostly state that every session's requests use."""
+    """One per app process: shared, read-mostly state that every session's requests use.
+
+    Indexes are named by references: an operator's index by its name (a folder of the index
+    folder, visible to everyone), a session's upload by `UPLOAD` + its name, looked up only among
+    that session's own (see `uploads`). Web builds go to the session's folder, never the index folder.
+    """
 
     def __init__(self, *, model: str | None = None, index_dir: str | Path | None = None,
                  default_catalog: Path = DEFAULT_CATALOG, default_name: str = "pokemon",
-                 domain: str = DEFAULT_DOMAIN, progress: bool = True) -> None:
+                 domain: str = DEFAULT_DOMAIN, progress: bool = True, limits: UploadLimits | None = None) -> None:
         self.index_dir = settings.index_dir(index_dir)
+        self._indexes: dict[Path, tuple[float, Index]] = {}
+        self._build_lock = threading.Lock()  # one web build at a time, whoever asks
+        self._lock = threading.Lock()
+        self.uploads = Uploads(settings.data_dir() / "sessions", limits or UploadLimits.from_env(),
+                               on_remove=self._forget)
+        self.uploads.clear()  # sessions die with the process that served them; so do killed builds' folders
         self.choice = choose_backbone(model)
         started = time.perf_counter()
         self.default, self.first_build = ensure_index(default_name, default_catalog, self.choice.backbone,
                                                       domain=domain, index_dir=self.index_dir, progress=progress)
         self.startup_seconds = self.choice.seconds + time.perf_counter() - started
-        self._indexes: dict[str, tuple[float, Index]] = {}
-        self._build_locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
 
     @property
     def backbone(self) -> Backbone:
         return self.choice.backbone
 
-    def index(self, name: str | None = None) -> Index:
-        """A loaded index by name (the default one when None), re-read only when it was rebuilt."""
+    @property
+    def limits(self) -> UploadLimits:
+        return self.uploads.limits
+
+    def index(self, name: str | None = None, *, session: str | None = None) -> Index:
+        """A loaded index by reference (the default one when None), re-read only when it was rebuilt.
+
+        `UPLOAD` + name is looked up among `session`'s own uploads only; any other name in the index folder.
+        """
         if not name or name == self.default.name:
             return self.default
-        manifest = self.index_dir / check_name(name) / "manifest.json"
+        if name.startswith(UPLOAD):
+            folder = self.uploads.index_folder(session, name.removeprefix(UPLOAD))
+        else:
+            folder = self.index_dir / check_name(name)
+        manifest = folder / MANIFEST
         stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0.0
         with self._lock:
-            cached = self._indexes.get(name)
+            cached = self._indexes.get(folder)
             if cached and cached[0] == stamp:
                 return cached[1]
-        index = Index.load(name, index_dir=self.index_dir)
+        index = Index.load(folder)
         with self._lock:
-            self._indexes[name] = (stamp, index)
+            self._indexes[folder] = (stamp, index)
         return index
 
     def backbone_for(self, index: Index) -> Backbone:
@@ -164,52 +184,103 @@ class Service:
             return self.backbone
         return index.backbone()
 
-    def indexes(self) -> list[str]:
-        return list_indexes(self.index_dir)
+    def indexes(self, session: str | None = None) -> list[str]:
+        """References of the indexes `session` may search: the index folder's, then its own uploads."""
+        return list_indexes(self.index_dir) + [UPLOAD + name for name in self.uploads.names(session)]
 
-    def identify(self, image: ImageSource, *, index: str | None = None, k: int = 8, name: str | None = None,
-                 liked: Sequence[str] = (), disliked: Sequence[str] = ()) -> Identification:
-        chosen = self.index(index)
+    def choices(self, session: str | None = None) -> list[tuple[str, str]]:
+        """(label, reference) of each index `session` may search, for a chooser."""
+        return [(f"{ref.removeprefix(UPLOAD)} (your upload)" if ref.startswith(UPLOAD) else ref, ref)
+                for ref in self.indexes(session)]
+
+    def identify(self, image: ImageSource, *, index: str | None = None, session: str | None = None, k: int = 8,
+                 name: str | None = None, liked: Sequence[str] = (), disliked: Sequence[str] = ()) -> Identification:
+        chosen = self.index(index, session=session)
         return identify(image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked,
                         disliked=disliked)
 
-    def build_upload(self, archive: str | Path, name: str, *, progress: bool = True,
+    def build_upload(self, archive: str | Path, name: str, *, session: str | None, progress: bool = True,
+                     client_gone: Callable[[], bool] | None = None,
                      on_extracted: Callable[[list[Skip]], None] | None = None) -> BuildReport:
-        """Index an uploaded zip of pictures (or a CSV with its pictures) under `name`, with the app's backbone.
+        """Index an uploaded zip of pictures (or a CSV with its pictures) as `session`'s own `name`.
 
-        Each upload unpacks into a fresh folder, so that a second upload under the same name never
-        mixes its pictures with the first's; a CSV in it may only name pictures inside it. The older
-        folders of that name go once the new index is written; a refused upload leaves nothing.
+        Bounded by `limits` (pictures, rows, bytes, quotas, seconds) and stopped as soon as
+        `client_gone` says so; the build embeds with `limits.threads` threads. Each upload unpacks
+        into a fresh folder, so that a second upload under the same name never mixes its pictures
+        with the first's; a CSV in it may only name pictures inside it. Once the index is written,
+        only the pictures it holds are kept, and the older folders of that name go. A refused or
+        stopped upload leaves nothing (but the index it was to replace).
         """
         name = _safe_name(name)
-        if name == self.default.name:
-            raise RecommenderError(f"{name!r} is the default catalog's index; choose another name")
-        folder = settings.data_dir() / "catalogs" / name
-        with self._lock:
-            lock = self._build_locks.setdefault(name, threading.Lock())
-        with lock:  # one build per name at a time: two uploads racing would remove each other's pictures
-            target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-            try:
-                source, skipped = extract_archive(archive, target)
-                if on_extracted:
-                    on_extracted(skipped)
-                catalog = read_catalog(source, confined=True)
-                report = build_index(catalog, name=name, backbone=self.backbone, index_dir=self.index_dir,
-                                     progress=progress)
-            except BaseException:
-                shutil.rmtree(target, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty: no earlier upload of that name
-                raise
-            for old in folder.iterdir():
-                if old == target:
-                    continue
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    old.unlink(missing_ok=True)
+        limits = self.limits
+        should_stop = stop_check(limits.seconds, client_gone)
+        if not self._build_lock.acquire(timeout=limits.seconds):
+            raise LimitExceeded("another upload is being indexed; try again in a minute")
+        try:
+            with self.uploads.building(session):
+                self.sweep()  # the space of expired sessions first
+                self.uploads.check_room(session, name, unpacked_size(archive))
+                index_dir = self.uploads.index_dir(session)
+                folder = self.uploads.catalog_dir(session, name)
+                target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+                existed = (index_dir / name / MANIFEST).is_file()
+                try:
+                    source, skipped = extract_archive(archive, target, max_bytes=limits.upload_bytes,
+                                                      max_pictures=limits.pictures, max_rows=limits.rows,
+                                                      should_stop=should_stop)
+                    if on_extracted:
+                        on_extracted(skipped)
+                    catalog = read_catalog(source, confined=True)
+                    report = build_index(catalog, name=name, backbone=self.backbone, index_dir=index_dir,
+                                         progress=progress, store="local", should_stop=should_stop,
+                                         threads=limits.threads, workers=limits.threads)
+                except BaseException:
+                    shutil.rmtree(target, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty: no earlier upload of that name
+                    if not existed:  # a first build's partial folder (its checkpoint) is of no use to anyone
+                        shutil.rmtree(index_dir / name, ignore_errors=True)
+                    raise
+                index = Index.load(report.folder)
+                prune_catalog(target, (index.path_of(item) for item in index.items))
+                for old in folder.iterdir():
+                    if old == target:
+                        continue
+                    if old.is_dir() and not old.is_symlink():
+                        shutil.rmtree(old, ignore_errors=True)
+                    else:
+                        old.unlink(missing_ok=True)
+        finally:
+            self._build_lock.release()
         report.skipped[:0] = skipped
         return report
+
+    def close_session(self, session: str | None) -> None:
+        """A page was closed: its uploads go (once its build, if any, has stopped)."""
+        self.uploads.close(session)
+
+    def sweep(self) -> None:
+        """Remove the uploads of sessions unused for longer than their time-to-live."""
+        self.uploads.sweep()
+
+    def sweep_every(self, seconds: float) -> threading.Thread:
+        """Sweep in a daemon thread every `seconds` (the app's; a library user calls `sweep` when it suits)."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(seconds)
+                with contextlib.suppress(Exception):  # a sweep that failed is retried next time
+                    self.sweep()
+
+        thread = threading.Thread(target=loop, name="recommender-sweep", daemon=True)
+        thread.start()
+        return thread
+
+    def _forget(self, folder: Path) -> None:
+        """Drop the loaded indexes of a removed session folder."""
+        with self._lock:
+            for path in [p for p in self._indexes if p.is_relative_to(folder)]:
+                del self._indexes[path]
 
     def status(self, index: Index | None = None) -> str:
         """One line for the top of the page: backbone, catalog and its size."""

@@ -18,6 +18,16 @@ ENV_DEVICE = "RECOMMENDER_DEVICE"
 ENV_PRECISION = "RECOMMENDER_PRECISION"
 ENV_STORE = "RECOMMENDER_STORE"
 ENV_MAX_DECODE_MB = "RECOMMENDER_MAX_DECODE_MB"
+#: What a visitor of the app may upload and build (see `uploads.UploadLimits`); the CLI has no such limits.
+ENV_UPLOAD_PICTURES = "RECOMMENDER_UPLOAD_PICTURES"
+ENV_UPLOAD_ROWS = "RECOMMENDER_UPLOAD_ROWS"
+ENV_UPLOAD_SECONDS = "RECOMMENDER_UPLOAD_SECONDS"
+ENV_UPLOAD_MB = "RECOMMENDER_UPLOAD_MB"
+ENV_SESSION_MB = "RECOMMENDER_SESSION_MB"
+ENV_UPLOADS_TOTAL_MB = "RECOMMENDER_UPLOADS_TOTAL_MB"
+ENV_UPLOAD_TTL = "RECOMMENDER_UPLOAD_TTL"
+ENV_BUILD_THREADS = "RECOMMENDER_BUILD_THREADS"
+ENV_GRADIO_CACHE_TTL = "RECOMMENDER_GRADIO_CACHE_TTL"
 
 DEFAULT_MODEL = "dinov2-small"
 DEFAULT_INDEX = "pokemon"
@@ -94,3 +104,20 @@ def max_decode_mb(flag: float | None = None) -> float:
         raise RecommenderError(f"the decoding memory limit ({ENV_MAX_DECODE_MB} or --max-decode-mb) must be a "
                                f"positive number of megabytes, not {raw!r}")
     return value
+def number(env: str, default: float, *, minimum: float = 0) -> float:
+    """A number from the environment variable `env` (unset or empty: `default`), at least `minimum`."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RecommenderError(f"{env}={raw!r}: not a number") from None
+    if not minimum <= value < float("inf"):  # also refuses NaN
+        raise RecommenderError(f"{env}={raw!r}: must be a finite number, at least {minimum:g}")
+    return value
+
+
+def gradio_cache_seconds() -> int:
+    """How long the app keeps the files Gradio stored for requests (uploads, pictures it served)."""
+    return max(1, int(number(ENV_GRADIO_CACHE_TTL, 3600, minimum=1)))

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from appserver import start_app
+from conftest import CHROMIUM
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 PIKACHU = ROOT / "assets" / "pokemon" / "sprites" / "025.png"
 
 pytestmark = [
@@ -20,17 +19,8 @@ pytestmark = [
 ]
 
 
-# The server itself (`app_server`, `app_url`, `app_folder`) is a session fixture in conftest.py,
-# shared with the reliability tests.
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+# The server itself (`app_server`, `app_url`, `app_folder`) and the `browser` are session fixtures in
+# conftest.py, shared with the reliability and security tests.
 
 
 @pytest.fixture

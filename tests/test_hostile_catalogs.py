@@ -68,10 +68,11 @@ def test_a_hostile_zip_through_the_apps_upload_path_writes_only_its_two_folders(
         "shop/img/run.sh": b"#!/bin/sh\necho pwned\n",
     }, links={"shop/img/link.png": "/etc/passwd"})
     before = tree(tmp_path)
-    report = service.build_upload(archive, "My Shop!", progress=False)
+    report = service.build_upload(archive, "My Shop!", session="s1", progress=False)
     after = tree(tmp_path)
     assert report.name == "My-Shop" and report.count == 2
-    assert written_outside(before, after, "data/catalogs/My-Shop", "index/My-Shop") == []
+    mine = service.uploads.folder("s1").relative_to(tmp_path).as_posix()  # data/sessions/<hash of s1>
+    assert written_outside(before, after, f"{mine}/catalogs/My-Shop", f"{mine}/index/My-Shop") == []
     assert not Path(f"/tmp/escape-{token}.png").exists() and not Path(f"/tmp/absolute-{token}.png").exists()
     reasons = {s.where: s.reason for s in report.skipped}
     assert reasons[f"../../../../../../tmp/escape-{token}.png"] == "path leaves the archive's folder"
@@ -83,18 +84,21 @@ def test_a_hostile_zip_through_the_apps_upload_path_writes_only_its_two_folders(
     assert reasons["items.csv row 5"] == "img/missing.png: no such file"
     assert "same picture as img/a.png" in reasons["img/a-copy.png"]
     assert "has 3 fields" in reasons["items.csv row 8"]
-    index = Index.load("My-Shop")
+    index = service.index("upload:My-Shop", session="s1")
     assert sorted(item.label for item in index.items) == ["round", "round"]
-    assert all(index.path_of(item).is_relative_to(tmp_path / "data" / "catalogs" / "My-Shop") for item in index.items)
+    assert all(index.path_of(item).is_relative_to(tmp_path / mine / "catalogs" / "My-Shop") for item in index.items)
+    # Only what the index holds is kept: no CSV, no copy, no broken picture; and all of that.
+    assert sorted(p.name for p in (tmp_path / mine / "catalogs").rglob("*") if p.is_file()) == ["a.png", "b.png"]
+    assert all(index.path_of(item).is_file() for item in index.items)
 
 
 def test_a_second_upload_under_the_same_name_replaces_the_first(service, tmp_path):
     first = make_zip(tmp_path / "one.zip", {"a.png": png(1), "b.png": png(2)})
     second = make_zip(tmp_path / "two.zip", {"c.png": png(3)})
-    assert service.build_upload(first, "mine", progress=False).count == 2
-    assert service.build_upload(second, "mine", progress=False).count == 1  # not 3: no pictures left over
-    assert [item.id for item in Index.load("mine").items] == ["c.png"]
-    assert len(list((tmp_path / "data" / "catalogs" / "mine").iterdir())) == 1
+    assert service.build_upload(first, "mine", session="s1", progress=False).count == 2
+    assert service.build_upload(second, "mine", session="s1", progress=False).count == 1  # not 3: none left over
+    assert [item.id for item in service.index("upload:mine", session="s1").items] == ["c.png"]
+    assert len(list(service.uploads.catalog_dir("s1", "mine").iterdir())) == 1
 
 
 @pytest.mark.parametrize("kind", ["bomb", "not-a-zip", "nothing-usable"])
@@ -108,9 +112,10 @@ def test_refused_uploads_leave_nothing_behind(service, tmp_path, kind):
         make_zip(archive, {"notes.txt": b"hi", "empty.png": b"", "../x.png": png(1)})
     before = tree(tmp_path)
     with pytest.raises(CatalogError, match="zip bomb|not a readable zip|no pictures found|could be read"):
-        service.build_upload(archive, "refused", progress=False)
-    assert written_outside(before, tree(tmp_path), "data/catalogs") == []
-    assert not (tmp_path / "data" / "catalogs" / "refused").exists()  # not even an empty folder
+        service.build_upload(archive, "refused", session="s1", progress=False)
+    assert written_outside(before, tree(tmp_path), "data/sessions") == []
+    assert not service.uploads.catalog_dir("s1", "refused").exists()  # not even an empty folder
+    assert not (service.uploads.index_dir("s1") / "refused").exists()
     assert not (tmp_path / "index" / "refused").exists()
 
 
