@@ -114,7 +114,7 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     An interrupted build picks up where it stopped when run again with the same backbone.
     """
     from .backbones import load_backbone
-    from .build import build_index
+    from .build import BuildConfig, RayExecutor, build_index
     from .index import StoreConfig
 
     config = StoreConfig.parse(settings.store(store))  # a bad --store fails before the model loads
@@ -122,11 +122,10 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
         raise click.BadParameter("only applies with --ray", param_hint="--actors")
     backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
                              precision=precision)
-    report = build_index(
-        source, name=name, backbone=backbone, limit=limit, image_column=image_column, label_column=label_column,
-        index_dir=ctx.obj["index_dir"], dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet,
-        store=config, ray=False if ray_address is None else (ray_address or True), actors=actors,
-    )
+    executor = RayExecutor(ray_address or None, actors=actors) if ray_address is not None else None
+    report = build_index(source, name=name, backbone=backbone, config=BuildConfig(
+        limit=limit, image_column=image_column, label_column=label_column, index_dir=ctx.obj["index_dir"],
+        dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet, store=config, executor=executor))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for skip in report.skipped[:_SHOW_SKIPS]:

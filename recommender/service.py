@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import settings
 from .backbones import OFFLINE, Backbone, load_backbone
-from .build import BuildReport, build_index
+from .build import BuildReport, LocalExecutor, build_index
 from .catalog import Skip, extract_archive, prune_catalog, read_catalog, unpacked_size
 from .errors import IndexLoadError, LimitExceeded, ModelError
 from .images import ImageSource
@@ -233,7 +233,7 @@ class Service:
                     catalog = read_catalog(source, confined=True)
                     report = build_index(catalog, name=name, backbone=self.backbone, index_dir=index_dir,
                                          progress=progress, store="local", should_stop=should_stop,
-                                         threads=limits.threads, workers=limits.threads)
+                                         executor=LocalExecutor(workers=limits.threads, threads=limits.threads))
                 except BaseException:
                     shutil.rmtree(target, ignore_errors=True)
                     with contextlib.suppress(OSError):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recommender import build_index, load_backbone
-from recommender.checkpoint import Checkpoint
+from recommender.build import Checkpoint
 from recommender.index import Index
 
 
@@ -63,7 +63,7 @@ def test_a_crash_after_the_commit_leaves_nothing_to_redo(labeled_catalog, backbo
 
 
 def test_a_crash_while_a_shard_is_written_costs_only_that_shard(labeled_catalog, backbone, monkeypatch, tmp_path):
-    import recommender.checkpoint as checkpoint_module
+    import recommender.build.checkpoint as checkpoint_module
 
     real, written = checkpoint_module.write_atomic, []
 

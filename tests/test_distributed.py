@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from recommender import build_index, load_backbone
-from recommender.checkpoint import Checkpoint
+from recommender.build import Checkpoint, RayExecutor
 from recommender.cli import cli
 from recommender.index import Index
 
@@ -72,7 +72,8 @@ def _same_index(a: Index, b: Index) -> None:
 
 def test_a_ray_build_equals_the_plain_build(catalog, backbone):
     plain = build_index(catalog, name="plain", backbone=backbone, progress=False)
-    distributed = build_index(catalog, name="ray", backbone=backbone, progress=False, ray=True, batch_size=4)
+    distributed = build_index(catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(),
+                              batch_size=4)
     assert (distributed.count, distributed.embedded, distributed.reused) == (plain.count, plain.embedded, 0)
     assert [str(s) for s in distributed.skipped] == [str(s) for s in plain.skipped]
     assert {s.reason for s in distributed.skipped} >= {"same picture as red-circle/0.png"}
@@ -94,9 +95,9 @@ def test_an_interrupted_ray_build_resumes(catalog, monkeypatch):
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(Checkpoint, "add", add_then_die)
-        build_index(catalog, name="ray", backbone=backbone, progress=False, ray=True, batch_size=4,
+        build_index(catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(), batch_size=4,
                     checkpoint_seconds=0)
-    report = build_index(catalog, name="ray", backbone=backbone, progress=False, ray=True, batch_size=4,
+    report = build_index(catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(), batch_size=4,
                          checkpoint_seconds=0)
     # What was checkpointed is hashed, not decoded or embedded again.
     assert report.resumed == calls[0] >= 1 and report.embedded + report.resumed == 12 and report.reused == calls[0]

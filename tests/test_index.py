@@ -132,7 +132,8 @@ def test_incremental_rebuild_embeds_only_new_and_changed(built_any, labeled_cata
 
 
 def test_other_backbone_rebuilds_everything(built, labeled_catalog, tiny_model):
-    report = build_index(labeled_catalog, name="shapes", model=str(tiny_model), pooling="mean", progress=False)
+    report = build_index(labeled_catalog, name="shapes", backbone=load_backbone(str(tiny_model), pooling="mean"),
+                         progress=False)
     assert report.embedded == 12 and report.reused == 0
     assert any("not re-used" in note for note in report.notes)
     assert Index.load("shapes").manifest.backbone.pooling == "mean"

@@ -23,7 +23,7 @@ from hostile import make_zip, png
 from PIL import Image
 
 from recommender import build_index
-from recommender.build import torch_threads
+from recommender.build.pipeline import torch_threads
 from recommender.catalog import ARCHIVE_MAX_DEPTH, extract_archive
 from recommender.errors import BuildStopped, IndexNotFoundError, LimitExceeded, RecommenderError
 from recommender.index import Index
@@ -506,7 +506,7 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
                 pytest.fail(f"waited for {condition}; upload, report, chooser, toasts: {seen}")
 
         owner.set_input_files("#upload input[type=file]", str(archive))
-        wait("document.querySelector('#upload').innerText.includes('shop.zip')")
+        wait("document.querySelector('#upload').innerText.replace(/\\s/g, '').includes('shop.zip')")
         owner.locator("#new-name input, #new-name textarea").first.fill("shop")
         owner.click("#build")
         wait("document.querySelector('#build-report').innerText.includes('Built shop')")

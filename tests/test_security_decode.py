@@ -334,7 +334,7 @@ import zipfile
 from pathlib import Path
 
 from recommender.backbones import load_backbone
-from recommender.build import build_index
+from recommender.build import LocalExecutor, build_index
 from recommender.images import DECODE_BUDGET
 
 folder, archive, model, index_dir = map(Path, sys.argv[1:5])
@@ -342,7 +342,8 @@ with zipfile.ZipFile(archive) as z:
     z.extractall(folder)
 backbone = load_backbone(str(model))
 base, started, spent = peak_mb(), time.perf_counter(), cpu_seconds()
-report = build_index(folder, name="bombs", backbone=backbone, index_dir=index_dir, progress=False, workers=8)
+report = build_index(folder, name="bombs", backbone=backbone, index_dir=index_dir, progress=False,
+                     executor=LocalExecutor(workers=8))
 print(json.dumps({"count": report.count, "skipped": [str(s) for s in report.skipped], "base_mb": base,
                   "peak_mb": peak_mb(), "seconds": time.perf_counter() - started, "cpu": cpu_seconds() - spent,
                   "reserved_mb": DECODE_BUDGET.peak / 2**20}))

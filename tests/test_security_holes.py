@@ -26,8 +26,8 @@ from hostile import png
 
 import recommender.catalog as catalog_module
 from recommender import build_index, load_backbone, look_alikes
+from recommender.build import Checkpoint
 from recommender.catalog import CSV_MAX_LINE, Item, _under_one_root, read_catalog
-from recommender.checkpoint import Checkpoint
 from recommender.cli import cli
 from recommender.errors import CatalogError, IndexLoadError, RecommenderError
 from recommender.index import CatalogInfo, Index, write_index

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from conftest import SHAPES, draw_shape
 
 from recommender import build_index, load_backbone, look_alikes
+from recommender.build import RayExecutor
 from recommender.catalog import Item
 from recommender.cli import cli
 from recommender.errors import IndexLoadError, RecommenderError
@@ -164,7 +165,7 @@ def test_missing_optional_packages_say_what_to_install(labeled_catalog, tiny_mod
     with pytest.raises(RecommenderError, match="pip install pymilvus milvus-lite"):
         build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False, store="milvus-lite")
     with pytest.raises(RecommenderError, match=r"pip install 'ray\[data\]'"):
-        build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False, ray=True)
+        build_index(labeled_catalog, name="shapes", model=str(tiny_model), progress=False, executor=RayExecutor())
 
 
 def test_the_library_and_app_import_without_the_optional_packages():
@@ -172,7 +173,7 @@ def test_the_library_and_app_import_without_the_optional_packages():
     code = ("import sys\n"
             "for name in ('pymilvus', 'milvus_lite', 'ray', 'faiss'): sys.modules[name] = None\n"
             "import recommender, recommender.cli, recommender.service, recommender.index.store, recommender.index\n"
-            "import recommender.build, recommender.checkpoint, recommender.distributed\n"
+            "import recommender.build, recommender.build.checkpoint, recommender.build.distributed\n"
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

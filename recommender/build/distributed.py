@@ -14,18 +14,17 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backbones import Backbone, Hybrid, load_backbone
-from .build import Embedded, _progress, _read
-from .catalog import Item, Skip
-from .errors import ModelError, RecommenderError
-from .images import Fit
+from ..backbones import Backbone, load_backbone
+from ..catalog import Item
+from ..errors import ModelError, RecommenderError
+from ..images import Fit
+from .pipeline import OnEmbedded, Outcome, ShouldStop, read_item
 
 #: Pictures per read-and-decode task.
 READ_BATCH = 32
@@ -46,43 +45,39 @@ def _ray() -> Any:
     return ray
 
 
-def embed_items_ray(
-    items: Sequence[Item],
-    root: Path,
-    backbone: Backbone,
-    *,
-    address: str | None = None,
-    actors: int | None = None,
-    previous: dict[str, np.ndarray] | None = None,
-    dedupe: bool = False,
-    batch_size: int | None = None,
-    progress: bool = True,
-    desc: str = "embedding",
-    on_embedded: Callable[[list[str], np.ndarray], None] | None = None,
-) -> Embedded:
-    """`build.embed_items` on Ray: the same items, vectors, skips and counts, computed by a Ray cluster.
+class RayExecutor:
+    """The pipeline on Ray Data: read, hash and decode in CPU tasks, embed in model actors (GPUs when there are).
 
     `address` is a cluster's (e.g. `ray://head:10001`); None joins an already initialised Ray,
-    else the cluster in RAY_ADDRESS, else starts a local one for the duration of the call.
+    else the cluster in RAY_ADDRESS, else starts a local one for the duration of the run.
+    `actors` model replicas (default: one per GPU, else one per 4 CPUs).
     """
-    ray = _ray()
-    previous = previous or {}
-    started_here = _connect(ray, address, progress)
-    try:
-        rows = _run(ray, items, root, backbone, actors=actors, known=_HashSet(previous),
-                    batch_size=batch_size or backbone.batch_size, progress=progress, desc=desc,
-                    on_embedded=on_embedded)
-    finally:
-        if started_here:
-            ray.shutdown()
-    return _assemble(items, rows, previous, dedupe=dedupe, dim=backbone.dim)
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, actors: int | None = None) -> None:
+        self.address = address
+        self.actors = actors
+
+    def run(self, items: Sequence[Item], root: Path, backbone: Backbone, *, known: Collection[str], batch_size: int,
+            on_embedded: OnEmbedded | None, should_stop: ShouldStop | None, bar: Any) -> Iterator[Outcome]:
+        if should_stop is not None:
+            raise RecommenderError("a build on Ray cannot be bounded by should_stop; build locally")
+        ray = _ray()
+        started_here = _connect(ray, self.address, not bar.disable)
+        try:
+            yield from _run(ray, items, root, backbone, actors=self.actors, known=_HashSet(known),
+                            batch_size=batch_size, on_embedded=on_embedded, bar=bar)
+        finally:
+            if started_here:
+                ray.shutdown()
 
 
 def _connect(ray: Any, address: str | None, progress: bool) -> bool:
     """Join or start Ray; True when this call started it (and so must shut it down)."""
     if ray.is_initialized():
         return False
-    package = str(Path(__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parent.parent)  # the recommender package
     # A remote cluster gets this package shipped to its workers; a local one imports it from here.
     runtime_env = {"py_modules": [package]} if address and address.startswith("ray://") else {
         "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(package).parent),
@@ -96,9 +91,8 @@ def _connect(ray: Any, address: str | None, progress: bool) -> bool:
 
 
 def _run(ray: Any, items: Sequence[Item], root: Path, backbone: Backbone, *, actors: int | None, known: _HashSet,
-         batch_size: int, progress: bool, desc: str,
-         on_embedded: Callable[[list[str], np.ndarray], None] | None) -> dict[int, tuple[str, str, np.ndarray | None]]:
-    """Row -> (content hash, error, vector or None when re-used), streamed back from the cluster."""
+         batch_size: int, on_embedded: OnEmbedded | None, bar: Any) -> Iterator[Outcome]:
+    """Every item's `Outcome`, streamed back from the cluster."""
     from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
@@ -114,23 +108,19 @@ def _run(ray: Any, items: Sequence[Item], root: Path, backbone: Backbone, *, act
     dataset = dataset.map_batches(
         _Embedder, batch_size=batch_size, compute=ActorPoolStrategy(size=count), **resources,
         fn_constructor_kwargs={"spec": backbone.spec.as_kwargs(), "identity": backbone.identity, "device": device,
-                               "precision": _precision(backbone), "threads": threads},
+                               "precision": None if backbone.precision == "mixed" else backbone.precision,
+                               "threads": threads},
     )
-    out: dict[int, tuple[str, str, np.ndarray | None]] = {}
-    bar = _progress(len(items), desc, enabled=progress)
-    try:
-        # Model-batch sized pieces: each one checkpointed as soon as it arrives.
-        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            fresh = batch["embedded"].astype(bool)
-            if on_embedded is not None and fresh.any():
-                on_embedded([str(h) for h in batch["sha256"][fresh]], batch["vector"][fresh])
-            for row, sha, error, new, vector in zip(batch["row"], batch["sha256"], batch["error"], fresh,
-                                                    batch["vector"]):
-                out[int(row)] = (str(sha), str(error), np.array(vector, dtype=np.float32) if new else None)
-            bar.update(len(batch["row"]))
-    finally:
-        bar.close()
-    return out
+    # Model-batch sized pieces: each one checkpointed as soon as it arrives.
+    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        fresh = batch["embedded"].astype(bool)
+        if on_embedded is not None and fresh.any():
+            on_embedded([str(h) for h in batch["sha256"][fresh]], batch["vector"][fresh])
+        for row, sha, error, new, vector in zip(batch["row"], batch["sha256"], batch["error"], fresh,
+                                                batch["vector"]):
+            yield Outcome(int(row), str(sha) or None, str(error) or None,
+                          np.array(vector, dtype=np.float32) if new else None)
+        bar.update(len(batch["row"]))
 
 
 def _actor_plan(ray: Any, actors: int | None) -> tuple[int, dict[str, Any], str, int]:
@@ -144,13 +134,6 @@ def _actor_plan(ray: Any, actors: int | None) -> tuple[int, dict[str, Any], str,
     # starved decoder stalls it as surely.
     per_actor = max(1, min(CPU_ACTOR_CPUS, cpus // (2 * count)))
     return count, {"num_cpus": per_actor}, "cpu", per_actor
-
-
-def _precision(backbone: Backbone) -> str | None:
-    """The precision the driver's backbone resolved to, so that actors compute the same thing."""
-    parts = backbone.parts if isinstance(backbone, Hybrid) else [backbone]
-    chosen = {getattr(p, "precision", None) for p in parts} - {None}
-    return chosen.pop() if len(chosen) == 1 else None  # parts that differ: each resolves `auto` as here
 
 
 class _HashSet:
@@ -171,7 +154,7 @@ def _read_batch(batch: dict[str, np.ndarray], *, root: str, prepare: Callable[[A
                 known: _HashSet, fit_to: tuple[int, Fit] | None) -> dict[str, np.ndarray]:
     """Read, hash, and (unless already embedded) decode and prepare a batch of pictures; runs in a CPU task."""
     folder = Path(root)
-    reads = [_read(Item(id=str(path), path=str(path)), folder, prepare, known, fit_to) for path in batch["path"]]
+    reads = [read_item(Item(id=str(path), path=str(path)), folder, prepare, known, fit_to) for path in batch["path"]]
     return {
         "row": np.asarray(batch["row"], dtype=np.int64),
         "sha256": np.array([r.item.sha256 or "" for r in reads], dtype=object),
@@ -224,31 +207,3 @@ class _Embedder:
         embedded[todo] = True
         return {"row": batch["row"], "sha256": batch["sha256"], "error": batch["error"], "embedded": embedded,
                 "vector": vectors}
-
-
-def _assemble(items: Sequence[Item], rows: dict[int, tuple[str, str, np.ndarray | None]],
-              previous: dict[str, np.ndarray], *, dedupe: bool, dim: int) -> Embedded:
-    """The items in catalog order with their vectors, skips and counts, as `embed_items` reports them."""
-    kept: list[Item] = []
-    vectors: list[np.ndarray] = []
-    skipped: list[Skip] = []
-    seen: dict[str, str] = {}
-    embedded = reused = 0
-    for i, item in enumerate(items):
-        sha, error, vector = rows[i]
-        if error:
-            skipped.append(Skip(item.path, error))
-            continue
-        if dedupe and sha in seen:
-            skipped.append(Skip(item.path, f"same picture as {seen[sha]}"))
-            continue
-        seen.setdefault(sha, item.path)
-        kept.append(replace(item, sha256=sha))
-        if vector is None:
-            vectors.append(previous[sha])
-            reused += 1
-        else:
-            vectors.append(vector)
-            embedded += 1
-    matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
-    return Embedded(items=kept, vectors=matrix, skipped=skipped, embedded=embedded, reused=reused)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import Backbone
-from .files import fsync_dir, write_atomic
+from ..backbones import Backbone
+from ..files import fsync_dir, write_atomic
 
 #: A shard is written at least this often while vectors are coming in (seconds).
 CHECKPOINT_SECONDS = 30.0
