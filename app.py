@@ -8,14 +8,19 @@ import functools
 import html
 import logging
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from fastapi import HTTPException
+from gradio.route_utils import MultiPartException
+from gradio.utils import get_upload_folder
 from PIL import Image
+from starlette.middleware import Middleware
 
-from recommender import RecommenderError, load_image
+from recommender import RecommenderError, guard, load_image
 from recommender.errors import BuildStopped, WebSearchUnavailable
 from recommender.explain import HOVER_SCRIPT, SimilarityMatrix, catalog_heatmap, explain, map_figure
 from recommender.memory import keep_freed_buffers, limit_malloc_arenas
@@ -28,12 +33,28 @@ from recommender.websearch import search_media
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
 THUMBNAIL = 256
-MAX_UPLOAD = "10mb"
+#: Layers an editor value may have (ours has none; Gradio would grow a list to any index a client names).
+EDITOR_LAYERS = 4
 log = logging.getLogger("recommender.app")
 
 
+def uploaded(path: str | None) -> str | None:
+    """A path a client sent, if it is a file Gradio stored for an upload (its cache); otherwise refused.
+
+    Gradio checks its upload folder only for file objects that carry `meta`; without it the path
+    would reach the library as given (/etc/passwd, /dev/zero, any picture on the server). The same
+    message answers every refused path, whether or not something is there.
+    """
+    if path is None:
+        return None
+    stored = guard.stored_file(path, get_upload_folder())
+    if stored is None:
+        raise gr.Error(guard.NOT_UPLOADED, print_exception=False)
+    return str(stored)
+
+
 def raw_uploads(image: gr.Image) -> gr.Image:
-    """Make a gr.Image hand the raw upload (a path, or bytes) to the library.
+    """Make a gr.Image hand the raw upload (a stored upload's path, or bytes) to the library.
 
     Gradio's own preprocessing opens the file with Pillow and fails with a generic message on
     garbage; the library's loader says what is wrong instead. (Overriding on the instance, not
@@ -48,10 +69,44 @@ def raw_uploads(image: gr.Image) -> gr.Image:
                 return base64.b64decode(payload.url.split(",", 1)[1], validate=False)
             except (ValueError, IndexError):
                 raise gr.Error("The picture could not be decoded (bad data URL).") from None
-        return payload.path
+        return uploaded(payload.path)
 
     image.preprocess = preprocess  # type: ignore[method-assign]
     return image
+
+
+def raw_crops(editor: gr.ImageEditor) -> gr.ImageEditor:
+    """Make a gr.ImageEditor hand only its composite, raw (bytes, or a stored upload's path), to the library.
+
+    Gradio would decode the background, every layer and the composite with Pillow, unbounded,
+    before the callback runs; the library's loader bounds decoding. The blobs the page sends
+    (`accept_blobs`, kept in memory until the event that uses them) are limited to a few layers and
+    the most recent few editors.
+    """
+
+    def preprocess(payload: Any) -> dict[str, Any] | None:
+        if payload is None:
+            return None
+        blobs = editor.blob_storage.pop(payload.id, None) if payload.id is not None else None
+        composite = blobs.composite if blobs is not None else payload.composite
+        if composite is not None and not isinstance(composite, bytes):
+            composite = uploaded(composite.path)
+        return {"composite": composite}
+
+    accept = editor.accept_blobs
+
+    @functools.wraps(accept)
+    def accept_blobs(data: Any) -> Any:
+        index = data.data.get("index")
+        if index not in (None, "", "null") and not (str(index).isdigit() and int(index) < EDITOR_LAYERS):
+            raise HTTPException(status_code=400, detail=f"An editor has at most {EDITOR_LAYERS} layers.")
+        return accept(data)
+
+    accept_blobs._is_server_fn = True  # type: ignore[attr-defined]  # what Gradio's @server marks
+    editor.preprocess = preprocess  # type: ignore[method-assign]
+    editor.accept_blobs = accept_blobs  # type: ignore[method-assign]
+    editor.blob_storage = guard.Recent(32)  # type: ignore[assignment]
+    return editor
 
 
 def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
@@ -74,6 +129,69 @@ def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
         move = getattr(block, "async_move_resource_to_block_cache", None)
         if move is not None:
             block.async_move_resource_to_block_cache = refusing(move)  # type: ignore[method-assign]
+    return demo
+
+
+def share_work(demo: gr.Blocks, limits: guard.Limits) -> gr.Blocks:
+    """Per-visitor caps and a fair order in Gradio's queue (the policy is `guard.Share`).
+
+    Three methods of the queue are wrapped (gradio/queueing.py, 6.x): `push`, which every route
+    that starts an event calls (queue/join, call/<api>), refuses a visitor over its caps with 429
+    before the event exists; `get_events`, which the queue's loop calls for the next event to run,
+    picks fairly instead of first come first served; `process_events`, which runs the picked
+    event, tells the policy when it ends (done, failed or cancelled), for the time it took. Counts
+    are read from the queue's own lists (each EventQueue.queue waiting, `active_jobs` running), so
+    an event that ends or is cancelled before it runs stops counting with no bookkeeping here.
+    """
+    queue = demo._queue
+    share = guard.Share(limits)
+    push, get_events, process_events = queue.push, queue.get_events, queue.process_events
+
+    def visitor(session: str | None, request: Any) -> guard.Client:
+        return guard.Client(session or "", request.client.host if request is not None and request.client else "")
+
+    def waiting() -> list[guard.Client]:
+        return [visitor(e.session_hash, e.request) for q in queue.event_queue_per_concurrency_id.values()
+                for e in q.queue]
+
+    def running() -> dict[str, guard.Client]:
+        return {e._id: visitor(e.session_hash, e.request) for job in queue.active_jobs if job for e in job}
+
+    async def admitted(body: Any, request: Any, username: str | None) -> Any:
+        refusal = share.admit(visitor(body.session_hash, request), [*waiting(), *running().values()])
+        if refusal:
+            raise HTTPException(status_code=429, detail=refusal, headers={"Retry-After": "2"})
+        return await push(body=body, request=request, username=username)
+
+    def fair_next() -> Any:
+        busy, asking = running(), waiting()
+        ids = list(queue.event_queue_per_concurrency_id)
+        random.shuffle(ids)  # as Gradio does, so that no event type goes first by its place
+        for concurrency_id in ids:
+            line = queue.event_queue_per_concurrency_id[concurrency_id]
+            if not line.queue or (line.concurrency_limit is not None
+                                  and line.current_concurrency >= line.concurrency_limit):
+                continue
+            if line.queue[0].fn.batch:  # none here; batches keep Gradio's own order
+                return get_events()
+            at = share.pick([visitor(e.session_hash, e.request) for e in line.queue], busy, asking=asking)
+            if at is None:
+                continue
+            event = line.queue.pop(at)
+            share.started(event._id, visitor(event.session_hash, event.request))
+            return [event], False, concurrency_id
+        return None
+
+    async def timed(events: list[Any], *args: Any) -> None:
+        try:
+            await process_events(events, *args)
+        finally:  # done, failed or cancelled
+            for event in events:
+                share.finished(event._id)
+
+    queue.push = admitted  # type: ignore[method-assign]
+    queue.get_events = fair_next  # type: ignore[method-assign]
+    queue.process_events = timed  # type: ignore[method-assign]
     return demo
 
 
@@ -224,9 +342,9 @@ def build_ui(service: Service) -> gr.Blocks:
                     search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
                     with gr.Accordion("Search a part of the picture", open=False):
                         # Filled with the query after each answer; no uploads here, so it only holds good pictures.
-                        editor = gr.ImageEditor(type="pil", sources=(), transforms=("crop",), brush=False,
-                                                eraser=False, layers=False, label="Crop, then search",
-                                                format="png", elem_id="crop")  # lossless: same pixels
+                        editor = raw_crops(gr.ImageEditor(type="pil", sources=(), transforms=("crop",), brush=False,
+                                                          eraser=False, layers=False, label="Crop, then search",
+                                                          format="png", elem_id="crop"))  # lossless: same pixels
                         crop_search = gr.Button("Search this part", elem_id="crop-search")
                     if examples:
                         gr.Examples(examples=examples, inputs=query, label="Examples")
@@ -288,7 +406,7 @@ def build_ui(service: Service) -> gr.Blocks:
             part = (value or {}).get("composite")
             if part is None:
                 raise gr.Error("Search a picture first, then crop it here.")
-            return answer(part, k, index_name, request)
+            return answer(load_image(part, name="your crop"), k, index_name, request)
 
         @user_errors
         def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
@@ -450,11 +568,24 @@ def main(argv: list[str] | None = None) -> None:
     service = Service()
     service.sweep_every(min(300.0, service.limits.ttl / 4))
     log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
+    workers = max(1, (os.cpu_count() or 2) // 2)
+    limits = guard.Limits.from_env(workers=workers)
+    trusted = guard.forwarded_allow_ips(os.environ)
+    if trusted:  # read by uvicorn when launch() starts it
+        os.environ["FORWARDED_ALLOW_IPS"] = trusted
+    # Gradio recomputes a pandas summary of up to 10,000 past events after every event, for its
+    # /monitoring page (unused here): 30-50 ms of CPU each, more than an answer costs.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     demo = build_ui(service)
-    demo.queue(default_concurrency_limit=max(1, (os.cpu_count() or 2) // 2), max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
+    # api_open=False: no event runs outside the queue (Gradio opens /run/<api> off Spaces).
+    demo.queue(default_concurrency_limit=workers, max_size=limits.queue_size, api_open=False)
+    share_work(demo, limits)
+    edge = Middleware(guard.EdgeGuard, limits=limits, refuse=MultiPartException)  # type: ignore[arg-type]
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=limits.upload_bytes,
                 head=f"<script>{HOVER_SCRIPT.replace('ROOT', repr('#catalog-map'))}</script>",
-                allowed_paths=[str(EXAMPLES)], show_error=True)
+                allowed_paths=[str(EXAMPLES)], show_error=True, state_session_capacity=limits.sessions,
+                app_kwargs={"middleware": [edge]})
 
 
 if __name__ == "__main__":
