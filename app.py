@@ -11,6 +11,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -20,19 +21,19 @@ from gradio.utils import get_upload_folder
 from PIL import Image
 from starlette.middleware import Middleware
 
-from recommender import RecommenderError, guard, load_image
+from recommender import RecommenderError, guard
 from recommender.errors import BuildStopped, WebSearchUnavailable
-from recommender.explain import HOVER_SCRIPT, SimilarityMatrix, catalog_heatmap, explain, map_figure
+from recommender.explain import HOVER_SCRIPT
 from recommender.memory import keep_freed_buffers, limit_malloc_arenas
-from recommender.recommend import embed_query
+from recommender.recommend import Identification
 from recommender.service import Service
+from recommender.session import Feedback, Shown, Visit
 from recommender.settings import gradio_cache_seconds
 from recommender.uploads import UPLOAD
-from recommender.websearch import search_media
+from recommender.websearch import Link
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
-THUMBNAIL = 256
 #: Layers an editor value may have (ours has none; Gradio would grow a list to any index a client names).
 EDITOR_LAYERS = 4
 log = logging.getLogger("recommender.app")
@@ -132,6 +133,16 @@ def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
     return demo
 
 
+def visitor(session: str | None, request: Any) -> guard.Client:
+    """Who sent an event, as the queue's policy counts visitors: its session and its network address."""
+    return guard.Client(session or "", request.client.host if request is not None and request.client else "")
+
+
+def _has_room(line: Any) -> bool:
+    """Whether one of Gradio's event queues may start another event now (its concurrency limit)."""
+    return line.concurrency_limit is None or line.current_concurrency < line.concurrency_limit
+
+
 def share_work(demo: gr.Blocks, limits: guard.Limits) -> gr.Blocks:
     """Per-visitor caps and a fair order in Gradio's queue (the policy is `guard.Share`).
 
@@ -146,9 +157,6 @@ def share_work(demo: gr.Blocks, limits: guard.Limits) -> gr.Blocks:
     queue = demo._queue
     share = guard.Share(limits)
     push, get_events, process_events = queue.push, queue.get_events, queue.process_events
-
-    def visitor(session: str | None, request: Any) -> guard.Client:
-        return guard.Client(session or "", request.client.host if request is not None and request.client else "")
 
     def waiting() -> list[guard.Client]:
         return [visitor(e.session_hash, e.request) for q in queue.event_queue_per_concurrency_id.values()
@@ -169,8 +177,7 @@ def share_work(demo: gr.Blocks, limits: guard.Limits) -> gr.Blocks:
         random.shuffle(ids)  # as Gradio does, so that no event type goes first by its place
         for concurrency_id in ids:
             line = queue.event_queue_per_concurrency_id[concurrency_id]
-            if not line.queue or (line.concurrency_limit is not None
-                                  and line.current_concurrency >= line.concurrency_limit):
+            if not line.queue or not _has_room(line):
                 continue
             if line.queue[0].fn.batch:  # none here; batches keep Gradio's own order
                 return get_events()
@@ -195,13 +202,10 @@ def share_work(demo: gr.Blocks, limits: guard.Limits) -> gr.Blocks:
     return demo
 
 
-def title_of(match: dict[str, Any]) -> str:
-    """A look-alike's name and score, as the selection line shows them."""
-    return f"**{match['label']}** · {match['score']:.2f}"
-
-
-def upload_name(image: str | bytes) -> str:
+def upload_name(image: str | bytes | Image.Image) -> str:
     """What to call an upload in messages: its own file name (Gradio keeps it), not the server's temp path."""
+    if isinstance(image, Image.Image):
+        return "your crop"
     return Path(image).name if isinstance(image, str) else "upload"
 
 
@@ -224,18 +228,22 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def links_html(label: str | None, domain: str | None) -> str:
-    """Related media for a recognised name as HTML: thumbnails the browser loads, links open in a new tab.
+def service_of(request: gr.Request) -> Service:
+    """The app's `Service`: kept on the Blocks that serves the request (`build_ui` puts it there)."""
+    return request.request.app.get_blocks().service  # type: ignore[union-attr]
 
-    The server never fetches the remote pages or pictures; a web that cannot be reached is one line.
+
+def links_html(label: str | None, found: tuple[list[Link], list[Link]] | str) -> str:
+    """Related media as HTML: thumbnails the browser loads, links open in a new tab; or why there are none.
+
+    `found` is (images, pages), or the one line saying why the web cannot be searched. The server
+    never fetches the remote pages or pictures; every remote string is escaped.
     """
     if not label:
         return "<p class='links-note'>No name was recognised, so there is nothing to search the web for.</p>"
-    try:
-        images = search_media(label, kind="image", limit=6, domain=domain or "")
-        pages = search_media(label, kind="page", limit=6, domain=domain or "")
-    except WebSearchUnavailable as exc:
-        return f"<p class='links-note' id='links-offline'>Related media unavailable: {html.escape(str(exc))}</p>"
+    if isinstance(found, str):
+        return f"<p class='links-note' id='links-offline'>Related media unavailable: {html.escape(found)}</p>"
+    images, pages = found
     a = 'target="_blank" rel="noopener noreferrer"'
     thumbs = "".join(
         f'<a href="{html.escape(link.url)}" {a} title="{html.escape(link.title)}">'
@@ -252,14 +260,334 @@ def links_html(label: str | None, domain: str | None) -> str:
     return f"<div id='links'><div>{thumbs}</div><ul>{items}</ul></div>"
 
 
-def similarity_picture(index: Any, features: str) -> SimilarityMatrix:
-    """The catalog heatmap, drawn once per index version and feature count."""
-    return _similarity_picture(index, features, index.version)
+def answer_text(result: Identification, visit: Visit, index_name: str, crop: Image.Image | None) -> str:
+    """The answer as Markdown: the headline, then how it was decided."""
+    detail = (f"Score {result.score:.3f}; pictures scoring at least {result.threshold:.2f} count as in the "
+              f"catalog (calibrated on **{index_name}**).")
+    if result.named_with:
+        detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
+    if crop is not None:
+        detail += f" Searched the part you cropped ({crop.width}×{crop.height} px)."
+    if visit.liked or visit.disliked:
+        detail += f" Steered by your feedback: {len(visit.liked)} more like, {len(visit.disliked)} less like."
+    return f"### {result.message}\n\n{detail}"
 
 
-@functools.lru_cache(maxsize=16)
-def _similarity_picture(index: Any, features: str, version: str) -> SimilarityMatrix:
-    return catalog_heatmap(index, features=features)
+# ===================================================================================== callbacks
+# Each is an event handler; the visitor's state comes in as a `Visit`, anything a client sends is
+# checked by the library (index references are looked up through the asking session).
+
+
+def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
+    """Ask `visit`'s question and lay the answer out: (message, another picture, gallery, scores, next visit)."""
+    service = service_of(request)
+    query = visit.query
+    assert query is not None
+    visit, result = service.ask(visit, session=request.session_hash, k=int(k), name=upload_name(query))
+    index = service.index(visit.index, session=request.session_hash)
+    another = service.thumbnail(result.another_image) if result.another_image else None
+    gallery = [(service.thumbnail(m.path), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
+    scores = {f"{m.rank}. {m.label or m.item.id}": max(0.0, m.score) for m in result.matches}
+    crop = query if isinstance(query, Image.Image) else None
+    return answer_text(result, visit, index.name, crop), another, gallery, scores, visit
+
+
+@user_errors
+def answer(image: str | bytes | None, k: int, index_name: str | None, visit: Visit,
+           request: gr.Request) -> tuple[Any, ...]:
+    if image is None:
+        raise gr.Error("Upload, paste or take a picture first.")
+    return respond(visit.asking(image, index_name), request, k)
+
+
+@user_errors
+def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None, visit: Visit,
+                request: gr.Request) -> tuple[Any, ...]:
+    part = (value or {}).get("composite")
+    if part is None:
+        raise gr.Error("Search a picture first, then crop it here.")
+    crop = service_of(request).picture(part, name="your crop", max_side=None)
+    return respond(visit.asking(crop, index_name), request, k)
+
+
+@user_errors
+def search_with(chosen: Shown | None, k: int, index_name: str | None, visit: Visit,
+                request: gr.Request) -> tuple[Any, ...]:
+    if chosen is None:
+        raise gr.Error("Click a look-alike first.")
+    return (service_of(request).thumbnail(chosen.path), *respond(visit.asking(chosen.path, index_name), request, k))
+
+
+def steer(kind: Feedback) -> Callable[..., tuple[Any, ...]]:
+    """The handler of a feedback button: the same question again, steered (`Visit.steered`)."""
+
+    @user_errors
+    def steer(visit: Visit, chosen: Shown | None, k: int, request: gr.Request) -> tuple[Any, ...]:
+        if not visit.asked:
+            raise gr.Error("Search a picture first.")
+        if kind != "reset" and chosen is None:
+            raise gr.Error("Click a look-alike first.")
+        return respond(visit.steered(kind, chosen.id if chosen else None), request, k)
+
+    return steer
+
+
+@user_errors
+def pick(visit: Visit, evt: gr.SelectData) -> tuple[Any, ...]:
+    # Instant, so that 👍/👎 clicked right after apply to this item; the overlay follows.
+    chosen = visit.shown(evt.index)
+    return chosen.title, None, chosen
+
+
+@user_errors
+def where(visit: Visit, chosen: Shown | None, request: gr.Request) -> tuple[Any, ...]:
+    if chosen is None:
+        return gr.skip(), None
+    shown = service_of(request).explain_match(visit, chosen.id, session=request.session_hash)
+    if shown is None:
+        return f"{chosen.title} (this backbone has no spatial features to show where)", None
+    return f"{chosen.title}: warm colours mark the regions that match", shown
+
+
+def related(visit: Visit, request: gr.Request) -> str:
+    if not visit.label:
+        return links_html(None, "")
+    try:
+        found: tuple[list[Link], list[Link]] | str = service_of(request).related(
+            visit.label, visit.index, session=request.session_hash)
+    except WebSearchUnavailable as exc:
+        found = str(exc)
+    return links_html(visit.label, found)
+
+
+def to_editor(visit: Visit, request: gr.Request) -> Image.Image | None:
+    if visit.query is None:
+        return gr.skip()
+    return service_of(request).picture(visit.query, max_side=1024)
+
+
+@user_errors
+def draw_matrix(count: str, index_name: str | None, request: gr.Request) -> tuple[Any, ...]:
+    service = service_of(request)
+    drawn = service.similarity(index_name, session=request.session_hash, features=count)
+    name = service.index(index_name, session=request.session_hash).name
+    return drawn.image, f"**{name}**: {len(drawn.labels)} items, similarities on {drawn.description}."
+
+
+@user_errors
+def plot_map(column: str, index_name: str | None, visit: Visit, request: gr.Request) -> Any:
+    return service_of(request).catalog_figure(index_name, session=request.session_hash, color_by=column,
+                                              visit=visit)
+
+
+def columns(index_name: str | None, request: gr.Request) -> Any:
+    names = service_of(request).columns(index_name, session=request.session_hash)
+    return gr.Dropdown(choices=names, value="view" if "view" in names else "label")
+
+
+@user_errors
+def choose(name: str, request: gr.Request) -> tuple[Any, ...]:
+    # The reference itself, checked here: a session's upload is only found among its own.
+    service = service_of(request)
+    index = service.index(name, session=request.session_hash)
+    return (None if index is service.default else name), service.status(index)
+
+
+def listing(request: gr.Request) -> Any:
+    return gr.Dropdown(choices=service_of(request).choices(request.session_hash))
+
+
+@user_errors
+def build_upload(archive: str | None, name: str, request: gr.Request,
+                 progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+                 ) -> tuple[Any, ...]:
+    if not archive:
+        raise gr.Error("Choose a zip file first.")
+    service, session = service_of(request), request.session_hash
+    try:
+        report = service.build_upload(archive, name, session=session, client_gone=client_gone())
+    except BuildStopped as exc:
+        log.info("a web build of %r stopped: %s", name, exc)
+        raise
+    lines = [f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in "
+             f"{report.seconds:.1f} s."]
+    if report.skipped:
+        lines.append(f"\n{len(report.skipped)} skipped:")
+        lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
+        if len(report.skipped) > 20:
+            lines.append(f"- ... and {len(report.skipped) - 20} more")
+    return "\n".join(lines), gr.Dropdown(choices=service.choices(session), value=UPLOAD + report.name)
+
+
+def closed(request: gr.Request) -> None:
+    service_of(request).close_session(request.session_hash)  # the page is gone: so are its uploads
+
+
+@user_errors
+def identify_api(image: str | None, request: gr.Request) -> str:
+    """Identify a picture against the default catalog; returns the answer as text."""
+    if not image:
+        raise gr.Error("No picture given.")
+    return service_of(request).identify(image, name=upload_name(image)).message
+
+
+# ===================================================================================== layout
+
+
+class Page(SimpleNamespace):
+    """The page's components by name, as the layout builders make them and the wiring connects them."""
+
+    def add(self, **components: Any) -> None:
+        self.__dict__.update(components)
+
+
+def query_column(page: Page, examples: list[str]) -> None:
+    """The question: the picture, how many look-alikes, the search button, a crop, examples."""
+    query = raw_uploads(gr.Image(label="Your picture", sources=["upload", "clipboard", "webcam"],
+                                 type="filepath", height=320, elem_id="query"))
+    k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
+    search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
+    with gr.Accordion("Search a part of the picture", open=False):
+        # Filled with the query after each answer; no uploads here, so it only holds good pictures.
+        editor = raw_crops(gr.ImageEditor(type="pil", sources=(), transforms=("crop",), brush=False,
+                                          eraser=False, layers=False, label="Crop, then search",
+                                          format="png", elem_id="crop"))  # lossless: same pixels
+        crop_search = gr.Button("Search this part", elem_id="crop-search")
+    if examples:
+        gr.Examples(examples=examples, inputs=query, label="Examples")
+    page.add(query=query, k=k, search=search, editor=editor, crop_search=crop_search)
+
+
+def answer_column(page: Page) -> None:
+    """The answer: the message, another picture of it, scores, look-alikes, feedback, the overlay, links."""
+    message = gr.Markdown(elem_id="answer")
+    with gr.Row():
+        another = gr.Image(label="Another picture of it", interactive=False, height=220, elem_id="another")
+        scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
+    gallery = gr.Gallery(label="Look-alikes (click one)", columns=4, height="auto", allow_preview=False,
+                         elem_id="gallery")
+    with gr.Row():
+        selected = gr.Markdown("Click a look-alike to see where it matches your picture.", elem_id="selected")
+    with gr.Row():
+        like = gr.Button("👍 More like this", elem_id="like", size="sm")
+        dislike = gr.Button("👎 Less like this", elem_id="dislike", size="sm")
+        reset = gr.Button("Reset feedback", elem_id="reset", size="sm")
+        more = gr.Button("Search with this one", elem_id="more", size="sm")
+    overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
+    gr.Markdown("#### Related on the web")
+    links = gr.HTML(elem_id="related")
+    page.add(message=message, another=another, scores=scores, gallery=gallery, selected=selected, like=like,
+             dislike=dislike, reset=reset, more=more, overlay=overlay, links=links)
+
+
+def catalog_tab(page: Page) -> None:
+    """The catalog: its similarity matrix on a chosen number of features, and its map."""
+    with gr.Tab("Catalog") as tab:
+        gr.Markdown("How alike the catalog's items are: cosine similarities of a representative set, ordered "
+                    "so that look-alikes form blocks. With fewer features (principal components of the whole "
+                    "catalog) only the broadest traits count; with all of them, the full picture.")
+        features = gr.Radio(["1", "5", "10", "all"], value="all", label="Features", elem_id="features")
+        matrix_note = gr.Markdown(elem_id="matrix-note")
+        matrix = gr.Image(label="Similarity matrix", interactive=False, elem_id="matrix")
+        gr.Markdown("#### The catalog map\nEvery item placed by the catalog's two main axes of variation; "
+                    "your last picture is the star. Hover a point to see it.")
+        with gr.Row():
+            color_by = gr.Dropdown(["label"], value="label", label="Colour by", elem_id="color-by")
+            draw_map = gr.Button("Draw the map", elem_id="draw-map")
+        catalog_plot = gr.Plot(label="Catalog map", elem_id="catalog-map")
+    page.add(catalog_tab=tab, features=features, matrix_note=matrix_note, matrix=matrix, color_by=color_by,
+             draw_map=draw_map, catalog_plot=catalog_plot)
+
+
+def own_catalog_tab(page: Page, service: Service) -> None:
+    """Another index to search, or a zip of pictures to build one from."""
+    with gr.Tab("Your own catalog"):
+        gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
+                    "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
+        with gr.Row():
+            chooser = gr.Dropdown(choices=service.choices(), value=service.default.name, label="Index to search",
+                                  allow_custom_value=False, elem_id="chooser")
+            refresh = gr.Button("Refresh list")
+        with gr.Row():
+            upload = gr.File(label="Zip of pictures", file_types=[".zip"], elem_id="upload")
+            new_name = gr.Textbox(label="Name of the new index", value="my-catalog", elem_id="new-name")
+        build = gr.Button("Build index", elem_id="build")
+        build_report = gr.Markdown(elem_id="build-report")
+    page.add(chooser=chooser, refresh=refresh, upload=upload, new_name=new_name, build=build,
+             build_report=build_report)
+
+
+def wire_searches(page: Page) -> None:
+    """Every way of asking (search, upload, crop, more like this, feedback), each followed by links."""
+    p = page
+    outputs = [p.message, p.another, p.gallery, p.scores, p.visit]
+    searches = [
+        (p.search.click, answer, [p.query, p.k, p.index_state, p.visit], outputs),
+        (p.query.upload, answer, [p.query, p.k, p.index_state, p.visit], outputs),
+        (p.crop_search.click, answer_part, [p.editor, p.k, p.index_state, p.visit], outputs),
+        (p.more.click, search_with, [p.chosen, p.k, p.index_state, p.visit], [p.query, *outputs]),
+        (p.like.click, steer("like"), [p.visit, p.chosen, p.k], outputs),
+        (p.dislike.click, steer("dislike"), [p.visit, p.chosen, p.k], outputs),
+        (p.reset.click, steer("reset"), [p.visit, p.chosen, p.k], outputs),
+    ]
+    for event, fn, inputs, outs in searches:
+        # Links come after the answer, so the answer never waits for the web.
+        done = event(fn, inputs=inputs, outputs=outs, api_visibility="private")
+        done.success(related, inputs=p.visit, outputs=p.links, api_visibility="private")
+        if fn in (answer, search_with):
+            done.success(to_editor, inputs=p.visit, outputs=p.editor, api_visibility="private")
+    p.gallery.select(pick, inputs=p.visit, outputs=[p.selected, p.overlay, p.chosen], api_visibility="private",
+                     show_progress="hidden").then(where, inputs=[p.visit, p.chosen], outputs=[p.selected, p.overlay],
+                                                  show_progress_on=p.overlay, api_visibility="private")
+
+
+def wire_catalogs(page: Page) -> None:
+    """The catalog tab's figures, the chooser, and web builds."""
+    p = page
+    p.catalog_tab.select(columns, inputs=p.index_state, outputs=p.color_by, api_visibility="private")
+    p.draw_map.click(plot_map, inputs=[p.color_by, p.index_state, p.visit], outputs=p.catalog_plot,
+                     api_visibility="private")
+    for event in (p.catalog_tab.select, p.features.change):
+        event(draw_matrix, inputs=[p.features, p.index_state], outputs=[p.matrix, p.matrix_note],
+              api_visibility="private")
+    p.chooser.change(choose, inputs=p.chooser, outputs=[p.index_state, p.status], api_visibility="private")
+    p.refresh.click(listing, outputs=p.chooser, api_visibility="private")
+    # Builds queue apart from searches (one at a time, whoever asks), so that a search never waits for one.
+    p.build.click(build_upload, inputs=[p.upload, p.new_name], outputs=[p.build_report, p.chooser],
+                  api_visibility="private", concurrency_id="build", concurrency_limit=1)
+
+
+def build_ui(service: Service) -> gr.Blocks:
+    """The page: query and answer, look-alikes, the catalog, and the user's own catalogs."""
+    examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    page = Page()
+    # Files Gradio stored for requests (uploads, pictures it served) go once this old, looked for every tenth of it.
+    cache_age = gradio_cache_seconds()
+    with gr.Blocks(title="Look-alike: a visual recommender",
+                   delete_cache=(max(1, min(600, cache_age // 10)), cache_age)) as demo:
+        page.add(index_state=gr.State(None),  # the index this session searches; None = the default catalog
+                 visit=gr.State(Visit()),  # the question, its answer and the feedback (`session.Visit`)
+                 chosen=gr.State(None))  # the look-alike clicked last (`session.Shown`)
+        gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
+        page.add(status=gr.Markdown(service.status()))
+        if service.choice.notice:
+            gr.Markdown(f"> **Offline mode.** {service.choice.notice}", elem_id="notice")
+        with gr.Tab("Look-alikes"), gr.Row():
+            with gr.Column(scale=1):
+                query_column(page, examples)
+            with gr.Column(scale=2):
+                answer_column(page)
+        catalog_tab(page)
+        own_catalog_tab(page, service)
+        wire_searches(page)
+        wire_catalogs(page)
+        demo.unload(closed)
+        # The named API: one picture in, the answer's text out (its first words name what it is).
+        api_image = raw_uploads(gr.Image(type="filepath", visible=False))
+        api_text = gr.Textbox(visible=False)
+        api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
+    demo.service = service  # type: ignore[attr-defined]  # what `service_of` finds for every request
+    return refuse_url_inputs(demo)
 
 
 def client_gone() -> Callable[[], bool]:
@@ -283,277 +611,6 @@ def client_gone() -> Callable[[], bool]:
         return event is None or not event.alive
 
     return gone
-
-
-@functools.lru_cache(maxsize=512)
-def thumbnail(path: str) -> Image.Image:
-    """A small copy of a catalog picture: served from Gradio's cache, never from the catalog's folder."""
-    return load_image(path, max_side=THUMBNAIL)  # a huge catalog picture is decoded small, within the memory budget
-
-
-def build_ui(service: Service) -> gr.Blocks:
-    """The page: query and answer, look-alikes, the catalog, and the user's own catalogs."""
-    examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-
-    @user_errors
-    def answer(image: str | bytes | Image.Image | None, k: int, index_name: str | None, request: gr.Request, *,
-               liked: list[str] | None = None, disliked: list[str] | None = None) -> tuple[Any, ...]:
-        if image is None:
-            raise gr.Error("Upload, paste or take a picture first.")
-        liked, disliked = liked or [], disliked or []
-        session = request.session_hash
-        result = service.identify(image, index=index_name, session=session, k=int(k), name=upload_name(image),
-                                  liked=liked, disliked=disliked)
-        index = service.index(index_name, session=session)
-        another = thumbnail(str(result.another_image)) if result.another_image else None
-        gallery = [(thumbnail(str(m.path)), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
-        scores = {f"{m.rank}. {m.label or m.item.id}": max(0.0, m.score) for m in result.matches}
-        headline = "### " + result.message
-        detail = (f"Score {result.score:.3f}; pictures scoring at least {result.threshold:.2f} count as in the "
-                  f"catalog (calibrated on **{index.name}**).")
-        if result.named_with:
-            detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
-        if isinstance(image, Image.Image):
-            detail += f" Searched the part you cropped ({image.width}×{image.height} px)."
-        if liked or disliked:
-            detail += f" Steered by your feedback: {len(liked)} more like, {len(disliked)} less like."
-        state = {"query": image, "index": index_name or index.name, "label": result.label, "liked": liked,
-                 "disliked": disliked,
-                 "matches": [{"id": m.item.id, "path": str(m.path), "label": m.label or m.item.id, "score": m.score}
-                             for m in result.matches]}
-        return f"{headline}\n\n{detail}", another, gallery, scores, state
-
-    # Files Gradio stored for requests (uploads, pictures it served) go once this old, looked for every tenth of it.
-    cache_age = gradio_cache_seconds()
-    with gr.Blocks(title="Look-alike: a visual recommender",
-                   delete_cache=(max(1, min(600, cache_age // 10)), cache_age)) as demo:
-        index_state = gr.State(None)  # the index this session searches; None = the default catalog
-        result_state = gr.State({})
-        gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
-        status = gr.Markdown(service.status())
-        if service.choice.notice:
-            gr.Markdown(f"> **Offline mode.** {service.choice.notice}", elem_id="notice")
-        with gr.Tab("Look-alikes"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    query = raw_uploads(gr.Image(label="Your picture", sources=["upload", "clipboard", "webcam"],
-                                                 type="filepath", height=320, elem_id="query"))
-                    k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
-                    search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
-                    with gr.Accordion("Search a part of the picture", open=False):
-                        # Filled with the query after each answer; no uploads here, so it only holds good pictures.
-                        editor = raw_crops(gr.ImageEditor(type="pil", sources=(), transforms=("crop",), brush=False,
-                                                          eraser=False, layers=False, label="Crop, then search",
-                                                          format="png", elem_id="crop"))  # lossless: same pixels
-                        crop_search = gr.Button("Search this part", elem_id="crop-search")
-                    if examples:
-                        gr.Examples(examples=examples, inputs=query, label="Examples")
-                with gr.Column(scale=2):
-                    message = gr.Markdown(elem_id="answer")
-                    with gr.Row():
-                        another = gr.Image(label="Another picture of it", interactive=False, height=220,
-                                           elem_id="another")
-                        scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
-                    gallery = gr.Gallery(label="Look-alikes (click one)", columns=4, height="auto",
-                                         allow_preview=False, elem_id="gallery")
-                    with gr.Row():
-                        selected = gr.Markdown("Click a look-alike to see where it matches your picture.",
-                                               elem_id="selected")
-                    with gr.Row():
-                        like = gr.Button("👍 More like this", elem_id="like", size="sm")
-                        dislike = gr.Button("👎 Less like this", elem_id="dislike", size="sm")
-                        reset = gr.Button("Reset feedback", elem_id="reset", size="sm")
-                        more = gr.Button("Search with this one", elem_id="more", size="sm")
-                    overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
-                    gr.Markdown("#### Related on the web")
-                    links = gr.HTML(elem_id="related")
-        with gr.Tab("Catalog") as catalog_tab:
-            gr.Markdown("How alike the catalog's items are: cosine similarities of a representative set, ordered "
-                        "so that look-alikes form blocks. With fewer features (principal components of the whole "
-                        "catalog) only the broadest traits count; with all of them, the full picture.")
-            features = gr.Radio(["1", "5", "10", "all"], value="all", label="Features", elem_id="features")
-            matrix_note = gr.Markdown(elem_id="matrix-note")
-            matrix = gr.Image(label="Similarity matrix", interactive=False, elem_id="matrix")
-            gr.Markdown("#### The catalog map\nEvery item placed by the catalog's two main axes of variation; "
-                        "your last picture is the star. Hover a point to see it.")
-            with gr.Row():
-                color_by = gr.Dropdown(["label"], value="label", label="Colour by", elem_id="color-by")
-                draw_map = gr.Button("Draw the map", elem_id="draw-map")
-            catalog_plot = gr.Plot(label="Catalog map", elem_id="catalog-map")
-        with gr.Tab("Your own catalog"):
-            gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
-                        "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
-            with gr.Row():
-                chooser = gr.Dropdown(choices=service.choices(), value=service.default.name, label="Index to search",
-                                      allow_custom_value=False, elem_id="chooser")
-                refresh = gr.Button("Refresh list")
-            with gr.Row():
-                upload = gr.File(label="Zip of pictures", file_types=[".zip"], elem_id="upload")
-                new_name = gr.Textbox(label="Name of the new index", value="my-catalog", elem_id="new-name")
-            build = gr.Button("Build index", elem_id="build")
-            build_report = gr.Markdown(elem_id="build-report")
-
-        def related(state: dict[str, Any], request: gr.Request) -> str:
-            index = service.index(state.get("index"), session=request.session_hash) if state else None
-            return links_html(state.get("label") if state else None, index.domain if index else None)
-
-        def to_editor(state: dict[str, Any]) -> Image.Image | None:
-            return load_image(state["query"], max_side=1024) if state.get("query") is not None else gr.skip()
-
-        @user_errors
-        def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None,
-                        request: gr.Request) -> tuple[Any, ...]:
-            part = (value or {}).get("composite")
-            if part is None:
-                raise gr.Error("Search a picture first, then crop it here.")
-            return answer(load_image(part, name="your crop"), k, index_name, request)
-
-        @user_errors
-        def pick(state: dict[str, Any], evt: gr.SelectData) -> tuple[Any, ...]:
-            # Instant, so that 👍/👎 clicked right after apply to this item; the overlay follows.
-            match = state["matches"][evt.index]
-            return title_of(match), None, match
-
-        @user_errors
-        def where(state: dict[str, Any], match: dict[str, Any] | None, request: gr.Request) -> tuple[Any, ...]:
-            if not match:
-                return gr.skip(), None
-            index = service.index(state["index"], session=request.session_hash)
-            backbone = service.backbone_for(index)
-            title = title_of(match)
-            if backbone.spatial_part is None:
-                return f"{title} (this backbone has no spatial features to show where)", None
-            shown = explain(state["query"], match["id"], index, backbone=backbone)
-            return f"{title}: warm colours mark the regions that match", shown.image
-
-        @user_errors
-        def search_with(match: dict[str, Any] | None, k: int, index_name: str | None,
-                        request: gr.Request) -> tuple[Any, ...]:
-            if not match:
-                raise gr.Error("Click a look-alike first.")
-            return (thumbnail(match["path"]), *answer(match["path"], k, index_name, request))
-
-        def feedback(kind: str) -> Callable[..., tuple[Any, ...]]:
-            @user_errors
-            def steer(state: dict[str, Any], match: dict[str, Any] | None, k: int,
-                      request: gr.Request) -> tuple[Any, ...]:
-                if not state or state.get("query") is None:
-                    raise gr.Error("Search a picture first.")
-                liked, disliked = [], []
-                if kind != "reset":
-                    if not match:
-                        raise gr.Error("Click a look-alike first.")
-                    # An item is liked or disliked, never both: the latest click wins.
-                    liked = [i for i in state.get("liked", []) if i != match["id"]]
-                    disliked = [i for i in state.get("disliked", []) if i != match["id"]]
-                    (liked if kind == "like" else disliked).append(match["id"])
-                return answer(state["query"], k, state["index"], request, liked=liked, disliked=disliked)
-
-            return steer
-
-        outputs = [message, another, gallery, scores, result_state]
-        chosen = gr.State(None)  # the look-alike clicked last
-        searches = [
-            (search.click, answer, [query, k, index_state], outputs),
-            (query.upload, answer, [query, k, index_state], outputs),
-            (crop_search.click, answer_part, [editor, k, index_state], outputs),
-            (more.click, search_with, [chosen, k, index_state], [query, *outputs]),
-            (like.click, feedback("like"), [result_state, chosen, k], outputs),
-            (dislike.click, feedback("dislike"), [result_state, chosen, k], outputs),
-            (reset.click, feedback("reset"), [result_state, chosen, k], outputs),
-        ]
-        for event, fn, inputs, outs in searches:
-            # Links come after the answer, so the answer never waits for the web.
-            done = event(fn, inputs=inputs, outputs=outs, api_visibility="private")
-            done.success(related, inputs=result_state, outputs=links, api_visibility="private")
-            if fn in (answer, search_with):
-                done.success(to_editor, inputs=result_state, outputs=editor, api_visibility="private")
-        gallery.select(pick, inputs=result_state, outputs=[selected, overlay, chosen], api_visibility="private",
-                       show_progress="hidden").then(where, inputs=[result_state, chosen], outputs=[selected, overlay],
-                                                    show_progress_on=overlay, api_visibility="private")
-
-        @user_errors
-        def draw_matrix(count: str, index_name: str | None, request: gr.Request) -> tuple[Any, ...]:
-            index = service.index(index_name, session=request.session_hash)
-            drawn = similarity_picture(index, count)
-            return drawn.image, f"**{index.name}**: {len(drawn.labels)} items, similarities on {drawn.description}."
-
-        @user_errors
-        def plot_map(column: str, index_name: str | None, state: dict[str, Any], request: gr.Request) -> Any:
-            index = service.index(index_name, session=request.session_hash)
-            query = None
-            if state and state.get("query") is not None and state.get("index") == (index_name or index.name):
-                query = embed_query(state["query"], index, backbone=service.backbone_for(index))
-            return map_figure(index, color_by=column or "label", query=query)
-
-        def columns(index_name: str | None, request: gr.Request) -> Any:
-            index = service.index(index_name, session=request.session_hash)
-            names = ["label", *sorted({k for item in index.items[:1000] for k in item.metadata})]
-            return gr.Dropdown(choices=names, value="view" if "view" in names else "label")
-
-        catalog_tab.select(columns, inputs=index_state, outputs=color_by, api_visibility="private")
-        draw_map.click(plot_map, inputs=[color_by, index_state, result_state], outputs=catalog_plot,
-                       api_visibility="private")
-
-        for event in (catalog_tab.select, features.change):
-            event(draw_matrix, inputs=[features, index_state], outputs=[matrix, matrix_note],
-                  api_visibility="private")
-
-        @user_errors
-        def choose(name: str, request: gr.Request) -> tuple[Any, ...]:
-            # The reference itself, checked here: a session's upload is only found among its own.
-            index = service.index(name, session=request.session_hash)
-            return (None if index is service.default else name), service.status(index)
-
-        def listing(request: gr.Request) -> Any:
-            return gr.Dropdown(choices=service.choices(request.session_hash))
-
-        chooser.change(choose, inputs=chooser, outputs=[index_state, status], api_visibility="private")
-        refresh.click(listing, outputs=chooser, api_visibility="private")
-
-        @user_errors
-        def build_upload(archive: str | None, name: str, request: gr.Request,
-                         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
-                         ) -> tuple[Any, ...]:
-            if not archive:
-                raise gr.Error("Choose a zip file first.")
-            session = request.session_hash
-            try:
-                report = service.build_upload(archive, name, session=session, client_gone=client_gone())
-            except BuildStopped as exc:
-                log.info("a web build of %r stopped: %s", name, exc)
-                raise
-            lines = [f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in "
-                     f"{report.seconds:.1f} s."]
-            if report.skipped:
-                lines.append(f"\n{len(report.skipped)} skipped:")
-                lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
-                if len(report.skipped) > 20:
-                    lines.append(f"- ... and {len(report.skipped) - 20} more")
-            return "\n".join(lines), gr.Dropdown(choices=service.choices(session), value=UPLOAD + report.name)
-
-        # Builds queue apart from searches (one at a time, whoever asks), so that a search never waits for one.
-        build.click(build_upload, inputs=[upload, new_name], outputs=[build_report, chooser], api_visibility="private",
-                    concurrency_id="build", concurrency_limit=1)
-
-        def closed(request: gr.Request) -> None:
-            service.close_session(request.session_hash)  # the page is gone: so are its uploads
-
-        demo.unload(closed)
-
-        # The named API: one picture in, the answer's text out (its first words name what it is).
-        api_image = raw_uploads(gr.Image(type="filepath", visible=False))
-        api_text = gr.Textbox(visible=False)
-
-        @user_errors
-        def identify_api(image: str | None) -> str:
-            """Identify a picture against the default catalog; returns the answer as text."""
-            if not image:
-                raise gr.Error("No picture given.")
-            return service.identify(image, name=upload_name(image)).message
-
-        api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
-    return refuse_url_inputs(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

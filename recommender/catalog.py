@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import codecs
-import contextlib
 import csv
+import hashlib
 import itertools
+import json
 import os
-import shutil
-import stat
-import zipfile
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from .errors import BuildStopped, CatalogError, LimitExceeded
+from .errors import CatalogError
 
 #: File name endings taken as pictures when a folder is scanned.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif")
@@ -64,6 +61,19 @@ class Catalog:
     @property
     def labeled(self) -> bool:
         return any(item.label is not None for item in self.items)
+
+    def fingerprint(self) -> str:
+        """A cheap identity of what the catalog holds: every item (id, path, label, metadata) and its file's
+        size and modification time, so that it changes when a row, a label or a picture does."""
+        digest = hashlib.sha256(f"{self.kind}\0{self.root}".encode())
+        for item in self.items:
+            try:
+                stat = (self.root / item.path).stat()
+                when = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                when = "missing"
+            digest.update(json.dumps([item.id, item.path, item.label, dict(item.metadata), when]).encode())
+        return "sha256:" + digest.hexdigest()[:16]
 
 
 def read_catalog(
@@ -201,24 +211,10 @@ def _read_csv(path: Path, *, image_column: str | None, label_column: str | None,
                     skipped.append(Skip(where, f"has {len(row)} fields but the header has {len(header)}"))
                     continue
                 record = {h: cell.strip() for h, cell in zip(header, row)}
-                image = record[image_col]
-                if not image:
-                    skipped.append(Skip(where, f"empty {image_col!r} cell"))
+                real, why = _row_picture(record[image_col], image_col, root, confined=confined)
+                if real is None:
+                    skipped.append(Skip(where, why))
                     continue
-                if "://" in image:
-                    skipped.append(Skip(where, f"{image}: URLs are not downloaded; list local files"))
-                    continue
-                file = (root / image).expanduser()
-                if confined and not _inside(file.resolve(), root):  # asked first: says nothing of what exists there
-                    skipped.append(Skip(where, f"{image}: outside the catalog's folder"))
-                    continue
-                if not file.is_file():
-                    skipped.append(Skip(where, f"{image}: no such file"))
-                    continue
-                if not is_image_file(file):
-                    skipped.append(Skip(where, f"{image}: not a picture file ({', '.join(IMAGE_SUFFIXES)})"))
-                    continue
-                real = file.resolve()
                 rel = Path(os.path.relpath(real, root)).as_posix()
                 item_id = record[id_col] if id_col and record[id_col] else rel
                 if item_id in seen:
@@ -238,6 +234,22 @@ def _read_csv(path: Path, *, image_column: str | None, label_column: str | None,
     root, items = _under_one_root(path, root, items, reals)
     columns = {"image": image_col, "label": label_col, "id": id_col}
     return Catalog(source=path, root=root, kind="csv", items=items, skipped=skipped, columns=columns)
+
+
+def _row_picture(image: str, column: str, root: Path, *, confined: bool) -> tuple[Path | None, str]:
+    """The picture a CSV row names (links followed), or None and why the row is skipped."""
+    if not image:
+        return None, f"empty {column!r} cell"
+    if "://" in image:
+        return None, f"{image}: URLs are not downloaded; list local files"
+    file = (root / image).expanduser()
+    if confined and not _inside(file.resolve(), root):  # asked first: says nothing of what exists there
+        return None, f"{image}: outside the catalog's folder"
+    if not file.is_file():
+        return None, f"{image}: no such file"
+    if not is_image_file(file):
+        return None, f"{image}: not a picture file ({', '.join(IMAGE_SUFFIXES)})"
+    return file.resolve(), ""
 
 
 def _under_one_root(path: Path, root: Path, items: list[Item], reals: list[Path]) -> tuple[Path, list[Item]]:
@@ -301,160 +313,3 @@ def _column(path: Path, header: list[str], given: str | None, candidates: tuple[
             f"name it with --{role}-column"
         )
     return None
-
-
-#: Limits on an uploaded archive: members, total unpacked bytes, and unpacked/packed ratio (zip bombs).
-ARCHIVE_MAX_MEMBERS = 50_000
-ARCHIVE_MAX_BYTES = 2 << 30
-ARCHIVE_MAX_RATIO = 200
-#: Members nested deeper than this many folders are skipped (a catalog needs two or three).
-ARCHIVE_MAX_DEPTH = 32
-# How many members are unpacked between two calls of `should_stop`.
-_STOP_EVERY = 64
-
-
-def unpacked_size(archive: str | os.PathLike) -> int:
-    """The bytes a zip says its members unpack to: the most `extract_archive` can write from it."""
-    with _open_zip(Path(archive)) as bundle:
-        return sum(m.file_size for m in bundle.infolist())
-
-
-def _open_zip(path: Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CatalogError(f"{path.name}: not a readable zip archive ({exc})") from None
-
-
-def extract_archive(
-    archive: str | os.PathLike,
-    dest: str | os.PathLike,
-    *,
-    max_bytes: int | None = None,
-    max_pictures: int | None = None,
-    max_rows: int | None = None,
-    should_stop: Callable[[], str | None] | None = None,
-) -> tuple[Path, list[Skip]]:
-    """Unpack a zip of pictures (class folders, a flat folder, or a CSV with its pictures) into `dest`.
-
-    Only picture files and CSVs are written, and only inside `dest`: members with absolute paths,
-    `..`, links, other special files or too many folders are skipped with a reason; a zip bomb
-    (too many members, too many bytes, or a suspicious compression ratio) is refused before
-    anything is written. The limits of a web upload raise `LimitExceeded`, also before anything
-    is written: `max_bytes` unpacked, `max_pictures` picture files; `max_rows` refuses a CSV with
-    more rows once it is unpacked. `should_stop` is asked between members; what it answers
-    (why to stop) is raised as `BuildStopped`. Returns the catalog source to index (the CSV if
-    there is exactly one, else the folder).
-    """
-    path, target = Path(archive), Path(dest).resolve()
-    skipped: list[Skip] = []
-    with _open_zip(path) as bundle:
-        members = bundle.infolist()
-        if len(members) > ARCHIVE_MAX_MEMBERS:
-            raise CatalogError(f"{path.name}: {len(members):,} files, more than the {ARCHIVE_MAX_MEMBERS:,} allowed")
-        total = sum(m.file_size for m in members)
-        packed = max(1, sum(m.compress_size for m in members))
-        if total > ARCHIVE_MAX_BYTES or (total / packed > ARCHIVE_MAX_RATIO and total > 64 << 20):
-            raise CatalogError(f"{path.name}: unpacks to {total / 1e6:,.0f} MB from {packed / 1e6:,.1f} MB; refused "
-                               "as a possible zip bomb")
-        if max_bytes is not None and total > max_bytes:
-            raise LimitExceeded(f"{path.name}: unpacks to {total / 1e6:,.1f} MB, more than the "
-                                f"{max_bytes / 1e6:,.0f} MB a web upload may hold")
-        pictures = sum(not m.is_dir() and not m.filename.startswith("__MACOSX/") and is_image_file(Path(m.filename))
-                       for m in members)
-        if max_pictures is not None and pictures > max_pictures:
-            raise LimitExceeded(f"{path.name}: {pictures:,} pictures, more than the {max_pictures:,} a web upload may "
-                                "hold; index larger catalogs from the command line")
-        target.mkdir(parents=True, exist_ok=True)
-        csvs: list[Path] = []
-        for number, member in enumerate(members):
-            if should_stop is not None and number % _STOP_EVERY == 0 and (reason := should_stop()):
-                raise BuildStopped(reason)
-            name = member.filename
-            if member.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
-                continue
-            mode = member.external_attr >> 16
-            parts = Path(name.replace("\\", "/")).parts
-            if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                skipped.append(Skip(_shown(name), "path leaves the archive's folder"))
-                continue
-            if len(parts) - 1 > ARCHIVE_MAX_DEPTH:  # pathlib's mkdir would recurse once per folder
-                skipped.append(Skip(_shown(name), f"nested {len(parts) - 1:,} folders deep, more than the "
-                                                  f"{ARCHIVE_MAX_DEPTH} allowed"))
-                continue
-            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # type bits unset: an ordinary file from most zippers
-                skipped.append(Skip(_shown(name), "a link or special file, not a regular file"))
-                continue
-            out = target.joinpath(*parts)
-            if not (is_image_file(out) or out.suffix.lower() == ".csv"):
-                skipped.append(Skip(_shown(name), "neither a picture nor a CSV"))
-                continue
-            if not _inside(out.resolve(), target):
-                skipped.append(Skip(_shown(name), "path leaves the archive's folder"))
-                continue
-            try:
-                # A name too long for the file system, or a file where a folder must go, fails here.
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                skipped.append(Skip(_shown(name), f"cannot be written here ({exc.strerror or exc})"))
-                continue
-            try:
-                # zipfile never returns more than the declared size, which the totals above bounded.
-                with bundle.open(member) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                out.unlink(missing_ok=True)
-                skipped.append(Skip(_shown(name), f"corrupt in the archive ({exc})"))
-                continue
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    out.unlink(missing_ok=True)
-                skipped.append(Skip(_shown(name), f"cannot be written here ({exc.strerror or exc})"))
-                continue
-            if out.suffix.lower() == ".csv":
-                if max_rows is not None and (lines := _count_lines(out)) > max_rows + 1:  # + the header
-                    raise LimitExceeded(f"{_shown(name)}: {lines - 1:,} rows, more than the {max_rows:,} a web upload "
-                                        "may list")
-                csvs.append(out)
-    if len(csvs) == 1:
-        return csvs[0], skipped
-    if len(csvs) > 1:
-        skipped.append(Skip(", ".join(p.name for p in csvs), "several CSVs: indexing the pictures as folders"))
-    return target, skipped
-
-
-def _shown(name: str, limit: int = 512) -> str:
-    """An archive member's name as reports show it: a very long one cut in the middle."""
-    return name if len(name) <= limit else f"{name[:limit // 2]}…{name[-limit // 4:]}"
-
-
-def _count_lines(path: Path) -> int:
-    """Lines in a text file, counted in blocks (a CSV row is at least one line)."""
-    count, last = 0, b"\n"
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            count += block.count(b"\n")
-            last = block[-1:]
-    return count + (last != b"\n")
-
-
-def prune_catalog(folder: str | os.PathLike, keep: Iterable[str | os.PathLike]) -> int:
-    """Delete every file under `folder` but those in `keep` (and the folders left empty); returns bytes freed.
-
-    After a web build, only the pictures its index holds are needed: skipped, unreadable and
-    repeated members, and the CSV (its rows are in the index), would only take disk space.
-    """
-    root = Path(folder)
-    wanted = {os.path.realpath(p) for p in keep}
-    freed = 0
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False, followlinks=False):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.realpath(path) not in wanted:
-                with contextlib.suppress(OSError):
-                    freed += os.lstat(path).st_size
-                    os.unlink(path)
-        for name in dirnames:
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(dirpath, name))  # only when empty
-    return freed

@@ -142,6 +142,13 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     )
 
 
+def _usage(rules: list[tuple[Any, str]]) -> None:
+    """Flags that do not go together: the first rule that holds is a usage error (exit status 2)."""
+    for broken, message in rules:
+        if broken:
+            raise click.UsageError(message)
+
+
 def _open_index(ctx: click.Context, name: str | None) -> Any:
     """The index asked for; the default Pokémon index is built on first use instead of being missing."""
     from .index import Index
@@ -270,26 +277,28 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None
     from . import evaluate as ev
     from .index import Index
 
-    if as_json and markdown:
-        raise RecommenderError("--json and --markdown are exclusive")
-    if (catalog or models) and index_name:
-        raise RecommenderError("--index evaluates a built index; --catalog/--models build one per model: pick one")
-    if model and models:
-        raise RecommenderError("--model names one backbone, --models several: pick one")
-    if (model or models or image_column or label_column) and not (catalog or models):
-        raise RecommenderError("--model, --image-column and --label-column apply to --catalog SOURCE")
+    building = bool(catalog or models)
+    _usage([(as_json and markdown, "--json and --markdown are exclusive"),
+            (building and index_name, "--index evaluates a built index; --catalog/--models build one per model: "
+                                      "pick one"),
+            (model and models, "--model names one backbone, --models several: pick one"),
+            ((model or models or image_column or label_column) and not building,
+             "--model, --image-column and --label-column apply to --catalog SOURCE"),
+            (weights and not building, "--weights applies to --models hybrids; an index already has its weights")])
     index_dir = ctx.obj["index_dir"]
     plan = ev.Plan(queries=[Path(q) for q in queries], reverse=reverse, leave_one_out=leave_one_out,
                    group_by=group_by, pairs=Path(pairs) if pairs else None, seed=seed,
                    inside=[Path(p) for p in inside], outside=[Path(p) for p in outside], map_at=map_at,
                    query_index=Index.load(query_index, index_dir=index_dir) if query_index else None)
-    if catalog or models:
+    try:  # which protocols go together is the plan's to say; on the command line, a usage error
+        plan.check(has_gallery=(building and catalog is not None) or not building)
+    except RecommenderError as exc:
+        raise click.UsageError(str(exc)) from None
+    if building:
         specs = ev.parse_models(models or settings.model_name(model), weights)
         report = ev.compare_models(catalog, specs, plan, image_column=image_column, label_column=label_column,
                                    progress=not quiet, strict=not models)
     else:
-        if weights:
-            raise RecommenderError("--weights applies to --models hybrids; an index already has its weights")
         report = ev.evaluate_index(_open_index(ctx, index_name), plan, progress=not quiet)
     shown = worst if worst is not None else (10 if sheet else 0)
     if sheet:

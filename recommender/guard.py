@@ -424,6 +424,21 @@ class EdgeGuard:
         return 429, (f"Your network address has used its upload allowance ({self.limits.uploads_per_hour} files "
                      f"and {self.limits.upload_bytes_per_hour // MB} MB per hour): try again in {wait} s."), wait
 
+    def _check_body(self, body: bytes, received: int, *, limit: int, counter: FileCounter | None,
+                    address: str) -> tuple[int, str, int | None] | None:
+        """The refusal (status, message, retry after) of a request whose body, so far, breaks a limit; else None."""
+        if received > limit:
+            return 413, _too_large(limit, counter is not None), None
+        if counter is None:
+            return None
+        before = counter.files
+        counter.feed(body)
+        if counter.files > self.limits.upload_files:
+            return 413, f"Too many files in one upload: at most {self.limits.upload_files}.", None
+        if not (self.files.take(address, counter.files - before) and self.bytes.take(address, len(body))):
+            return self._out_of_allowance(address, len(body))
+        return None
+
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, *, address: str, limit: int,
                        boundary: bytes | None) -> None:
         counter = FileCounter(boundary) if boundary else None
@@ -441,15 +456,7 @@ class EdgeGuard:
                 return message
             body = message.get("body", b"")
             received += len(body)
-            if received > limit:
-                refusal = (413, _too_large(limit, counter is not None), None)
-            elif counter is not None:
-                before = counter.files
-                counter.feed(body)
-                if counter.files > self.limits.upload_files:
-                    refusal = (413, f"Too many files in one upload: at most {self.limits.upload_files}.", None)
-                elif not (self.files.take(address, counter.files - before) and self.bytes.take(address, len(body))):
-                    refusal = self._out_of_allowance(address, len(body))
+            refusal = self._check_body(body, received, limit=limit, counter=counter, address=address)
             if refusal is not None:
                 raised = self.refuse(refusal[1])
                 raise raised

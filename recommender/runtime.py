@@ -6,8 +6,9 @@ cache of its own. What lives here, and nowhere else:
 
 * `backbone(spec)`: a pool of loaded backbones keyed by spec, device and precision, so that an
   index built with another backbone is not re-loaded (and its weights not re-packed) per request;
-* `patches` and `pca`: the explanations' patch features and the catalogs' principal components,
-  each a least-recently-used cache with a budget in bytes;
+* `patches`, `pca` and `figures`: the explanations' patch features, the catalogs' principal
+  components, and pictures an app shows again (thumbnails, similarity matrices), each a
+  least-recently-used cache with a budget in bytes;
 * `one(key, make)`: objects of which a process wants exactly one per key: a client per Milvus
   database or server (Milvus Lite allows one per process), the web-search client with its cache.
 """
@@ -28,6 +29,8 @@ T = TypeVar("T")
 #: Byte budgets of the caches (patch grids are float16: a 16 x 16 x 384 grid is 200 KB).
 PATCH_CACHE_BYTES = 96 << 20
 PCA_CACHE_BYTES = 64 << 20
+#: ... and of the pictures an app draws and shows again (thumbnails, similarity matrices).
+FIGURE_CACHE_BYTES = 64 << 20
 
 
 class ByteLRU:
@@ -92,9 +95,11 @@ _NONE = _Missing()
 class Runtime:
     """The long-lived state of one process (see the module docstring); thread-safe."""
 
-    def __init__(self, *, patch_bytes: int = PATCH_CACHE_BYTES, pca_bytes: int = PCA_CACHE_BYTES) -> None:
+    def __init__(self, *, patch_bytes: int = PATCH_CACHE_BYTES, pca_bytes: int = PCA_CACHE_BYTES,
+                 figure_bytes: int = FIGURE_CACHE_BYTES) -> None:
         self.patches = ByteLRU(patch_bytes)
         self.pca = ByteLRU(pca_bytes)
+        self.figures = ByteLRU(figure_bytes)
         self._backbones: dict[str, Backbone] = {}
         self._shared: dict[Hashable, Any] = {}
         self._lock = threading.RLock()
@@ -137,6 +142,7 @@ class Runtime:
         """Forget every cached patch feature and principal component (the on-disk caches stay)."""
         self.patches.clear()
         self.pca.clear()
+        self.figures.clear()
 
 
 _default: Runtime | None = None

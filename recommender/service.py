@@ -1,9 +1,13 @@
-"""The long-lived state behind the app: the backbone in use, the default catalog's index, loaded indexes."""
+"""What the app asks of the library, in one object: the backbone in use, the indexes a visitor may search,
+answers, explanations, catalog figures and related media, and each visitor's uploads.
+
+The app talks to a `Service` only (and to the named errors); everything long-lived the service
+needs (pooled backbones, caches, clients) is in its `runtime`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import secrets
@@ -13,22 +17,32 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from . import settings
+from .archive import extract_archive, prune_catalog, unpacked_size
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, LocalExecutor, build_index
-from .catalog import Skip, extract_archive, prune_catalog, read_catalog, unpacked_size
-from .errors import IndexLoadError, LimitExceeded, ModelError
-from .images import ImageSource
+from .catalog import Skip, read_catalog
+from .errors import IndexLoadError, LimitExceeded, ModelError, RecommenderError
+from .explain import SimilarityMatrix, catalog_heatmap, explain, map_figure
+from .images import ImageSource, load_image
 from .index import MANIFEST, Index, check_name, list_indexes
-from .recommend import Identification, identify
+from .recommend import Identification, embed_query, identify
+from .runtime import Runtime, default_runtime
+from .session import Visit
 from .uploads import UPLOAD, UploadLimits, Uploads, stop_check
+from .websearch import Link, search_media
 
 #: The embedded default catalog, and what its items are.
 DEFAULT_CATALOG = settings.ROOT / "assets" / "pokemon" / "catalog.csv"
 DEFAULT_DOMAIN = "Pokémon"
 #: Tried when RECOMMENDER_MODEL is not set; the offline backbone takes over when it cannot be had.
 PREFERRED_MODEL = "dinov2-small"
+#: The side of the pictures the page shows for catalog items.
+THUMBNAIL = 256
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,12 @@ def ensure_index(
 ) -> tuple[Index, BuildReport | None]:
     """The index `name` of `source`, built (or brought up to date) with `backbone` when needed.
 
-    Re-used as it is when it was built from the same catalog file with the same backbone; rebuilt
-    (incrementally: unchanged pictures are not embedded again) when either changed.
+    Re-used as it is when it was built from the same catalog (the same rows, labels and pictures)
+    with the same backbone; rebuilt (incrementally: unchanged pictures are not embedded again) when
+    either changed.
     """
-    fingerprint = _fingerprint(source)
+    catalog = read_catalog(source)
+    fingerprint = catalog.fingerprint()
     try:
         index = Index.load(name, index_dir=index_dir)
         index.check_backbone(backbone)
@@ -86,7 +102,7 @@ def ensure_index(
             return index, None
     except IndexLoadError:
         pass
-    report = build_index(source, name=name, backbone=backbone, domain=domain, index_dir=index_dir,
+    report = build_index(catalog, name=name, backbone=backbone, domain=domain, index_dir=index_dir,
                          progress=progress, fingerprint=fingerprint)
     return Index.load(name, index_dir=index_dir), report
 
@@ -110,20 +126,6 @@ def default_index(*, index_dir: str | Path | None = None, progress: bool = True,
     return index
 
 
-def _fingerprint(source: Path) -> str:
-    """A cheap identity of a catalog source: the CSV's bytes, or a folder's file names, sizes and times."""
-    digest = hashlib.sha256()
-    if source.is_file():
-        digest.update(source.read_bytes())
-    else:
-        for path in sorted(source.rglob("*")):
-            if path.is_file():
-                st = path.stat()
-                digest.update(f"{path.relative_to(source)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-
 class Service:
     """One per app process: shared, read-mostly state that every session's requests use.
 
@@ -134,8 +136,10 @@ class Service:
 
     def __init__(self, *, model: str | None = None, index_dir: str | Path | None = None,
                  default_catalog: Path = DEFAULT_CATALOG, default_name: str = "pokemon",
-                 domain: str = DEFAULT_DOMAIN, progress: bool = True, limits: UploadLimits | None = None) -> None:
+                 domain: str = DEFAULT_DOMAIN, progress: bool = True, limits: UploadLimits | None = None,
+                 runtime: Runtime | None = None) -> None:
         self.index_dir = settings.index_dir(index_dir)
+        self.runtime = runtime or default_runtime()
         self._indexes: dict[Path, tuple[float, Index]] = {}
         self._build_lock = threading.Lock()  # one web build at a time, whoever asks
         self._lock = threading.Lock()
@@ -173,16 +177,16 @@ class Service:
             cached = self._indexes.get(folder)
             if cached and cached[0] == stamp:
                 return cached[1]
-        index = Index.load(folder)
+        index = Index.load(folder, runtime=self.runtime)
         with self._lock:
             self._indexes[folder] = (stamp, index)
         return index
 
     def backbone_for(self, index: Index) -> Backbone:
-        """The app's backbone when the index was built with it, else the index's own (loaded once)."""
+        """The app's backbone when the index was built with it, else the index's own (from the runtime's pool)."""
         if index.built_with(self.backbone):
             return self.backbone
-        return index.backbone()
+        return index.backbone(runtime=self.runtime)
 
     def indexes(self, session: str | None = None) -> list[str]:
         """References of the indexes `session` may search: the index folder's, then its own uploads."""
@@ -198,6 +202,71 @@ class Service:
         chosen = self.index(index, session=session)
         return identify(image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked,
                         disliked=disliked)
+
+    def ask(self, visit: Visit, *, session: str | None, k: int = 8, name: str | None = None,
+            ) -> tuple[Visit, Identification]:
+        """Answer `visit`'s question (its query, in its index, steered by its feedback).
+
+        Returns the page's next state with the answer (`Visit.asking` starts a new question).
+        """
+        if visit.query is None:
+            raise RecommenderError("Upload, paste or take a picture first.")
+        result = self.identify(visit.query, index=visit.index, session=session, k=k, name=name, liked=visit.liked,
+                               disliked=visit.disliked)
+        return visit.answered(visit.query, visit.index, result), result
+
+    def picture(self, source: ImageSource, *, name: str | None = None, max_side: int | None = THUMBNAIL
+                ) -> Image.Image:
+        """A picture shrunk to `max_side` (None: whole), decoded within the memory budget (for the page to show)."""
+        return load_image(source, name=name, max_side=max_side)
+
+    def thumbnail(self, path: str | Path) -> Image.Image:
+        """A small copy of a catalog picture (cached): the page serves it, never the catalog's folder."""
+        key = ("thumbnail", str(path))
+        found = self.runtime.figures.get(key)
+        if found is None:
+            found = self.picture(path, max_side=THUMBNAIL)
+            self.runtime.figures.put(key, found, nbytes=found.width * found.height * 3)
+        return found
+
+    def explain_match(self, visit: Visit, item: str, *, session: str | None) -> Image.Image | None:
+        """Where `visit`'s question matches catalog `item`, drawn; None when the backbone has no spatial features."""
+        index = self.index(visit.index, session=session)
+        backbone = self.backbone_for(index)
+        if backbone.spatial_part is None or visit.query is None:
+            return None
+        return explain(visit.query, item, index, backbone=backbone, runtime=self.runtime).image
+
+    def similarity(self, reference: str | None, *, session: str | None, features: str) -> SimilarityMatrix:
+        """The catalog's similarity matrix on `features` dimensions, drawn once per index version."""
+        index = self.index(reference, session=session)
+        key = ("matrix", str(index.folder), index.version, features)
+        found = self.runtime.figures.get(key)
+        if found is None:
+            found = catalog_heatmap(index, features=features, runtime=self.runtime)
+            assert found.image is not None
+            size = found.matrix.nbytes + 3 * found.image.width * found.image.height
+            self.runtime.figures.put(key, found, nbytes=size)
+        return found
+
+    def catalog_figure(self, reference: str | None, *, session: str | None, color_by: str, visit: Visit) -> Any:
+        """The catalog map (plotly), with `visit`'s picture as a star when it was asked of this very index."""
+        index = self.index(reference, session=session)
+        query = None
+        if visit.query is not None and visit.index == reference:
+            query = embed_query(visit.query, index, backbone=self.backbone_for(index))
+        return map_figure(index, color_by=color_by or "label", query=query, runtime=self.runtime)
+
+    def columns(self, reference: str | None, *, session: str | None) -> list[str]:
+        """What the map can colour by: `label`, then the index's metadata columns."""
+        index = self.index(reference, session=session)
+        return ["label", *sorted({k for item in index.items[:1000] for k in item.metadata})]
+
+    def related(self, label: str, reference: str | None, *, session: str | None) -> tuple[list[Link], list[Link]]:
+        """(images, pages) about a recognised name on the web; `WebSearchUnavailable` within the deadline."""
+        domain = self.index(reference, session=session).domain or ""
+        return (search_media(label, kind="image", limit=6, domain=domain, runtime=self.runtime),
+                search_media(label, kind="page", limit=6, domain=domain, runtime=self.runtime))
 
     def build_upload(self, archive: str | Path, name: str, *, session: str | None, progress: bool = True,
                      client_gone: Callable[[], bool] | None = None,

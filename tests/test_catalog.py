@@ -137,7 +137,7 @@ def test_symlinks_out_of_the_catalog_are_skipped(tmp_path):
 
 
 def test_archive_of_class_folders_is_extracted_safely(tmp_path):
-    from recommender.catalog import extract_archive
+    from recommender.archive import extract_archive
 
     archive = make_zip(tmp_path / "up.zip", {
         "cats/a.png": png(1), "cats/b.png": png(2), "dogs/c.png": png(3),
@@ -158,7 +158,7 @@ def test_archive_of_class_folders_is_extracted_safely(tmp_path):
 
 
 def test_archive_with_a_csv_returns_the_csv(tmp_path):
-    from recommender.catalog import extract_archive
+    from recommender.archive import extract_archive
 
     archive = make_zip(tmp_path / "shop.zip", {"shop/items.csv": b"image,label\nimg/x.png,round\n",
                                                "shop/img/x.png": png(1)})
@@ -168,7 +168,7 @@ def test_archive_with_a_csv_returns_the_csv(tmp_path):
 
 
 def test_zip_bombs_and_non_zips_are_refused(tmp_path):
-    from recommender.catalog import extract_archive
+    from recommender.archive import extract_archive
 
     bomb = make_zip(tmp_path / "bomb.zip", {"a.png": b"\0" * (80 << 20)}, level=9)  # 80 MB of zeros in ~80 KB
     with pytest.raises(CatalogError, match="zip bomb"):

@@ -250,11 +250,7 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
     (["--queries", "{tmp}/nowhere"], "nowhere: no such file or folder"),
     (["--pairs", "{tmp}/bad.csv"], "a pairs CSV needs the columns 'left' and 'right'"),
     (["--queries", "{tmp}/outside"], "queries must be class sub-folders named by label"),
-    ([], "nothing to evaluate"),
     (["--leave-one-out", "--group-by", "colour"], "cannot group by 'colour'"),
-    (["--reverse", "--leave-one-out"], "--reverse swaps query set and gallery"),
-    (["--inside", "{tmp}/outside"], "--inside needs --outside"),
-    (["--models", "colour-histogram", "--queries", "{tmp}/queries"], "needs a gallery"),
     (["--index", "unlabeled", "--leave-one-out"], "index 'unlabeled' has no labels"),
 ])
 def test_bad_input_is_one_clear_line(data, tmp_path, args, message):
@@ -264,6 +260,22 @@ def test_bad_input_is_one_clear_line(data, tmp_path, args, message):
     code, _, err = invoke("evaluate", *(a.replace("{tmp}", str(tmp_path)) for a in args))
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], err
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "nothing to evaluate"),
+    (["--reverse", "--leave-one-out"], "--reverse swaps query set and gallery"),
+    (["--inside", "{tmp}/outside"], "--inside needs --outside"),
+    (["--models", "colour-histogram", "--queries", "{tmp}/queries"], "needs a gallery"),
+    (["--json", "--markdown", "--leave-one-out"], "--json and --markdown are exclusive"),
+    (["--index", "pokemon", "--weights", "1,1", "--leave-one-out"], "--weights applies to --models hybrids"),
+])
+def test_flags_that_do_not_go_together_are_usage_errors(tmp_path, args, message):
+    """Usage errors exit with click's status 2 and its usage line, before any index is opened or built."""
+    code, _, err = invoke("evaluate", *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and lines[0].startswith("Usage: ") and lines[-1].startswith("Error: ") and message in lines[-1]
+    assert not (tmp_path / "index").exists()
 
 
 def test_an_index_as_the_query_set_both_ways(data):

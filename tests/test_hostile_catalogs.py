@@ -14,7 +14,8 @@ from conftest import make_labeled_catalog
 from hostile import make_zip, png
 
 from recommender import build_index
-from recommender.catalog import extract_archive, read_catalog
+from recommender.archive import extract_archive
+from recommender.catalog import read_catalog
 from recommender.errors import CatalogError
 from recommender.index import Index
 from recommender.service import Service

@@ -23,8 +23,8 @@ from hostile import make_zip, png
 from PIL import Image
 
 from recommender import build_index
+from recommender.archive import ARCHIVE_MAX_DEPTH, extract_archive
 from recommender.build.pipeline import torch_threads
-from recommender.catalog import ARCHIVE_MAX_DEPTH, extract_archive
 from recommender.errors import BuildStopped, IndexNotFoundError, LimitExceeded, RecommenderError
 from recommender.index import Index
 from recommender.service import Service

@@ -558,7 +558,7 @@ def test_the_server_refuses_to_show_a_picture_linked_from_outside(app_server, op
     linked.symlink_to(secret)
     assert server.choose(name)["success"]
     # Before: the answer's gallery held the secret picture, served from Gradio's cache.
-    text = error_of(server.call("search", "click", [server.upload(query), 6, None]))
+    text = error_of(server.call("search", "click", [server.upload(query), 6, None, None]))
     assert "is a link to a file outside its catalog folder" in text and str(secret) not in text
     assert app_server.process.poll() is None
 

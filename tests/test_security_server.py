@@ -194,7 +194,7 @@ def test_endless_and_huge_files_are_never_read(app_url, app_server, config, tmp_
     rss = rss_mb(app_server.process.pid)
     for path in ("/dev/zero", str(sparse)):
         for file in ({"path": path}, {"path": path, "meta": META}):
-            for fn_index, data in ((deps["identify"], [file]), (deps["answer"], [file, 8, None])):
+            for fn_index, data in ((deps["identify"], [file]), (deps["answer"], [file, 8, None, None])):
                 started = time.perf_counter()
                 status, output = outcome(app_url, fn_index, data, timeout=30)
                 assert status == 200 and "error" in output and time.perf_counter() - started < 5, output
@@ -208,7 +208,7 @@ def test_the_picture_chain_leaks_no_pixels(app_url, config, tmp_path):
     deps = {d["api_name"]: d["id"] for d in config["dependencies"]}
     session = uuid.uuid4().hex
     for path in (str(secret), str(PIKACHU)):
-        status, output = outcome(app_url, deps["answer"], [{"path": path}, 8, None], session=session)
+        status, output = outcome(app_url, deps["answer"], [{"path": path}, 8, None, None], session=session)
         assert output["error"] == NOT_UPLOADED
         status, output = outcome(app_url, deps["to_editor"], [{"query": path}], session=session)
         assert status == 200 and "/gradio_api/file=" not in json.dumps(output)  # nothing handed to the editor

@@ -141,7 +141,7 @@ def build_index(
         source=str(Path(catalog.source).resolve()), root=str(catalog.root), kind=catalog.kind,
         labeled=any(item.label is not None for item in items),
         labels=len({item.label for item in items if item.label is not None}), columns=catalog.columns,
-        limit=config.limit, domain=config.domain, fingerprint=config.fingerprint)
+        limit=config.limit, domain=config.domain, fingerprint=config.fingerprint or catalog.fingerprint())
     stats = BuildStats(embedded=embedded.embedded, reused=embedded.reused, resumed=resumed, skipped=len(skipped),
                        removed=removed, seconds=seconds, precision=backbone.precision,
                        ray=executor.name == "ray", forward=backbone.forward)

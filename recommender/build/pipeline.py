@@ -160,7 +160,7 @@ def _embed(backbone: Backbone, pending: list[tuple[int, Any, str]], on_embedded:
     pending.clear()
 
 
-def embed_items(
+def embed_items(  # noqa: PLR0913  # keyword-only options of a public call
     items: Sequence[Item],
     root: Path,
     backbone: Backbone,

@@ -89,7 +89,7 @@ def cached_index(catalog: Catalog, backbone: Backbone, *, directory: Path, progr
     of its weight, as `Hybrid` does), so that trying several weights embeds every picture once.
     """
     name = _cache_name(catalog, backbone)
-    fingerprint = _fingerprint(catalog)
+    fingerprint = catalog.fingerprint()
     try:
         index = Index.load(name, index_dir=directory)
         if index.manifest.catalog.fingerprint == fingerprint:
@@ -139,19 +139,6 @@ def _cache_name(catalog: Catalog, backbone: Backbone) -> str:
                                        default=str).encode()).hexdigest()[:10]
     model = Path(backbone.name).name if "/" in backbone.name else backbone.name
     return f"{slug(source.stem or source.name)}-{slug(model.replace('+', '_'))}-{digest}"
-
-
-def _fingerprint(catalog: Catalog) -> str:
-    """What the catalog lists and each file's size and modification time: cheap, and changes when a file does."""
-    digest = hashlib.sha256(f"{catalog.kind}\0{catalog.root}".encode())
-    for item in catalog.items:
-        try:
-            stat = (catalog.root / item.path).stat()
-            when = f"{stat.st_size}:{stat.st_mtime_ns}"
-        except OSError:
-            when = "missing"
-        digest.update(json.dumps([item.id, item.path, item.label, dict(item.metadata), when]).encode())
-    return digest.hexdigest()
 
 
 def time_embedding(backbone: Backbone, items: Sequence[Item], root: Path, *, sample: int = TIMING_SAMPLE,

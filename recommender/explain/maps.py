@@ -109,7 +109,7 @@ def _thumbnail_uri(index: Index, i: int) -> str:
 
 
 def map_figure(index: Index, *, color_by: str = "label", query: np.ndarray | None = None,
-               query_name: str = "your picture", thumbnails: bool = True) -> Any:
+               query_name: str = "your picture", thumbnails: bool = True, runtime: Runtime | None = None) -> Any:
     """An interactive plotly scatter of the catalog map, points coloured by label or a metadata column.
 
     Coordinates go in as plain lists: the plotly.js bundled with Gradio may predate plotly.py's
@@ -120,7 +120,7 @@ def map_figure(index: Index, *, color_by: str = "label", query: np.ndarray | Non
     """
     import plotly.graph_objects as go
 
-    cmap = catalog_map(index)
+    cmap = catalog_map(index, runtime=runtime)
     groups = _groups(index, color_by)
     names = sorted(set(groups))
     hover = [f"{item.label or item.id}<br>{item.id}" for item in index.items]

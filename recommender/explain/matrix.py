@@ -156,7 +156,7 @@ def similarity_matrix(
     )
 
 
-def catalog_heatmap(
+def catalog_heatmap(  # noqa: PLR0913  # keyword-only options of a public call
     index: Index,
     *,
     features: int | str | None = None,

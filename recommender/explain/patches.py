@@ -87,7 +87,7 @@ class Explanation:
         }
 
 
-def explain(
+def explain(  # noqa: PLR0913  # keyword-only options of a public call
     query: ImageSource,
     item: Item | Match | str,
     index: Index,
