@@ -21,7 +21,7 @@ import numpy as np
 from .. import settings
 from ..backbones import Backbone, load_backbone
 from ..calibration import calibrate
-from ..catalog import Catalog, Skip, read_catalog
+from ..catalog import Catalog, Item, Skip, read_catalog
 from ..errors import CatalogError, RecommenderError
 from ..index import BuildStats, CatalogInfo, Index, StoreConfig, index_folder, write_index
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
@@ -61,8 +61,10 @@ class BuildConfig:
         """This configuration with some fields changed; a name that is no field is a clear error."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise TypeError(f"build_index() got unknown options {', '.join(unknown)}; the options are BuildConfig's "
-                            f"fields: {', '.join(f.name for f in dataclasses.fields(self))}")
+            raise TypeError(
+                f"build_index() got unknown options {', '.join(unknown)}; the options are BuildConfig's "
+                f"fields: {', '.join(f.name for f in dataclasses.fields(self))}"
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -112,8 +114,7 @@ def build_index(
     config = (config or BuildConfig()).replace(**options)
     folder = index_folder(name, config.index_dir)
     store = StoreConfig.parse(config.store if config.store is not None else settings.store())  # a bad one fails first
-    catalog = source if isinstance(source, Catalog) else read_catalog(
-        source, limit=config.limit, image_column=config.image_column, label_column=config.label_column)
+    catalog = source if isinstance(source, Catalog) else _read(source, config)
     backbone = backbone or load_backbone(model)
     executor = config.executor or LocalExecutor()
     notes: list[str] = []
@@ -125,9 +126,19 @@ def build_index(
         notes.append(f"resuming an interrupted build: {len(resumable)} pictures it embedded are re-used")
     started = time.perf_counter()  # images/s counts reading and embedding, not loading the model
     try:
-        embedded = embed_items(catalog.items, catalog.root, backbone, previous=previous | resumable, dedupe=True,
-                               executor=executor, batch_size=config.batch_size, progress=config.progress,
-                               desc=f"indexing {name}", on_embedded=checkpoint.add, should_stop=config.should_stop)
+        embedded = embed_items(
+            catalog.items,
+            catalog.root,
+            backbone,
+            previous=previous | resumable,
+            dedupe=True,
+            executor=executor,
+            batch_size=config.batch_size,
+            progress=config.progress,
+            desc=f"indexing {name}",
+            on_embedded=checkpoint.add,
+            should_stop=config.should_stop,
+        )
     finally:
         checkpoint.flush()  # interrupted or not: what was embedded survives until the index is committed
     items, skipped = embedded.items, catalog.skipped + embedded.skipped
@@ -137,23 +148,65 @@ def build_index(
     removed = len(set(own) - {item.sha256 for item in items}) if own else 0
     seconds = time.perf_counter() - started
     resumed = sum(item.sha256 in resumable for item in items)
-    catalog_info = CatalogInfo(
-        source=str(Path(catalog.source).resolve()), root=str(catalog.root), kind=catalog.kind,
-        labeled=any(item.label is not None for item in items),
-        labels=len({item.label for item in items if item.label is not None}), columns=catalog.columns,
-        limit=config.limit, domain=config.domain, fingerprint=config.fingerprint or catalog.fingerprint())
-    stats = BuildStats(embedded=embedded.embedded, reused=embedded.reused, resumed=resumed, skipped=len(skipped),
-                       removed=removed, seconds=seconds, precision=backbone.precision,
-                       ray=executor.name == "ray", forward=backbone.forward)
+    stats = BuildStats(
+        embedded=embedded.embedded,
+        reused=embedded.reused,
+        resumed=resumed,
+        skipped=len(skipped),
+        removed=removed,
+        seconds=seconds,
+        precision=backbone.precision,
+        ray=executor.name == "ray",
+        forward=backbone.forward,
+    )
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = embedded.vectors.astype(np.float16 if config.dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
-    write_index(folder, embeddings=embedded.vectors, items=items, backbone=backbone, catalog=catalog_info,
-                dtype=config.dtype, stats=stats, calibration=calibration, store=store)
+    write_index(
+        folder,
+        embeddings=embedded.vectors,
+        items=items,
+        backbone=backbone,
+        catalog=_catalog_info(catalog, items, config),
+        dtype=config.dtype,
+        stats=stats,
+        calibration=calibration,
+        store=store,
+    )
     checkpoint.clear()  # committed: a crash before this line only leaves shards that the next build re-uses
-    return BuildReport(name=name, folder=folder, count=len(items), embedded=embedded.embedded, reused=embedded.reused,
-                       skipped=skipped, removed=removed, seconds=seconds, notes=notes, resumed=resumed,
-                       store=str(store), forward=backbone.forward)
+    return BuildReport(
+        name=name,
+        folder=folder,
+        count=len(items),
+        embedded=embedded.embedded,
+        reused=embedded.reused,
+        skipped=skipped,
+        removed=removed,
+        seconds=seconds,
+        notes=notes,
+        resumed=resumed,
+        store=str(store),
+        forward=backbone.forward,
+    )
+
+
+def _read(source: str | os.PathLike, config: BuildConfig) -> Catalog:
+    return read_catalog(source, limit=config.limit, image_column=config.image_column, label_column=config.label_column)
+
+
+def _catalog_info(catalog: Catalog, items: list[Item], config: BuildConfig) -> CatalogInfo:
+    """What the manifest records of the catalog an index was built from (of the items kept)."""
+    return CatalogInfo(
+        source=str(Path(catalog.source).resolve()),
+        root=str(catalog.root),
+        kind=catalog.kind,
+        labeled=any(item.label is not None for item in items),
+        labels=len({item.label for item in items if item.label is not None}),
+        columns=catalog.columns,
+        limit=config.limit,
+        domain=config.domain,
+        fingerprint=config.fingerprint or catalog.fingerprint(),
+    )
 
 
 def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[str]) -> dict[str, np.ndarray]:
@@ -169,5 +222,6 @@ def _previous_vectors(folder: Path, backbone: Backbone, dtype: str, notes: list[
     if old.manifest.dtype != dtype:
         notes.append(f"existing index is {old.manifest.dtype}, not {dtype}: everything is embedded again")
         return {}
-    return {item.sha256: np.asarray(old.embeddings[i], dtype=np.float32)
-            for i, item in enumerate(old.items) if item.sha256}
+    return {
+        item.sha256: np.asarray(old.embeddings[i], dtype=np.float32) for i, item in enumerate(old.items) if item.sha256
+    }
