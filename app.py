@@ -120,8 +120,10 @@ def refuse_url_inputs(demo: gr.Blocks) -> gr.Blocks:
     def refusing(move: Callable[[Any], Any]) -> Callable[[Any], Any]:
         async def wrapper(url_or_file_path: Any) -> Any:
             if "://" in str(url_or_file_path):
-                raise gr.Error("Pictures are uploaded, never fetched from a URL: download it, then upload the file.",
-                               print_exception=False)
+                raise gr.Error(
+                    "Pictures are uploaded, never fetched from a URL: download it, then upload the file.",
+                    print_exception=False,
+                )
             return await move(url_or_file_path)
 
         return wrapper
@@ -159,8 +161,9 @@ def share_work(demo: gr.Blocks, limits: guard.Limits) -> gr.Blocks:
     push, get_events, process_events = queue.push, queue.get_events, queue.process_events
 
     def waiting() -> list[guard.Client]:
-        return [visitor(e.session_hash, e.request) for q in queue.event_queue_per_concurrency_id.values()
-                for e in q.queue]
+        return [
+            visitor(e.session_hash, e.request) for q in queue.event_queue_per_concurrency_id.values() for e in q.queue
+        ]
 
     def running() -> dict[str, guard.Client]:
         return {e._id: visitor(e.session_hash, e.request) for job in queue.active_jobs if job for e in job}
@@ -222,8 +225,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(exc).__name__}); the server keeps running.",
-                           print_exception=False) from None
+            raise gr.Error(
+                f"Unexpected error ({type(exc).__name__}); the server keeps running.", print_exception=False
+            ) from None
 
     return wrapper
 
@@ -249,11 +253,13 @@ def links_html(label: str | None, found: tuple[list[Link], list[Link]] | str) ->
         f'<a href="{html.escape(link.url)}" {a} title="{html.escape(link.title)}">'
         f'<img src="{html.escape(link.thumbnail or link.image or "")}" alt="{html.escape(link.title)}" '
         f'loading="lazy" referrerpolicy="no-referrer" style="height:72px;margin:2px;border-radius:4px"></a>'
-        for link in images if link.thumbnail or link.image
+        for link in images
+        if link.thumbnail or link.image
     )
     items = "".join(
         f'<li><a href="{html.escape(link.url)}" {a}>{html.escape(link.title)}</a> '
-        f'<small>{html.escape(link.source)}</small></li>' for link in pages
+        f"<small>{html.escape(link.source)}</small></li>"
+        for link in pages
     )
     if not thumbs and not items:
         return f"<p class='links-note'>No related media found for {html.escape(label)}.</p>"
@@ -262,8 +268,10 @@ def links_html(label: str | None, found: tuple[list[Link], list[Link]] | str) ->
 
 def answer_text(result: Identification, visit: Visit, index_name: str, crop: Image.Image | None) -> str:
     """The answer as Markdown: the headline, then how it was decided."""
-    detail = (f"Score {result.score:.3f}; pictures scoring at least {result.threshold:.2f} count as in the "
-              f"catalog (calibrated on **{index_name}**).")
+    detail = (
+        f"Score {result.score:.3f}; pictures scoring at least {result.threshold:.2f} count as in the "
+        f"catalog (calibrated on **{index_name}**)."
+    )
     if result.named_with:
         detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
     if crop is not None:
@@ -293,16 +301,18 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
 
 
 @user_errors
-def answer(image: str | bytes | None, k: int, index_name: str | None, visit: Visit,
-           request: gr.Request) -> tuple[Any, ...]:
+def answer(
+    image: str | bytes | None, k: int, index_name: str | None, visit: Visit, request: gr.Request
+) -> tuple[Any, ...]:
     if image is None:
         raise gr.Error("Upload, paste or take a picture first.")
     return respond(visit.asking(image, index_name), request, k)
 
 
 @user_errors
-def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None, visit: Visit,
-                request: gr.Request) -> tuple[Any, ...]:
+def answer_part(
+    value: dict[str, Any] | None, k: int, index_name: str | None, visit: Visit, request: gr.Request
+) -> tuple[Any, ...]:
     part = (value or {}).get("composite")
     if part is None:
         raise gr.Error("Search a picture first, then crop it here.")
@@ -311,8 +321,9 @@ def answer_part(value: dict[str, Any] | None, k: int, index_name: str | None, vi
 
 
 @user_errors
-def search_with(chosen: Shown | None, k: int, index_name: str | None, visit: Visit,
-                request: gr.Request) -> tuple[Any, ...]:
+def search_with(
+    chosen: Shown | None, k: int, index_name: str | None, visit: Visit, request: gr.Request
+) -> tuple[Any, ...]:
     if chosen is None:
         raise gr.Error("Click a look-alike first.")
     return (service_of(request).thumbnail(chosen.path), *respond(visit.asking(chosen.path, index_name), request, k))
@@ -354,7 +365,8 @@ def related(visit: Visit, request: gr.Request) -> str:
         return links_html(None, "")
     try:
         found: tuple[list[Link], list[Link]] | str = service_of(request).related(
-            visit.label, visit.index, session=request.session_hash)
+            visit.label, visit.index, session=request.session_hash
+        )
     except WebSearchUnavailable as exc:
         found = str(exc)
     return links_html(visit.label, found)
@@ -376,8 +388,7 @@ def draw_matrix(count: str, index_name: str | None, request: gr.Request) -> tupl
 
 @user_errors
 def plot_map(column: str, index_name: str | None, visit: Visit, request: gr.Request) -> Any:
-    return service_of(request).catalog_figure(index_name, session=request.session_hash, color_by=column,
-                                              visit=visit)
+    return service_of(request).catalog_figure(index_name, session=request.session_hash, color_by=column, visit=visit)
 
 
 def columns(index_name: str | None, request: gr.Request) -> Any:
@@ -398,9 +409,12 @@ def listing(request: gr.Request) -> Any:
 
 
 @user_errors
-def build_upload(archive: str | None, name: str, request: gr.Request,
-                 progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
-                 ) -> tuple[Any, ...]:
+def build_upload(
+    archive: str | None,
+    name: str,
+    request: gr.Request,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+) -> tuple[Any, ...]:
     if not archive:
         raise gr.Error("Choose a zip file first.")
     service, session = service_of(request), request.session_hash
@@ -409,8 +423,9 @@ def build_upload(archive: str | None, name: str, request: gr.Request,
     except BuildStopped as exc:
         log.info("a web build of %r stopped: %s", name, exc)
         raise
-    lines = [f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in "
-             f"{report.seconds:.1f} s."]
+    lines = [
+        f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in {report.seconds:.1f} s."
+    ]
     if report.skipped:
         lines.append(f"\n{len(report.skipped)} skipped:")
         lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
@@ -443,15 +458,32 @@ class Page(SimpleNamespace):
 
 def query_column(page: Page, examples: list[str]) -> None:
     """The question: the picture, how many look-alikes, the search button, a crop, examples."""
-    query = raw_uploads(gr.Image(label="Your picture", sources=["upload", "clipboard", "webcam"],
-                                 type="filepath", height=320, elem_id="query"))
+    query = raw_uploads(
+        gr.Image(
+            label="Your picture",
+            sources=["upload", "clipboard", "webcam"],
+            type="filepath",
+            height=320,
+            elem_id="query",
+        )
+    )
     k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
     search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
     with gr.Accordion("Search a part of the picture", open=False):
         # Filled with the query after each answer; no uploads here, so it only holds good pictures.
-        editor = raw_crops(gr.ImageEditor(type="pil", sources=(), transforms=("crop",), brush=False,
-                                          eraser=False, layers=False, label="Crop, then search",
-                                          format="png", elem_id="crop"))  # lossless: same pixels
+        editor = raw_crops(
+            gr.ImageEditor(
+                type="pil",
+                sources=(),
+                transforms=("crop",),
+                brush=False,
+                eraser=False,
+                layers=False,
+                label="Crop, then search",
+                format="png",
+                elem_id="crop",
+            )
+        )  # lossless: same pixels
         crop_search = gr.Button("Search this part", elem_id="crop-search")
     if examples:
         gr.Examples(examples=examples, inputs=query, label="Examples")
@@ -464,8 +496,9 @@ def answer_column(page: Page) -> None:
     with gr.Row():
         another = gr.Image(label="Another picture of it", interactive=False, height=220, elem_id="another")
         scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
-    gallery = gr.Gallery(label="Look-alikes (click one)", columns=4, height="auto", allow_preview=False,
-                         elem_id="gallery")
+    gallery = gr.Gallery(
+        label="Look-alikes (click one)", columns=4, height="auto", allow_preview=False, elem_id="gallery"
+    )
     with gr.Row():
         selected = gr.Markdown("Click a look-alike to see where it matches your picture.", elem_id="selected")
     with gr.Row():
@@ -476,45 +509,73 @@ def answer_column(page: Page) -> None:
     overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
     gr.Markdown("#### Related on the web")
     links = gr.HTML(elem_id="related")
-    page.add(message=message, another=another, scores=scores, gallery=gallery, selected=selected, like=like,
-             dislike=dislike, reset=reset, more=more, overlay=overlay, links=links)
+    page.add(
+        message=message,
+        another=another,
+        scores=scores,
+        gallery=gallery,
+        selected=selected,
+        like=like,
+        dislike=dislike,
+        reset=reset,
+        more=more,
+        overlay=overlay,
+        links=links,
+    )
 
 
 def catalog_tab(page: Page) -> None:
     """The catalog: its similarity matrix on a chosen number of features, and its map."""
     with gr.Tab("Catalog") as tab:
-        gr.Markdown("How alike the catalog's items are: cosine similarities of a representative set, ordered "
-                    "so that look-alikes form blocks. With fewer features (principal components of the whole "
-                    "catalog) only the broadest traits count; with all of them, the full picture.")
+        gr.Markdown(
+            "How alike the catalog's items are: cosine similarities of a representative set, ordered "
+            "so that look-alikes form blocks. With fewer features (principal components of the whole "
+            "catalog) only the broadest traits count; with all of them, the full picture."
+        )
         features = gr.Radio(["1", "5", "10", "all"], value="all", label="Features", elem_id="features")
         matrix_note = gr.Markdown(elem_id="matrix-note")
         matrix = gr.Image(label="Similarity matrix", interactive=False, elem_id="matrix")
-        gr.Markdown("#### The catalog map\nEvery item placed by the catalog's two main axes of variation; "
-                    "your last picture is the star. Hover a point to see it.")
+        gr.Markdown(
+            "#### The catalog map\nEvery item placed by the catalog's two main axes of variation; "
+            "your last picture is the star. Hover a point to see it."
+        )
         with gr.Row():
             color_by = gr.Dropdown(["label"], value="label", label="Colour by", elem_id="color-by")
             draw_map = gr.Button("Draw the map", elem_id="draw-map")
         catalog_plot = gr.Plot(label="Catalog map", elem_id="catalog-map")
-    page.add(catalog_tab=tab, features=features, matrix_note=matrix_note, matrix=matrix, color_by=color_by,
-             draw_map=draw_map, catalog_plot=catalog_plot)
+    page.add(
+        catalog_tab=tab,
+        features=features,
+        matrix_note=matrix_note,
+        matrix=matrix,
+        color_by=color_by,
+        draw_map=draw_map,
+        catalog_plot=catalog_plot,
+    )
 
 
 def own_catalog_tab(page: Page, service: Service) -> None:
     """Another index to search, or a zip of pictures to build one from."""
     with gr.Tab("Your own catalog"):
-        gr.Markdown("Search another index from the index folder, or upload a zip of pictures (class folders, "
-                    "a flat folder, or a CSV with its pictures) to build one with the backbone in use.")
+        gr.Markdown(
+            "Search another index from the index folder, or upload a zip of pictures (class folders, "
+            "a flat folder, or a CSV with its pictures) to build one with the backbone in use."
+        )
         with gr.Row():
-            chooser = gr.Dropdown(choices=service.choices(), value=service.default.name, label="Index to search",
-                                  allow_custom_value=False, elem_id="chooser")
+            chooser = gr.Dropdown(
+                choices=service.choices(),
+                value=service.default.name,
+                label="Index to search",
+                allow_custom_value=False,
+                elem_id="chooser",
+            )
             refresh = gr.Button("Refresh list")
         with gr.Row():
             upload = gr.File(label="Zip of pictures", file_types=[".zip"], elem_id="upload")
             new_name = gr.Textbox(label="Name of the new index", value="my-catalog", elem_id="new-name")
         build = gr.Button("Build index", elem_id="build")
         build_report = gr.Markdown(elem_id="build-report")
-    page.add(chooser=chooser, refresh=refresh, upload=upload, new_name=new_name, build=build,
-             build_report=build_report)
+    page.add(chooser=chooser, refresh=refresh, upload=upload, new_name=new_name, build=build, build_report=build_report)
 
 
 def wire_searches(page: Page) -> None:
@@ -536,25 +597,43 @@ def wire_searches(page: Page) -> None:
         done.success(related, inputs=p.visit, outputs=p.links, api_visibility="private")
         if fn in (answer, search_with):
             done.success(to_editor, inputs=p.visit, outputs=p.editor, api_visibility="private")
-    p.gallery.select(pick, inputs=p.visit, outputs=[p.selected, p.overlay, p.chosen], api_visibility="private",
-                     show_progress="hidden").then(where, inputs=[p.visit, p.chosen], outputs=[p.selected, p.overlay],
-                                                  show_progress_on=p.overlay, api_visibility="private")
+    p.gallery.select(
+        pick,
+        inputs=p.visit,
+        outputs=[p.selected, p.overlay, p.chosen],
+        api_visibility="private",
+        show_progress="hidden",
+    ).then(
+        where,
+        inputs=[p.visit, p.chosen],
+        outputs=[p.selected, p.overlay],
+        show_progress_on=p.overlay,
+        api_visibility="private",
+    )
 
 
 def wire_catalogs(page: Page) -> None:
     """The catalog tab's figures, the chooser, and web builds."""
     p = page
     p.catalog_tab.select(columns, inputs=p.index_state, outputs=p.color_by, api_visibility="private")
-    p.draw_map.click(plot_map, inputs=[p.color_by, p.index_state, p.visit], outputs=p.catalog_plot,
-                     api_visibility="private")
+    p.draw_map.click(
+        plot_map, inputs=[p.color_by, p.index_state, p.visit], outputs=p.catalog_plot, api_visibility="private"
+    )
     for event in (p.catalog_tab.select, p.features.change):
-        event(draw_matrix, inputs=[p.features, p.index_state], outputs=[p.matrix, p.matrix_note],
-              api_visibility="private")
+        event(
+            draw_matrix, inputs=[p.features, p.index_state], outputs=[p.matrix, p.matrix_note], api_visibility="private"
+        )
     p.chooser.change(choose, inputs=p.chooser, outputs=[p.index_state, p.status], api_visibility="private")
     p.refresh.click(listing, outputs=p.chooser, api_visibility="private")
     # Builds queue apart from searches (one at a time, whoever asks), so that a search never waits for one.
-    p.build.click(build_upload, inputs=[p.upload, p.new_name], outputs=[p.build_report, p.chooser],
-                  api_visibility="private", concurrency_id="build", concurrency_limit=1)
+    p.build.click(
+        build_upload,
+        inputs=[p.upload, p.new_name],
+        outputs=[p.build_report, p.chooser],
+        api_visibility="private",
+        concurrency_id="build",
+        concurrency_limit=1,
+    )
 
 
 def build_ui(service: Service) -> gr.Blocks:
@@ -563,11 +642,14 @@ def build_ui(service: Service) -> gr.Blocks:
     page = Page()
     # Files Gradio stored for requests (uploads, pictures it served) go once this old, looked for every tenth of it.
     cache_age = gradio_cache_seconds()
-    with gr.Blocks(title="Look-alike: a visual recommender",
-                   delete_cache=(max(1, min(600, cache_age // 10)), cache_age)) as demo:
-        page.add(index_state=gr.State(None),  # the index this session searches; None = the default catalog
-                 visit=gr.State(Visit()),  # the question, its answer and the feedback (`session.Visit`)
-                 chosen=gr.State(None))  # the look-alike clicked last (`session.Shown`)
+    with gr.Blocks(
+        title="Look-alike: a visual recommender", delete_cache=(max(1, min(600, cache_age // 10)), cache_age)
+    ) as demo:
+        page.add(
+            index_state=gr.State(None),  # the index this session searches; None = the default catalog
+            visit=gr.State(Visit()),  # the question, its answer and the feedback (`session.Visit`)
+            chosen=gr.State(None),
+        )  # the look-alike clicked last (`session.Shown`)
         gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
         page.add(status=gr.Markdown(service.status()))
         if service.choice.notice:
@@ -639,10 +721,17 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(default_concurrency_limit=workers, max_size=limits.queue_size, api_open=False)
     share_work(demo, limits)
     edge = Middleware(guard.EdgeGuard, limits=limits, refuse=MultiPartException)  # type: ignore[arg-type]
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=limits.upload_bytes,
-                head=f"<script>{HOVER_SCRIPT.replace('ROOT', repr('#catalog-map'))}</script>",
-                allowed_paths=[str(EXAMPLES)], show_error=True, state_session_capacity=limits.sessions,
-                app_kwargs={"middleware": [edge]})
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        max_file_size=limits.upload_bytes,
+        head=f"<script>{HOVER_SCRIPT.replace('ROOT', repr('#catalog-map'))}</script>",
+        allowed_paths=[str(EXAMPLES)],
+        show_error=True,
+        state_session_capacity=limits.sessions,
+        app_kwargs={"middleware": [edge]},
+    )
 
 
 if __name__ == "__main__":

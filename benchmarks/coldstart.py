@@ -34,8 +34,13 @@ def start(env: dict[str, str]) -> float:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
-                               env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:
             if process.poll() is not None:
@@ -56,9 +61,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recommender-coldstart-"))
-    env = {"RECOMMENDER_MODEL": args.model, "RECOMMENDER_INDEX_DIR": str(work / "index"),
-           "RECOMMENDER_CACHE_DIR": str(work / "cache"), "RECOMMENDER_DATA_DIR": str(work / "data"),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        "RECOMMENDER_MODEL": args.model,
+        "RECOMMENDER_INDEX_DIR": str(work / "index"),
+        "RECOMMENDER_CACHE_DIR": str(work / "cache"),
+        "RECOMMENDER_DATA_DIR": str(work / "data"),
+        "HF_HUB_OFFLINE": "1",
+    }
     try:
         first = start(env)  # builds the index
         cached = [start(env) for _ in range(args.runs)]
@@ -66,11 +75,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {machine()}")
     print(f"app.py on the embedded Pokémon catalog (1298 pictures), RECOMMENDER_MODEL={args.model}\n")
-    print(table([
-        {"start": "first (builds the index: the naive baseline)", "seconds to a served page": f"{first:.1f}"},
-        {"start": f"later, index cached (median of {len(cached)})", "seconds to a served page":
-         f"{float(np.median(cached)):.1f}"},
-    ]))
+    print(
+        table(
+            [
+                {"start": "first (builds the index: the naive baseline)", "seconds to a served page": f"{first:.1f}"},
+                {
+                    "start": f"later, index cached (median of {len(cached)})",
+                    "seconds to a served page": f"{float(np.median(cached)):.1f}",
+                },
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,16 +24,34 @@ def make_model(shape: str, folder: Path) -> Path:
 
     hidden, layers, heads = SHAPES[shape]
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=4 * hidden, patch_size=14, image_size=518)
+    config = Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        patch_size=14,
+        image_size=518,
+    )
     Dinov2Model(config).save_pretrained(folder)
     # What facebook/dinov2-small ships: resize the short side to 256, centre-crop 224, ImageNet statistics.
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 256},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True,
-    }))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "BitImageProcessor",
+                "do_resize": True,
+                "size": {"shortest_edge": 256},
+                "resample": 3,
+                "do_center_crop": True,
+                "crop_size": {"height": 224, "width": 224},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+                "do_convert_rgb": True,
+            }
+        )
+    )
     return folder
 
 

@@ -48,8 +48,9 @@ def naive(model_dir: Path, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def ours(model_dir: Path, catalog: Path, work: Path, batch_size: int | None,
-         precision: str) -> tuple[float, float, np.ndarray]:
+def ours(
+    model_dir: Path, catalog: Path, work: Path, batch_size: int | None, precision: str
+) -> tuple[float, float, np.ndarray]:
     """Images/s of the library's build (embedding only, and the whole build with writing the index),
     and the (N, D) vectors it stored."""
     from PIL import Image
@@ -66,8 +67,15 @@ def ours(model_dir: Path, catalog: Path, work: Path, batch_size: int | None,
     backbone.embed([Image.new("RGB", (64, 64))] * (batch_size or backbone.batch_size), batch_size=batch_size)
     with tempfile.TemporaryDirectory(dir=work) as fresh:  # nothing reused from an earlier run
         started = time.perf_counter()
-        report = build_index(catalog, name="bench", backbone=backbone, index_dir=fresh, dtype="float32",
-                             batch_size=batch_size, progress=False)
+        report = build_index(
+            catalog,
+            name="bench",
+            backbone=backbone,
+            index_dir=fresh,
+            dtype="float32",
+            batch_size=batch_size,
+            progress=False,
+        )
         wall = time.perf_counter() - started
         vectors = np.array(Index.load("bench", index_dir=fresh).embeddings, dtype=np.float32)
     assert report.reused == 0, "the benchmark must embed every picture"
@@ -80,9 +88,25 @@ def command(model_dir: Path, catalog: Path, work: Path) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(dir=work) as fresh:
         env = {**os.environ, "RECOMMENDER_INDEX_DIR": fresh}
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "recommender", "index", str(catalog), "--name", "bench",
-                               "--model", str(model_dir), "-q"], env=env, capture_output=True, text=True,
-                              cwd=ROOT, check=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "recommender",
+                "index",
+                str(catalog),
+                "--name",
+                "bench",
+                "--model",
+                str(model_dir),
+                "-q",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        )
         wall = time.perf_counter() - started
     found = re.search(r"(\d+) embedded.*\(([\d.]+) images/s\)", done.stdout)
     assert found, done.stdout

@@ -74,15 +74,21 @@ def main() -> None:
         for w in WEIGHTS:
             note = " (only drop the disliked)" if w == (1.0, 0.0, 0.0) else ""
             note += " (default)" if w == FEEDBACK_WEIGHTS else ""
-            rows.append({
-                "held-out kind": kind, "queries": len(labels), "wrong at first": len(wrong),
-                f"right among top {args.k}": reachable,
-                "weights (query, liked, disliked)": ", ".join(f"{x:g}" for x in w) + note,
-                "named right after one round": f"{fixed[w]}/{len(wrong)} ({fixed[w] / max(1, len(wrong)):.0%})",
-            })
+            rows.append(
+                {
+                    "held-out kind": kind,
+                    "queries": len(labels),
+                    "wrong at first": len(wrong),
+                    f"right among top {args.k}": reachable,
+                    "weights (query, liked, disliked)": ", ".join(f"{x:g}" for x in w) + note,
+                    "named right after one round": f"{fixed[w]}/{len(wrong)} ({fixed[w] / max(1, len(wrong)):.0%})",
+                }
+            )
         print(f"{kind}: {len(labels)} pictures embedded in {seconds:.1f} s", file=sys.stderr)
-    print(f"backbone {backbone.name}; the user likes the best-ranked right item among the top {args.k} (if any) "
-          "and dislikes the wrong top result\n")
+    print(
+        f"backbone {backbone.name}; the user likes the best-ranked right item among the top {args.k} (if any) "
+        "and dislikes the wrong top result\n"
+    )
     print(table(rows))
 
 

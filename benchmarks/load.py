@@ -107,15 +107,16 @@ class LoadReport:
             f"max {self.percentile(100):.2f} s",
             f"latency answered: p50 {self.percentile(50, 'answered'):.2f} s, "
             f"p95 {self.percentile(95, 'answered'):.2f} s",
-            f"latency refused:  p50 {self.percentile(50, 'refused'):.2f} s, "
-            f"p95 {self.percentile(95, 'refused'):.2f} s",
+            f"latency refused:  p50 {self.percentile(50, 'refused'):.2f} s, p95 {self.percentile(95, 'refused'):.2f} s",
         ]
         if rss:
             quarters = [statistics.median(rss[i * len(rss) // 4 : (i + 1) * len(rss) // 4] or rss) for i in range(4)]
-            lines.append(f"server RSS: start {rss[0]:.0f} MB, end {rss[-1]:.0f} MB, max {max(rss):.0f} MB, "
-                         f"growth {self.rss_growth_mb():+.1f} MB (last vs first quarter), "
-                         f"trend {self.rss_slope_mb_per_min():+.1f} MB/min; "
-                         f"median by quarter {', '.join(f'{q:.0f}' for q in quarters)} MB")
+            lines.append(
+                f"server RSS: start {rss[0]:.0f} MB, end {rss[-1]:.0f} MB, max {max(rss):.0f} MB, "
+                f"growth {self.rss_growth_mb():+.1f} MB (last vs first quarter), "
+                f"trend {self.rss_slope_mb_per_min():+.1f} MB/min; "
+                f"median by quarter {', '.join(f'{q:.0f}' for q in quarters)} MB"
+            )
         for outcome in failed[:5]:
             lines.append(f"failure: {outcome.upload}: {outcome.detail}")
         return "\n".join(lines)
@@ -152,8 +153,9 @@ def uploads(folder: Path, *, oversize: bool = True) -> list[Upload]:
     return good + [Upload(u.name, u.path, u.refusal, u.weight * scale) for u in bad]
 
 
-def _user(url: str, files: Sequence[Upload], stop: threading.Event, out: list[Outcome], seed: int,
-          ready: threading.Barrier) -> None:
+def _user(
+    url: str, files: Sequence[Upload], stop: threading.Event, out: list[Outcome], seed: int, ready: threading.Barrier
+) -> None:
     from gradio_client import Client, handle_file
 
     rng = random.Random(seed)
@@ -173,14 +175,20 @@ def _user(url: str, files: Sequence[Upload], stop: threading.Event, out: list[Ou
             if upload.refusal is None and isinstance(text, str) and text.startswith(ANSWERS):
                 outcome = Outcome("answered", time.perf_counter() - started, upload.name, retried=retried)
             else:
-                outcome = Outcome("failed", time.perf_counter() - started, upload.name, f"answered {text!r:.120}",
-                                  retried=retried)
+                outcome = Outcome(
+                    "failed", time.perf_counter() - started, upload.name, f"answered {text!r:.120}", retried=retried
+                )
         except Exception as exc:  # every error is judged: the right reason for a bad file, else a failure
             message = " ".join(str(exc).split())
             expected = upload.refusal is not None and re.search(upload.refusal, message)
             kind = "refused" if expected else "failed"
-            outcome = Outcome(kind, time.perf_counter() - started, upload.name, f"{type(exc).__name__}: {message:.200}",
-                              retried=retried)
+            outcome = Outcome(
+                kind,
+                time.perf_counter() - started,
+                upload.name,
+                f"{type(exc).__name__}: {message:.200}",
+                retried=retried,
+            )
         out.append(outcome)
 
 
@@ -198,15 +206,24 @@ def _predict(client: Any, payload: Any) -> tuple[Any, bool]:
         return client.predict(payload, api_name="/identify"), True
 
 
-def drive(url: str, *, users: int = 16, seconds: float = 60.0, pid: int | None = None,
-          files: Sequence[Upload] | None = None, warmup: float = 3.0) -> LoadReport:
+def drive(
+    url: str,
+    *,
+    users: int = 16,
+    seconds: float = 60.0,
+    pid: int | None = None,
+    files: Sequence[Upload] | None = None,
+    warmup: float = 3.0,
+) -> LoadReport:
     """Run `users` concurrent gradio_client users against `url` for `seconds` (after a warm-up)."""
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         files = list(files) if files is not None else uploads(Path(tmp))
         stop, outcomes = threading.Event(), []
         ready = threading.Barrier(users + 1)
-        threads = [threading.Thread(target=_user, args=(url, files, stop, outcomes, seed, ready), daemon=True)
-                   for seed in range(users)]
+        threads = [
+            threading.Thread(target=_user, args=(url, files, stop, outcomes, seed, ready), daemon=True)
+            for seed in range(users)
+        ]
         for thread in threads:
             thread.start()
         ready.wait(timeout=120)  # every client has connected
@@ -251,10 +268,20 @@ def model_folder(choice: str, folder: Path) -> str:
         tiny = folder / "dinov2-tiny-random"
         if not (tiny / "model.safetensors").exists():
             torch.manual_seed(0)
-            Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     patch_size=14, image_size=224, initializer_range=0.5)).save_pretrained(tiny)
-            (tiny / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.485, 0.456, 0.406],
-                                                                       "image_std": [0.229, 0.224, 0.225]}))
+            Dinov2Model(
+                Dinov2Config(
+                    hidden_size=32,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    patch_size=14,
+                    image_size=224,
+                    initializer_range=0.5,
+                )
+            ).save_pretrained(tiny)
+            (tiny / "preprocessor_config.json").write_text(
+                json.dumps({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})
+            )
         return str(tiny)
     return choice
 
@@ -282,8 +309,9 @@ def main() -> None:
         process, url = start_server(model, server_dir)
         print(f"{machine()}\napp.py ({args.model}) serving {url} after {time.perf_counter() - started:.0f} s")
     try:
-        report = drive(url, users=args.users, seconds=args.seconds, pid=process.pid if process else None,
-                       warmup=args.warmup)
+        report = drive(
+            url, users=args.users, seconds=args.seconds, pid=process.pid if process else None, warmup=args.warmup
+        )
         print(report.summary())
         if process and process.poll() is not None:
             print("the server died during the run")

@@ -37,8 +37,14 @@ def random_index(folder: Path, n: int, backbone: object) -> object:
         vectors = rng.normal(size=(n, backbone.dim)).astype(np.float32)  # type: ignore[attr-defined]
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         items = [Item(id=f"item{i}", path=f"item{i}.jpg", label=f"label{i % 500}") for i in range(n)]
-        write_index(folder, embeddings=vectors, items=items, backbone=backbone,  # type: ignore[arg-type]
-                    catalog=CatalogInfo(root=str(folder), labeled=True), calibration=Calibration(0.5))
+        write_index(
+            folder,
+            embeddings=vectors,
+            items=items,
+            backbone=backbone,  # type: ignore[arg-type]
+            catalog=CatalogInfo(root=str(folder), labeled=True),
+            calibration=Calibration(0.5),
+        )
     return Index.load(folder)
 
 
@@ -108,11 +114,25 @@ def main() -> None:
         index = Index.load(folder)
         opened = time.perf_counter() - started
         p50, p95 = percentiles(ours(index, backbone, queries))
-        rows.append({"index": f"{n:,} items", "pipeline": "recommender (warm, mmap, batched search)",
-                     "p50 ms": f"{p50:.1f}", "p95 ms": f"{p95:.1f}", "open s": f"{opened:.2f}"})
+        rows.append(
+            {
+                "index": f"{n:,} items",
+                "pipeline": "recommender (warm, mmap, batched search)",
+                "p50 ms": f"{p50:.1f}",
+                "p95 ms": f"{p95:.1f}",
+                "open s": f"{opened:.2f}",
+            }
+        )
         p50n, p95n = percentiles(naive(model_dir, folder, queries, args.naive_queries))
-        rows.append({"index": f"{n:,} items", "pipeline": "naive (re-read index, fp32, Python loop)",
-                     "p50 ms": f"{p50n:.1f}", "p95 ms": f"{p95n:.1f}", "open s": "-"})
+        rows.append(
+            {
+                "index": f"{n:,} items",
+                "pipeline": "naive (re-read index, fp32, Python loop)",
+                "p50 ms": f"{p50n:.1f}",
+                "p95 ms": f"{p95n:.1f}",
+                "open s": "-",
+            }
+        )
     print(table(rows))
 
 

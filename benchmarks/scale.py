@@ -59,7 +59,8 @@ def make_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     for start in range(0, n, 1 << 16):
         m = min(1 << 16, n - start)
         rows = centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, dim)).astype(np.float32) * (
-            0.8 / np.sqrt(dim))  # noise of norm ~0.8: neighbours within a group score ~0.6, others ~0
+            0.8 / np.sqrt(dim)
+        )  # noise of norm ~0.8: neighbours within a group score ~0.6, others ~0
         out[start : start + m] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     return out
 
@@ -100,8 +101,9 @@ def _through_library(vectors, folder, store, Item, Index, write_index):
     backbone = SimpleNamespace(spec={"model": "random"}, name="random", identity="random", dim=vectors.shape[1])
     items = [Item(id=str(i), path=f"{i}.jpg", label=None) for i in range(len(vectors))]
     started = time.perf_counter()
-    write_index(folder, embeddings=vectors, items=items, backbone=backbone, catalog=CatalogInfo(root=str(folder)),
-                store=store)
+    write_index(
+        folder, embeddings=vectors, items=items, backbone=backbone, catalog=CatalogInfo(root=str(folder)), store=store
+    )
     del items
     opening = time.perf_counter()
     index = Index.load(folder)
@@ -162,18 +164,32 @@ def main() -> None:
     queries = vectors[rng.integers(0, args.items, args.queries)].astype(np.float32)
     queries += rng.standard_normal(queries.shape).astype(np.float32) * (0.3 / np.sqrt(args.dim))
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    print(f"{args.items} x {args.dim} float16 vectors ({vectors.nbytes / 1e6:.0f} MB) and {args.queries} queries "
-          f"made in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"{args.items} x {args.dim} float16 vectors ({vectors.nbytes / 1e6:.0f} MB) and {args.queries} queries "
+        f"made in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
 
     from recommender.index.store import LocalStore
 
     truth = np.stack([rows[:K] for rows, _ in LocalStore(vectors, []).search(queries, K)])  # exact top-10
     rows: list[dict[str, object]] = []
-    naive = naive_ms(vectors, queries[:5], min(args.naive_items, args.items)) * args.items / min(
-        args.naive_items, args.items)
-    rows.append({"engine": f"naive Python loop (timed on {min(args.naive_items, args.items)} items, "
-                           f"extrapolated x{args.items / min(args.naive_items, args.items):.0f})",
-                 "build s": "-", "memory MB": "-", "p50 ms": f"{naive:.0f}", "p95 ms": "-", "recall@10": "1.000"})
+    naive = (
+        naive_ms(vectors, queries[:5], min(args.naive_items, args.items))
+        * args.items
+        / min(args.naive_items, args.items)
+    )
+    rows.append(
+        {
+            "engine": f"naive Python loop (timed on {min(args.naive_items, args.items)} items, "
+            f"extrapolated x{args.items / min(args.naive_items, args.items):.0f})",
+            "build s": "-",
+            "memory MB": "-",
+            "p50 ms": f"{naive:.0f}",
+            "p95 ms": "-",
+            "recall@10": "1.000",
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="recommender-scale-") as tmp:
         for engine in engines:
             release_memory()
@@ -189,17 +205,26 @@ def main() -> None:
                 seconds, search = run_milvus(vectors, queries, Path(tmp) / engine, kind)
             found, times = latencies(search, queries)
             memory = rss_mb() - before
-            rows.append({"engine": engine, "build s": f"{seconds:.1f}", "memory MB": f"{memory:.0f}",
-                         "p50 ms": f"{np.percentile(times, 50):.2f}", "p95 ms": f"{np.percentile(times, 95):.2f}",
-                         "recall@10": f"{recall(found, truth):.3f}"})
+            rows.append(
+                {
+                    "engine": engine,
+                    "build s": f"{seconds:.1f}",
+                    "memory MB": f"{memory:.0f}",
+                    "p50 ms": f"{np.percentile(times, 50):.2f}",
+                    "p95 ms": f"{np.percentile(times, 95):.2f}",
+                    "recall@10": f"{recall(found, truth):.3f}",
+                }
+            )
             print(f"{engine}: done in {time.perf_counter() - started:.0f} s: {rows[-1]}", file=sys.stderr)
             del search, found
             if engine.startswith("milvus"):
                 from recommender.index.store.milvus import close_clients
 
                 close_clients()
-    print(f"{args.items} items x {args.dim}-d (float16), {args.queries} single queries, top-{K}; "
-          f"{os.cpu_count()} CPU cores")
+    print(
+        f"{args.items} items x {args.dim}-d (float16), {args.queries} single queries, top-{K}; "
+        f"{os.cpu_count()} CPU cores"
+    )
     print()
     print(table(rows))
 

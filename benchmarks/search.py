@@ -60,8 +60,17 @@ def main() -> None:
             naive = naive_ms(vectors, queries[:3], min(args.naive_items, n)) * n / min(args.naive_items, n)
             size = f"{n:,} x {dim}"
             label = "naive Python loop" + (" (extrapolated)" if n > args.naive_items else "")
-            rows.append({"items x dim": size, "engine": label, "p50 ms": f"{naive:.1f}", "p95 ms": "-",
-                         "memory MB": "-", "open s": "-", "recall@10": "1.000"})
+            rows.append(
+                {
+                    "items x dim": size,
+                    "engine": label,
+                    "p50 ms": f"{naive:.1f}",
+                    "p95 ms": "-",
+                    "memory MB": "-",
+                    "open s": "-",
+                    "recall@10": "1.000",
+                }
+            )
             with tempfile.TemporaryDirectory(prefix="recommender-search-") as tmp:
                 for engine in ("recommender", "faiss IndexFlatIP"):
                     release_memory()
@@ -77,15 +86,25 @@ def main() -> None:
                         opened = "-"
                     found, times = latencies(search, queries)
                     p50, p95 = np.percentile(times, [50, 95])
-                    rows.append({"items x dim": size, "engine": engine, "p50 ms": f"{p50:.2f}", "p95 ms": f"{p95:.2f}",
-                                 "memory MB": f"{rss_mb() - before:.0f}", "open s": opened,
-                                 "recall@10": f"{recall(found, truth):.3f}"})
+                    rows.append(
+                        {
+                            "items x dim": size,
+                            "engine": engine,
+                            "p50 ms": f"{p50:.2f}",
+                            "p95 ms": f"{p95:.2f}",
+                            "memory MB": f"{rss_mb() - before:.0f}",
+                            "open s": opened,
+                            "recall@10": f"{recall(found, truth):.3f}",
+                        }
+                    )
                     print(f"{size} {engine}: {rows[-1]}", file=sys.stderr)
                     del search, found
             del vectors
     print(f"machine: {machine()}")
-    print(f"{args.queries} single queries, top-{K}, float16 storage; memory = RSS added while the engine is loaded "
-          "and searched\n")
+    print(
+        f"{args.queries} single queries, top-{K}, float16 storage; memory = RSS added while the engine is loaded "
+        "and searched\n"
+    )
     print(table(rows))
 
 

@@ -51,14 +51,23 @@ def draw_car(rng: random.Random, *, mirror: bool = False) -> Image.Image:
     top = int(h * rng.uniform(0.12, 0.25))
     d.rounded_rectangle([8 * s, int(h * 0.45) * s, (w - 8) * s, int(h * 0.78) * s], radius=14 * s, fill=body)
     cab = (int(w * rng.uniform(0.22, 0.3)), int(w * rng.uniform(0.65, 0.75)))
-    d.polygon([(cab[0] * s, int(h * 0.46) * s), ((cab[0] + 25) * s, top * s), ((cab[1] - 20) * s, top * s),
-               (cab[1] * s, int(h * 0.46) * s)], fill=body)
+    d.polygon(
+        [
+            (cab[0] * s, int(h * 0.46) * s),
+            ((cab[0] + 25) * s, top * s),
+            ((cab[1] - 20) * s, top * s),
+            (cab[1] * s, int(h * 0.46) * s),
+        ],
+        fill=body,
+    )
     mid = (cab[0] + cab[1]) // 2
     sill, head = int(h * 0.44) * s, (top + 8) * s
-    d.polygon([((cab[0] + 12) * s, sill), ((cab[0] + 30) * s, head), ((mid - 4) * s, head), ((mid - 4) * s, sill)],
-              fill=glass)
-    d.polygon([((mid + 4) * s, sill), ((mid + 4) * s, head), ((cab[1] - 24) * s, head), ((cab[1] - 10) * s, sill)],
-              fill=glass)
+    d.polygon(
+        [((cab[0] + 12) * s, sill), ((cab[0] + 30) * s, head), ((mid - 4) * s, head), ((mid - 4) * s, sill)], fill=glass
+    )
+    d.polygon(
+        [((mid + 4) * s, sill), ((mid + 4) * s, head), ((cab[1] - 24) * s, head), ((cab[1] - 10) * s, sill)], fill=glass
+    )
     r = int(h * 0.14)
     for cx in (int(w * 0.24), int(w * 0.76)):
         cy = int(h * 0.78)
@@ -79,8 +88,12 @@ def draw_house(rng: random.Random) -> Image.Image:
     d.rectangle([int(w * 0.7) * s, 22 * s, int(w * 0.8) * s, int(eave * 0.7) * s], fill=roof)
     d.rectangle([int(w * 0.42) * s, int(h * 0.65) * s, int(w * 0.58) * s, (h - 8) * s], fill=(90, 60, 40))
     for x in (0.22, 0.66):
-        d.rectangle([int(w * x) * s, int(h * 0.52) * s, int(w * (x + 0.12)) * s, int(h * 0.64) * s],
-                    fill=(170, 215, 240), outline=(60, 60, 60), width=2 * s)
+        d.rectangle(
+            [int(w * x) * s, int(h * 0.52) * s, int(w * (x + 0.12)) * s, int(h * 0.64) * s],
+            fill=(170, 215, 240),
+            outline=(60, 60, 60),
+            width=2 * s,
+        )
     return _done(img)
 
 
@@ -103,10 +116,18 @@ def draw_cup(rng: random.Random) -> Image.Image:
     img, d = _canvas(w, h)
     colour = _colour(rng)
     d.ellipse([10 * s, int(h * 0.8) * s, (w - 10) * s, (h - 6) * s], fill=colour)  # saucer
-    d.ellipse([int(w * 0.68) * s, int(h * 0.3) * s, int(w * 0.92) * s, int(h * 0.62) * s], outline=colour,
-              width=9 * s)  # handle
-    d.polygon([(int(w * 0.18) * s, int(h * 0.2) * s), (int(w * 0.78) * s, int(h * 0.2) * s),
-               (int(w * 0.7) * s, int(h * 0.84) * s), (int(w * 0.26) * s, int(h * 0.84) * s)], fill=colour)
+    d.ellipse(
+        [int(w * 0.68) * s, int(h * 0.3) * s, int(w * 0.92) * s, int(h * 0.62) * s], outline=colour, width=9 * s
+    )  # handle
+    d.polygon(
+        [
+            (int(w * 0.18) * s, int(h * 0.2) * s),
+            (int(w * 0.78) * s, int(h * 0.2) * s),
+            (int(w * 0.7) * s, int(h * 0.84) * s),
+            (int(w * 0.26) * s, int(h * 0.84) * s),
+        ],
+        fill=colour,
+    )
     d.ellipse([int(w * 0.18) * s, int(h * 0.14) * s, int(w * 0.78) * s, int(h * 0.26) * s], fill=(90, 50, 25))
     return _done(img)
 
@@ -116,13 +137,26 @@ def draw_boat(rng: random.Random) -> Image.Image:
     w, h = rng.randint(210, 250), rng.randint(200, 240)
     img, d = _canvas(w, h)
     hull, sail = _colour(rng), (250, 250, 240)
-    d.polygon([(8 * s, int(h * 0.7) * s), ((w - 8) * s, int(h * 0.7) * s), (int(w * 0.8) * s, (h - 10) * s),
-               (int(w * 0.2) * s, (h - 10) * s)], fill=hull)
+    d.polygon(
+        [
+            (8 * s, int(h * 0.7) * s),
+            ((w - 8) * s, int(h * 0.7) * s),
+            (int(w * 0.8) * s, (h - 10) * s),
+            (int(w * 0.2) * s, (h - 10) * s),
+        ],
+        fill=hull,
+    )
     d.rectangle([int(w * 0.49) * s, 10 * s, int(w * 0.52) * s, int(h * 0.7) * s], fill=(90, 60, 40))
-    d.polygon([(int(w * 0.53) * s, 14 * s), (int(w * 0.53) * s, int(h * 0.64) * s),
-               (int(w * 0.9) * s, int(h * 0.64) * s)], fill=sail, outline=(120, 120, 120), width=2 * s)
-    d.polygon([(int(w * 0.47) * s, 30 * s), (int(w * 0.47) * s, int(h * 0.64) * s),
-               (int(w * 0.15) * s, int(h * 0.64) * s)], fill=_colour(rng))
+    d.polygon(
+        [(int(w * 0.53) * s, 14 * s), (int(w * 0.53) * s, int(h * 0.64) * s), (int(w * 0.9) * s, int(h * 0.64) * s)],
+        fill=sail,
+        outline=(120, 120, 120),
+        width=2 * s,
+    )
+    d.polygon(
+        [(int(w * 0.47) * s, 30 * s), (int(w * 0.47) * s, int(h * 0.64) * s), (int(w * 0.15) * s, int(h * 0.64) * s)],
+        fill=_colour(rng),
+    )
     return _done(img)
 
 
@@ -164,14 +198,19 @@ def pokemon_artwork(pokemon: Path, root: Path, count: int = 151) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pokemon", type=Path, default=Path("assets/pokemon"),
-                        help="the Pokémon catalog folder, for the heatmap (default: assets/pokemon)")
+    parser.add_argument(
+        "--pokemon",
+        type=Path,
+        default=Path("assets/pokemon"),
+        help="the Pokémon catalog folder, for the heatmap (default: assets/pokemon)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         indexes = work / "index"
-        build_index(drawn_catalog(work / "drawn"), name="drawn", model="efficientnet-lite0", index_dir=indexes,
-                    progress=False)
+        build_index(
+            drawn_catalog(work / "drawn"), name="drawn", model="efficientnet-lite0", index_dir=indexes, progress=False
+        )
         drawn = Index.load("drawn", index_dir=indexes)
         # A scene the catalog does not hold: a tree and a car side by side. Explained against the
         # best-matching car, the overlay should light up the car and leave the tree dark.

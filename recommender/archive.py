@@ -82,8 +82,10 @@ def extract_archive(
                 continue
             if out.suffix.lower() == ".csv":
                 if max_rows is not None and (lines := _count_lines(out)) > max_rows + 1:  # + the header
-                    raise LimitExceeded(f"{_shown(member.filename)}: {lines - 1:,} rows, more than the "
-                                        f"{max_rows:,} a web upload may list")
+                    raise LimitExceeded(
+                        f"{_shown(member.filename)}: {lines - 1:,} rows, more than the "
+                        f"{max_rows:,} a web upload may list"
+                    )
                 csvs.append(out)
     if len(csvs) == 1:
         return csvs[0], skipped
@@ -92,24 +94,30 @@ def extract_archive(
     return target, skipped
 
 
-def _check_totals(name: str, members: list[zipfile.ZipInfo], *, max_bytes: int | None,
-                  max_pictures: int | None) -> None:
+def _check_totals(
+    name: str, members: list[zipfile.ZipInfo], *, max_bytes: int | None, max_pictures: int | None
+) -> None:
     """Refuse a zip bomb, or an upload over its limits, from the archive's directory alone."""
     if len(members) > ARCHIVE_MAX_MEMBERS:
         raise CatalogError(f"{name}: {len(members):,} files, more than the {ARCHIVE_MAX_MEMBERS:,} allowed")
     total = sum(m.file_size for m in members)
     packed = max(1, sum(m.compress_size for m in members))
     if total > ARCHIVE_MAX_BYTES or (total / packed > ARCHIVE_MAX_RATIO and total > 64 << 20):
-        raise CatalogError(f"{name}: unpacks to {total / 1e6:,.0f} MB from {packed / 1e6:,.1f} MB; refused "
-                           "as a possible zip bomb")
+        raise CatalogError(
+            f"{name}: unpacks to {total / 1e6:,.0f} MB from {packed / 1e6:,.1f} MB; refused as a possible zip bomb"
+        )
     if max_bytes is not None and total > max_bytes:
-        raise LimitExceeded(f"{name}: unpacks to {total / 1e6:,.1f} MB, more than the "
-                            f"{max_bytes / 1e6:,.0f} MB a web upload may hold")
-    pictures = sum(not m.is_dir() and not m.filename.startswith("__MACOSX/") and is_image_file(Path(m.filename))
-                   for m in members)
+        raise LimitExceeded(
+            f"{name}: unpacks to {total / 1e6:,.1f} MB, more than the {max_bytes / 1e6:,.0f} MB a web upload may hold"
+        )
+    pictures = sum(
+        not m.is_dir() and not m.filename.startswith("__MACOSX/") and is_image_file(Path(m.filename)) for m in members
+    )
     if max_pictures is not None and pictures > max_pictures:
-        raise LimitExceeded(f"{name}: {pictures:,} pictures, more than the {max_pictures:,} a web upload may "
-                            "hold; index larger catalogs from the command line")
+        raise LimitExceeded(
+            f"{name}: {pictures:,} pictures, more than the {max_pictures:,} a web upload may "
+            "hold; index larger catalogs from the command line"
+        )
 
 
 def _destination(member: zipfile.ZipInfo, target: Path) -> tuple[Path, str | None]:
@@ -157,7 +165,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _shown(name: str, limit: int = 512) -> str:
     """An archive member's name as reports show it: a very long one cut in the middle."""
-    return name if len(name) <= limit else f"{name[:limit // 2]}…{name[-limit // 4:]}"
+    return name if len(name) <= limit else f"{name[: limit // 2]}…{name[-limit // 4 :]}"
 
 
 def _count_lines(path: Path) -> int:

@@ -50,18 +50,28 @@ class Calibration:
         if not all(value is None or _is_summary(value) for value in summaries.values()):
             raise ValueError("bad calibration summary")
         queries = data.get("queries", 0)
-        return cls(threshold=float(threshold), method=str(data.get("method", "stored threshold"))[:200],
-                   queries=queries if isinstance(queries, int) and not isinstance(queries, bool) else 0,
-                   **summaries)
+        return cls(
+            threshold=float(threshold),
+            method=str(data.get("method", "stored threshold"))[:200],
+            queries=queries if isinstance(queries, int) and not isinstance(queries, bool) else 0,
+            **summaries,
+        )
 
 
 def _is_summary(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                           for v in value.values())
+    return isinstance(value, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    )
 
 
-def calibrate(embeddings: np.ndarray, labels: Sequence[str | None], *, queries: int = CALIBRATION_QUERIES,
-              seed: int = 0, quantile: float = OUTSIDE_QUANTILE) -> Calibration:
+def calibrate(
+    embeddings: np.ndarray,
+    labels: Sequence[str | None],
+    *,
+    queries: int = CALIBRATION_QUERIES,
+    seed: int = 0,
+    quantile: float = OUTSIDE_QUANTILE,
+) -> Calibration:
     """The score above which a picture counts as "from this catalog's universe", learnt from the catalog.
 
     Each sampled catalog item is matched against all the others, leaving out itself and, in a
@@ -101,8 +111,11 @@ def calibrate(embeddings: np.ndarray, labels: Sequence[str | None], *, queries: 
     )
 
 
-def _leave_one_out(embeddings: np.ndarray, codes: np.ndarray, picked: np.ndarray,
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _leave_one_out(
+    embeddings: np.ndarray,
+    codes: np.ndarray,
+    picked: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each picked item: best score to another item of its label, to another label, and to any other item.
 
     Blocks of queries against blocks of items, so that memory stays small for millions of items.
@@ -121,10 +134,12 @@ def _leave_one_out(embeddings: np.ndarray, codes: np.ndarray, picked: np.ndarray
             hit = (own >= 0) & (own < len(block))
             sims[np.flatnonzero(hit), own[hit]] = -np.inf  # not itself
             same = (qcodes[:, None] == codes[None, n0 : n0 + len(block)]) & (qcodes[:, None] >= 0)
-            inside[q0 : q0 + len(rows)] = np.maximum(inside[q0 : q0 + len(rows)],
-                                                     np.where(same, sims, -np.inf).max(axis=1))
-            outside[q0 : q0 + len(rows)] = np.maximum(outside[q0 : q0 + len(rows)],
-                                                      np.where(same, -np.inf, sims).max(axis=1))
+            inside[q0 : q0 + len(rows)] = np.maximum(
+                inside[q0 : q0 + len(rows)], np.where(same, sims, -np.inf).max(axis=1)
+            )
+            outside[q0 : q0 + len(rows)] = np.maximum(
+                outside[q0 : q0 + len(rows)], np.where(same, -np.inf, sims).max(axis=1)
+            )
     return inside, outside, np.maximum(inside, outside)
 
 

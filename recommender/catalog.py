@@ -102,8 +102,9 @@ def read_catalog(
             raise CatalogError("--image-column, --label-column and id columns only apply to CSV catalogs")
         catalog = _read_folder(path)
     elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        catalog = _read_csv(path, image_column=image_column, label_column=label_column, id_column=id_column,
-                            confined=confined)
+        catalog = _read_csv(
+            path, image_column=image_column, label_column=label_column, id_column=id_column, confined=confined
+        )
     else:
         raise CatalogError(f"{path}: a catalog is a folder of pictures or a CSV file")
     if limit is not None:
@@ -168,8 +169,9 @@ CSV_MAX_LINE = 1 << 20
 CSV_MAX_ROWS = 10_000_000
 
 
-def _read_csv(path: Path, *, image_column: str | None, label_column: str | None, id_column: str | None,
-              confined: bool = False) -> Catalog:
+def _read_csv(
+    path: Path, *, image_column: str | None, label_column: str | None, id_column: str | None, confined: bool = False
+) -> Catalog:
     """Read a CSV catalog a line at a time, within bounds: `CSV_MAX_LINE`, `CSV_MAX_ROWS` and csv's cell limit.
 
     A cell, line or file beyond them is refused with one line (an unclosed quote is the usual cause
@@ -202,8 +204,10 @@ def _read_csv(path: Path, *, image_column: str | None, label_column: str | None,
             seen: set[str] = set()
             for number, row in enumerate(reader, start=2):
                 if number > CSV_MAX_ROWS + 1:
-                    raise CatalogError(f"{path}: more than {CSV_MAX_ROWS:,} rows, the most a catalog may have; "
-                                       "split it into several catalogs")
+                    raise CatalogError(
+                        f"{path}: more than {CSV_MAX_ROWS:,} rows, the most a catalog may have; "
+                        "split it into several catalogs"
+                    )
                 if not any(cell.strip() for cell in row):
                     continue  # blank line
                 where = f"{path.name} row {number}"
@@ -227,9 +231,11 @@ def _read_csv(path: Path, *, image_column: str | None, label_column: str | None,
                 reals.append(real)
         except csv.Error as exc:
             if "field larger than field limit" in str(exc):
-                raise CatalogError(f"{path}: row {number + 1} has a cell longer than {csv.field_size_limit():,} "
-                                   "characters (an unclosed quote?); a catalog's cells hold paths, labels and short "
-                                   "text") from None
+                raise CatalogError(
+                    f"{path}: row {number + 1} has a cell longer than {csv.field_size_limit():,} "
+                    "characters (an unclosed quote?); a catalog's cells hold paths, labels and short "
+                    "text"
+                ) from None
             raise CatalogError(f"{path}: row {number + 1} is not readable CSV ({exc})") from None
     root, items = _under_one_root(path, root, items, reals)
     columns = {"image": image_col, "label": label_col, "id": id_col}
@@ -264,8 +270,10 @@ def _under_one_root(path: Path, root: Path, items: list[Item], reals: list[Path]
         return root, items
     top = Path(os.path.commonpath([root, *outside]))
     if top == top.parent:
-        raise CatalogError(f"{path}: its pictures are spread over the whole file system ({root} and "
-                           f"{outside[0].parent} have only {top} in common); put them under one folder")
+        raise CatalogError(
+            f"{path}: its pictures are spread over the whole file system ({root} and "
+            f"{outside[0].parent} have only {top} in common); put them under one folder"
+        )
     moved = []
     for item, real in zip(items, reals):
         rel = Path(os.path.relpath(real, top)).as_posix()
@@ -278,15 +286,18 @@ def _csv_lines(fh: BinaryIO, path: Path) -> Iterator[str]:
     offset = 0
     while raw := fh.readline(CSV_MAX_LINE + 1):
         if len(raw) > CSV_MAX_LINE:
-            raise CatalogError(f"{path}: a line longer than {CSV_MAX_LINE:,} bytes at byte {offset:,}; a catalog's "
-                               "rows name a picture and a few short fields")
+            raise CatalogError(
+                f"{path}: a line longer than {CSV_MAX_LINE:,} bytes at byte {offset:,}; a catalog's "
+                "rows name a picture and a few short fields"
+            )
         if offset == 0 and raw.startswith(codecs.BOM_UTF8):
-            raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+            raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise CatalogError(f"{path}: not UTF-8 text ({exc.reason} at byte {offset + exc.start}); save it as "
-                               "UTF-8") from None
+            raise CatalogError(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {offset + exc.start}); save it as UTF-8"
+            ) from None
         offset += len(raw)
         yield from text.splitlines()
 
@@ -297,8 +308,9 @@ def _sniff_delimiter(header_line: str) -> str:
     return best if counts[best] else ","
 
 
-def _column(path: Path, header: list[str], given: str | None, candidates: tuple[str, ...], role: str, *,
-            required: bool) -> str | None:
+def _column(
+    path: Path, header: list[str], given: str | None, candidates: tuple[str, ...], role: str, *, required: bool
+) -> str | None:
     if given:
         if given not in header:
             raise CatalogError(f"{path}: no column {given!r} for the {role}; the columns are: {', '.join(header)}")

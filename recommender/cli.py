@@ -47,11 +47,20 @@ def _debug(ctx: click.Context) -> bool:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--index-dir", type=click.Path(file_okay=False), default=None,
-              help=f"Folder of built indexes [env {settings.ENV_INDEX_DIR}; default: index/ in the repository].")
-@click.option("--max-decode-mb", type=float, default=None, metavar="MB",
-              help="Memory all pictures being decoded at once may hold; a picture that needs more is refused "
-                   f"[env {settings.ENV_MAX_DECODE_MB}; default: {settings.DEFAULT_MAX_DECODE_MB}].")
+@click.option(
+    "--index-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help=f"Folder of built indexes [env {settings.ENV_INDEX_DIR}; default: index/ in the repository].",
+)
+@click.option(
+    "--max-decode-mb",
+    type=float,
+    default=None,
+    metavar="MB",
+    help="Memory all pictures being decoded at once may hold; a picture that needs more is refused "
+    f"[env {settings.ENV_MAX_DECODE_MB}; default: {settings.DEFAULT_MAX_DECODE_MB}].",
+)
 @click.option("--debug", is_flag=True, envvar="RECOMMENDER_DEBUG", help="Show tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="recommender")
 @click.pass_context
@@ -67,7 +76,10 @@ def cli(ctx: click.Context, index_dir: str | None, max_decode_mb: float | None, 
 
 def _index_option(func: Any) -> Any:
     return click.option(
-        "--index", "index_name", default=None, metavar="NAME",
+        "--index",
+        "index_name",
+        default=None,
+        metavar="NAME",
         help=f"Index to use [env {settings.ENV_INDEX}; default: {settings.DEFAULT_INDEX}].",
     )(func)
 
@@ -75,40 +87,95 @@ def _index_option(func: Any) -> Any:
 @cli.command("index")
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--name", required=True, help="Name of the index (a folder under the index folder).")
-@click.option("--model", default=None, metavar="M",
-              help=f"Backbone: {', '.join(registered_backbones())}, A+B for a hybrid, a hub id or a local folder "
-                   f"[env {settings.ENV_MODEL}; default: {settings.DEFAULT_MODEL}].")
+@click.option(
+    "--model",
+    default=None,
+    metavar="M",
+    help=f"Backbone: {', '.join(registered_backbones())}, A+B for a hybrid, a hub id or a local folder "
+    f"[env {settings.ENV_MODEL}; default: {settings.DEFAULT_MODEL}].",
+)
 @click.option("--weights", default=None, metavar="W", help="Hybrid weights, e.g. 0.7,0.3.")
-@click.option("--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True,
-              help="DINOv2 global descriptor.")
+@click.option(
+    "--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True, help="DINOv2 global descriptor."
+)
 @click.option("--image-size", type=int, default=224, show_default=True, help="Model input size (multiple of 14).")
-@click.option("--fit", type=click.Choice(FITS), default="pad", show_default=True,
-              help="pad: whole picture on a white square; crop: centre square.")
+@click.option(
+    "--fit",
+    type=click.Choice(FITS),
+    default="pad",
+    show_default=True,
+    help="pad: whole picture on a white square; crop: centre square.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Index only the first N items.")
 @click.option("--image-column", default=None, metavar="C", help="CSV column with image paths.")
 @click.option("--label-column", default=None, metavar="C", help="CSV column with labels.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage precision of the embeddings.")
-@click.option("--domain", default=None, metavar="WORD",
-              help='What the items are, for answers and web searches (e.g. "Pokémon", "watch").')
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help=f"auto: bf16 where it is native and agrees with fp32; fp32: exact [env {settings.ENV_PRECISION}].")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Storage precision of the embeddings.",
+)
+@click.option(
+    "--domain",
+    default=None,
+    metavar="WORD",
+    help='What the items are, for answers and web searches (e.g. "Pokémon", "watch").',
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help=f"auto: bf16 where it is native and agrees with fp32; fp32: exact [env {settings.ENV_PRECISION}].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pictures per model call.")
-@click.option("--store", default=None, metavar="STORE",
-              help="Where the vectors go: local (files, exact search), milvus-lite (a database in the index "
-                   "folder), milvus-lite:PATH.db, or milvus://HOST:PORT; add ?index=IVF_FLAT for IVF instead of "
-                   f"HNSW [env {settings.ENV_STORE}; default: local].")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
-              help="Embed on Ray Data: alone, a local Ray (or the cluster in RAY_ADDRESS); with an address, "
-                   "that cluster (e.g. ray://HEAD:10001). Put it after SOURCE.")
-@click.option("--actors", type=click.IntRange(min=1), default=None,
-              help="Model replicas with --ray [default: one per GPU, else one per 4 CPUs].")
+@click.option(
+    "--store",
+    default=None,
+    metavar="STORE",
+    help="Where the vectors go: local (files, exact search), milvus-lite (a database in the index "
+    "folder), milvus-lite:PATH.db, or milvus://HOST:PORT; add ?index=IVF_FLAT for IVF instead of "
+    f"HNSW [env {settings.ENV_STORE}; default: local].",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Embed on Ray Data: alone, a local Ray (or the cluster in RAY_ADDRESS); with an address, "
+    "that cluster (e.g. ray://HEAD:10001). Put it after SOURCE.",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Model replicas with --ray [default: one per GPU, else one per 4 CPUs].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, weights: str | None, pooling: str,
-              image_size: int, fit: str, limit: int | None, image_column: str | None, label_column: str | None,
-              dtype: str, domain: str | None, precision: str | None, batch_size: int | None, store: str | None,
-              ray_address: str | None, actors: int | None, quiet: bool) -> None:
+def index_cmd(
+    ctx: click.Context,
+    source: str,
+    name: str,
+    model: str | None,
+    weights: str | None,
+    pooling: str,
+    image_size: int,
+    fit: str,
+    limit: int | None,
+    image_column: str | None,
+    label_column: str | None,
+    dtype: str,
+    domain: str | None,
+    precision: str | None,
+    batch_size: int | None,
+    store: str | None,
+    ray_address: str | None,
+    actors: int | None,
+    quiet: bool,
+) -> None:
     """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV.
 
     An interrupted build picks up where it stopped when run again with the same backbone.
@@ -120,12 +187,27 @@ def index_cmd(ctx: click.Context, source: str, name: str, model: str | None, wei
     config = StoreConfig.parse(settings.store(store))  # a bad --store fails before the model loads
     if actors is not None and ray_address is None:
         raise click.BadParameter("only applies with --ray", param_hint="--actors")
-    backbone = load_backbone(model, weights=weights, pooling=pooling, image_size=image_size, fit=fit,
-                             precision=precision)
+    backbone = load_backbone(
+        model, weights=weights, pooling=pooling, image_size=image_size, fit=fit, precision=precision
+    )
     executor = RayExecutor(ray_address or None, actors=actors) if ray_address is not None else None
-    report = build_index(source, name=name, backbone=backbone, config=BuildConfig(
-        limit=limit, image_column=image_column, label_column=label_column, index_dir=ctx.obj["index_dir"],
-        dtype=dtype, domain=domain, batch_size=batch_size, progress=not quiet, store=config, executor=executor))
+    report = build_index(
+        source,
+        name=name,
+        backbone=backbone,
+        config=BuildConfig(
+            limit=limit,
+            image_column=image_column,
+            label_column=label_column,
+            index_dir=ctx.obj["index_dir"],
+            dtype=dtype,
+            domain=domain,
+            batch_size=batch_size,
+            progress=not quiet,
+            store=config,
+            executor=executor,
+        ),
+    )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for skip in report.skipped[:_SHOW_SKIPS]:
@@ -174,14 +256,26 @@ def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
 @click.argument("image", type=click.Path(exists=False))
 @_index_option
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of matches.")
-@click.option("--where", multiple=True, metavar="KEY=VALUE",
-              help="Only items whose label or metadata KEY equals VALUE (repeat: same key OR, keys AND).")
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only items whose label or metadata KEY equals VALUE (repeat: same key OR, keys AND).",
+)
 @click.option("--like", multiple=True, metavar="ID", help="An item id to move the results toward (repeatable).")
 @click.option("--dislike", multiple=True, metavar="ID", help="An item id to move away from and leave out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of matches.")
 @click.pass_context
-def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, where: tuple[str, ...],
-               like: tuple[str, ...], dislike: tuple[str, ...], as_json: bool) -> None:
+def search_cmd(
+    ctx: click.Context,
+    image: str,
+    index_name: str | None,
+    k: int,
+    where: tuple[str, ...],
+    like: tuple[str, ...],
+    dislike: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Find the catalog items that look most like IMAGE."""
     from .recommend import look_alikes
 
@@ -202,13 +296,19 @@ def search_cmd(ctx: click.Context, image: str, index_name: str | None, k: int, w
 @cli.command("identify")
 @click.argument("image", type=click.Path(exists=False))
 @_index_option
-@click.option("--name-with", "reference", default=None, metavar="REFERENCE",
-              help="Name the closest picture through this labeled index (for unlabeled catalogs).")
+@click.option(
+    "--name-with",
+    "reference",
+    default=None,
+    metavar="REFERENCE",
+    help="Name the closest picture through this labeled index (for unlabeled catalogs).",
+)
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Matches to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as a JSON object.")
 @click.pass_context
-def identify_cmd(ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int,
-                 as_json: bool) -> None:
+def identify_cmd(
+    ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int, as_json: bool
+) -> None:
     """Say which catalog item IMAGE is, or that it comes from another universe."""
     from .recommend import identify
 
@@ -228,46 +328,104 @@ def identify_cmd(ctx: click.Context, image: str, index_name: str | None, referen
 
 @cli.command("evaluate")
 @_index_option
-@click.option("--catalog", "catalog", default=None, metavar="SOURCE",
-              help="Gallery built from this catalog (folder or CSV) with --model/--models, instead of --index; "
-                   "indexes are cached under the cache folder.")
+@click.option(
+    "--catalog",
+    "catalog",
+    default=None,
+    metavar="SOURCE",
+    help="Gallery built from this catalog (folder or CSV) with --model/--models, instead of --index; "
+    "indexes are cached under the cache folder.",
+)
 @click.option("--model", default=None, metavar="M", help="Backbone for --catalog [default: as for `index`].")
-@click.option("--models", default=None, metavar="A,B,...",
-              help="Compare backbones in one table, e.g. colour-histogram,efficientnet-lite0,offline; hybrid weights "
-                   "inline: efficientnet-lite0@0.9+colour-histogram@0.1.")
-@click.option("--weights", default=None, metavar="W",
-              help="Weights of hybrids named without inline weights, e.g. 0.9,0.1.")
+@click.option(
+    "--models",
+    default=None,
+    metavar="A,B,...",
+    help="Compare backbones in one table, e.g. colour-histogram,efficientnet-lite0,offline; hybrid weights "
+    "inline: efficientnet-lite0@0.9+colour-histogram@0.1.",
+)
+@click.option(
+    "--weights", default=None, metavar="W", help="Weights of hybrids named without inline weights, e.g. 0.9,0.1."
+)
 @click.option("--image-column", default=None, metavar="C", help="CSV column with image paths (--catalog).")
 @click.option("--label-column", default=None, metavar="C", help="CSV column with labels (--catalog).")
-@click.option("--queries", multiple=True, metavar="FOLDER",
-              help="Query set: class sub-folders named by label (or a labeled CSV); repeat for several sets.")
-@click.option("--query-index", default=None, metavar="NAME",
-              help="A built index of labeled pictures as the query set (same backbone as the gallery).")
+@click.option(
+    "--queries",
+    multiple=True,
+    metavar="FOLDER",
+    help="Query set: class sub-folders named by label (or a labeled CSV); repeat for several sets.",
+)
+@click.option(
+    "--query-index",
+    default=None,
+    metavar="NAME",
+    help="A built index of labeled pictures as the query set (same backbone as the gallery).",
+)
 @click.option("--reverse", is_flag=True, help="Also the swapped direction: gallery items query each query set.")
 @click.option("--leave-one-out", is_flag=True, help="Each gallery item queries the rest of the gallery.")
-@click.option("--group-by", default=None, metavar="COLUMN",
-              help="Per-group table beside the class distribution: label or a metadata column.")
-@click.option("--pairs", default=None, metavar="CSV",
-              help="Look-alike pairs (columns left,right): the true right among 19 random foils.")
+@click.option(
+    "--group-by",
+    default=None,
+    metavar="COLUMN",
+    help="Per-group table beside the class distribution: label or a metadata column.",
+)
+@click.option(
+    "--pairs",
+    default=None,
+    metavar="CSV",
+    help="Look-alike pairs (columns left,right): the true right among 19 random foils.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the foils drawn for --pairs.")
-@click.option("--outside", multiple=True, metavar="FOLDER",
-              help="Pictures from another universe, to judge the in-catalog decision (repeatable).")
-@click.option("--inside", multiple=True, metavar="FOLDER",
-              help="Pictures of catalog items for that decision (repeatable) [default: the --queries folders].")
+@click.option(
+    "--outside",
+    multiple=True,
+    metavar="FOLDER",
+    help="Pictures from another universe, to judge the in-catalog decision (repeatable).",
+)
+@click.option(
+    "--inside",
+    multiple=True,
+    metavar="FOLDER",
+    help="Pictures of catalog items for that decision (repeatable) [default: the --queries folders].",
+)
 @click.option("--map-at", type=click.IntRange(min=1), default=5, show_default=True, help="k of mAP@k.")
-@click.option("--worst", type=click.IntRange(min=0), default=None, metavar="N",
-              help="List the N worst queries of each protocol (10 with --sheet).")
+@click.option(
+    "--worst",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="List the N worst queries of each protocol (10 with --sheet).",
+)
 @click.option("--sheet", default=None, metavar="FILE.png", help="Contact sheet of the worst queries (a PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as a JSON object.")
 @click.option("--markdown", is_flag=True, help="Print Markdown tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None, model: str | None,
-                 models: str | None, weights: str | None, image_column: str | None, label_column: str | None,
-                 queries: tuple[str, ...], query_index: str | None, reverse: bool, leave_one_out: bool,
-                 group_by: str | None, pairs: str | None, seed: int, outside: tuple[str, ...],
-                 inside: tuple[str, ...], map_at: int, worst: int | None, sheet: str | None, as_json: bool,
-                 markdown: bool, quiet: bool) -> None:
+def evaluate_cmd(
+    ctx: click.Context,
+    index_name: str | None,
+    catalog: str | None,
+    model: str | None,
+    models: str | None,
+    weights: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    queries: tuple[str, ...],
+    query_index: str | None,
+    reverse: bool,
+    leave_one_out: bool,
+    group_by: str | None,
+    pairs: str | None,
+    seed: int,
+    outside: tuple[str, ...],
+    inside: tuple[str, ...],
+    map_at: int,
+    worst: int | None,
+    sheet: str | None,
+    as_json: bool,
+    markdown: bool,
+    quiet: bool,
+) -> None:
     """How good retrieval is: query sets, leave-one-out, pairs top-k of 20, the another-universe decision.
 
     See docs/evaluation.md for the protocols, the metrics and a worked comparison on Pokémon.
@@ -278,26 +436,49 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None
     from .index import Index
 
     building = bool(catalog or models)
-    _usage([(as_json and markdown, "--json and --markdown are exclusive"),
-            (building and index_name, "--index evaluates a built index; --catalog/--models build one per model: "
-                                      "pick one"),
+    _usage(
+        [
+            (as_json and markdown, "--json and --markdown are exclusive"),
+            (
+                building and index_name,
+                "--index evaluates a built index; --catalog/--models build one per model: pick one",
+            ),
             (model and models, "--model names one backbone, --models several: pick one"),
-            ((model or models or image_column or label_column) and not building,
-             "--model, --image-column and --label-column apply to --catalog SOURCE"),
-            (weights and not building, "--weights applies to --models hybrids; an index already has its weights")])
+            (
+                (model or models or image_column or label_column) and not building,
+                "--model, --image-column and --label-column apply to --catalog SOURCE",
+            ),
+            (weights and not building, "--weights applies to --models hybrids; an index already has its weights"),
+        ]
+    )
     index_dir = ctx.obj["index_dir"]
-    plan = ev.Plan(queries=[Path(q) for q in queries], reverse=reverse, leave_one_out=leave_one_out,
-                   group_by=group_by, pairs=Path(pairs) if pairs else None, seed=seed,
-                   inside=[Path(p) for p in inside], outside=[Path(p) for p in outside], map_at=map_at,
-                   query_index=Index.load(query_index, index_dir=index_dir) if query_index else None)
+    plan = ev.Plan(
+        queries=[Path(q) for q in queries],
+        reverse=reverse,
+        leave_one_out=leave_one_out,
+        group_by=group_by,
+        pairs=Path(pairs) if pairs else None,
+        seed=seed,
+        inside=[Path(p) for p in inside],
+        outside=[Path(p) for p in outside],
+        map_at=map_at,
+        query_index=Index.load(query_index, index_dir=index_dir) if query_index else None,
+    )
     try:  # which protocols go together is the plan's to say; on the command line, a usage error
         plan.check(has_gallery=(building and catalog is not None) or not building)
     except RecommenderError as exc:
         raise click.UsageError(str(exc)) from None
     if building:
         specs = ev.parse_models(models or settings.model_name(model), weights)
-        report = ev.compare_models(catalog, specs, plan, image_column=image_column, label_column=label_column,
-                                   progress=not quiet, strict=not models)
+        report = ev.compare_models(
+            catalog,
+            specs,
+            plan,
+            image_column=image_column,
+            label_column=label_column,
+            progress=not quiet,
+            strict=not models,
+        )
     else:
         report = ev.evaluate_index(_open_index(ctx, index_name), plan, progress=not quiet)
     shown = worst if worst is not None else (10 if sheet else 0)
@@ -322,10 +503,16 @@ def evaluate_cmd(ctx: click.Context, index_name: str | None, catalog: str | None
 @cli.command("map")
 @_index_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="map.html (interactive) or map.png.")
-@click.option("--color-by", default="label", show_default=True, metavar="COLUMN",
-              help="Colour points by label or any metadata column.")
-@click.option("--query", "query_image", type=click.Path(exists=False), default=None,
-              help="Place this picture on the map.")
+@click.option(
+    "--color-by",
+    default="label",
+    show_default=True,
+    metavar="COLUMN",
+    help="Colour points by label or any metadata column.",
+)
+@click.option(
+    "--query", "query_image", type=click.Path(exists=False), default=None, help="Place this picture on the map."
+)
 @click.pass_context
 def map_cmd(ctx: click.Context, index_name: str | None, out: str, color_by: str, query_image: str | None) -> None:
     """Draw the whole catalog in 2-D (principal axes), optionally with a query placed on it."""
@@ -351,8 +538,19 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
     labels = sorted({item.label for item in index.items if item.label is not None})
     columns = sorted({k for item in index.items for k in item.metadata})
     if as_json:
-        click.echo(json.dumps({**m.to_json(), "folder": str(index.folder), "size_bytes": index.size_bytes,
-                               "label_names": labels, "metadata_columns": columns}, indent=2, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                {
+                    **m.to_json(),
+                    "folder": str(index.folder),
+                    "size_bytes": index.size_bytes,
+                    "label_names": labels,
+                    "metadata_columns": columns,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return
     shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
     rows = [
@@ -375,13 +573,27 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
 
 @cli.command("links")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["pages", "images", "videos"]), default="pages", show_default=True,
-              help="What to look for on the web.")
+@click.option(
+    "--kind",
+    type=click.Choice(["pages", "images", "videos"]),
+    default="pages",
+    show_default=True,
+    help="What to look for on the web.",
+)
 @click.option("-k", "k", type=click.IntRange(1, 50), default=8, show_default=True, help="Number of links.")
-@click.option("--domain", default=None, metavar="TEXT",
-              help="Word added to NAME in the query; '' for none [env RECOMMENDER_WEB_DOMAIN; default: Pokémon].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Total deadline of the search [env RECOMMENDER_WEB_TIMEOUT; default: 4].")
+@click.option(
+    "--domain",
+    default=None,
+    metavar="TEXT",
+    help="Word added to NAME in the query; '' for none [env RECOMMENDER_WEB_DOMAIN; default: Pokémon].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Total deadline of the search [env RECOMMENDER_WEB_TIMEOUT; default: 4].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of links.")
 def links_cmd(name: str, kind: str, k: int, domain: str | None, timeout: float | None, as_json: bool) -> None:
     """Related pages, images or videos on the web for NAME (e.g. a recognised Pokémon)."""
@@ -407,34 +619,56 @@ def _spec_text(spec: dict[str, Any]) -> str:
 
 @cli.command("heatmap")
 @_index_option
-@click.option("--features", default="all", show_default=True, metavar="K",
-              help="Cosines on the first K principal components of the catalog (1, 5, 10, ...) or 'all' dimensions.")
+@click.option(
+    "--features",
+    default="all",
+    show_default=True,
+    metavar="K",
+    help="Cosines on the first K principal components of the catalog (1, 5, 10, ...) or 'all' dimensions.",
+)
 @click.option("--labels", default=None, metavar="A,B,C", help="Show items of these labels (comma-separated).")
-@click.option("--query", "query", default=None, type=click.Path(exists=False), metavar="IMAGE",
-              help="Show this picture and its nearest items instead.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="At most this many items [default: 40].")
+@click.option(
+    "--query",
+    "query",
+    default=None,
+    type=click.Path(exists=False),
+    metavar="IMAGE",
+    help="Show this picture and its nearest items instead.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many items [default: 40].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.pass_context
-def heatmap_cmd(ctx: click.Context, index_name: str | None, features: str, labels: str | None, query: str | None,
-                limit: int | None, out: str) -> None:
+def heatmap_cmd(
+    ctx: click.Context,
+    index_name: str | None,
+    features: str,
+    labels: str | None,
+    query: str | None,
+    limit: int | None,
+    out: str,
+) -> None:
     """Draw the cosine-similarity matrix of catalog items, clustered so look-alikes form blocks."""
     from .explain import DEFAULT_LIMIT, catalog_heatmap
 
     index = _open_index(ctx, index_name)
     chosen = [name.strip() for name in labels.split(",") if name.strip()] if labels else None
-    sim = catalog_heatmap(index, features=features, labels=chosen, query=query, limit=limit or DEFAULT_LIMIT,
-                          out=out)
+    sim = catalog_heatmap(index, features=features, labels=chosen, query=query, limit=limit or DEFAULT_LIMIT, out=out)
     click.echo(f"wrote {out}: {len(sim.labels)} items of {index.name!r}, {sim.description}")
 
 
 @cli.command("explain")
 @click.argument("image", type=click.Path(exists=False))
 @_index_option
-@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Which match to explain (1 = the best).")
-@click.option("--pairs", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Mutually closest patch pairs to draw as lines.")
+@click.option(
+    "--rank", type=click.IntRange(min=1), default=1, show_default=True, help="Which match to explain (1 = the best)."
+)
+@click.option(
+    "--pairs",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Mutually closest patch pairs to draw as lines.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.pass_context
 def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: int, pairs: int, out: str) -> None:
@@ -449,8 +683,9 @@ def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: in
     picture = load_image(image, max_side=DECODE_MAX_SIDE)
     matches = look_alikes(picture, index, k=rank, backbone=backbone)
     if len(matches) < rank:
-        raise RecommenderError(f"index {index.name!r} has only {len(matches)} items; choose --rank {len(matches)} "
-                               "or lower")
+        raise RecommenderError(
+            f"index {index.name!r} has only {len(matches)} items; choose --rank {len(matches)} or lower"
+        )
     match = matches[rank - 1]
     explain(picture, match, index, backbone=backbone, pairs=pairs, out=out)
     click.echo(f"wrote {out}: query vs #{match.rank} {match.label or match.id} (cosine {match.score:.3f})")

@@ -161,8 +161,15 @@ class Share:
     events per worker.
     """
 
-    def __init__(self, limits: Limits, *, half_life: float = 60.0, grace: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic, remembered: int = 10_000) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        half_life: float = 60.0,
+        grace: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+        remembered: int = 10_000,
+    ) -> None:
         self.limits, self.half_life, self.grace = limits, half_life, grace
         self._clock, self._remembered = clock, remembered
         self._used: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()  # key -> (seconds, when)
@@ -178,17 +185,17 @@ class Share:
             sessions += other.session == client.session
             addresses += other.address == client.address
         if sessions >= self.limits.session_pending:
-            return (f"You already have {sessions} requests waiting or running: wait for them to finish, "
-                    "then try again.")
+            return f"You already have {sessions} requests waiting or running: wait for them to finish, then try again."
         if addresses >= self.limits.address_pending:
-            return (f"Your network address already has {addresses} requests waiting or running: "
-                    "try again in a moment.")
+            return f"Your network address already has {addresses} requests waiting or running: try again in a moment."
         known = bool(client.session) and client.session in self._sessions  # no session: a new one each time
         if not known:
             if not self._new_sessions.take(client.address, 1):
                 wait = math.ceil(self._new_sessions.seconds_until(client.address, 1))
-                return (f"Your network address has opened {self.limits.new_sessions_per_minute} sessions in the "
-                        f"last minute: keep using one (one page, one API client), or try again in {wait} s.")
+                return (
+                    f"Your network address has opened {self.limits.new_sessions_per_minute} sessions in the "
+                    f"last minute: keep using one (one page, one API client), or try again in {wait} s."
+                )
             if client.session:
                 self._sessions[client.session] = None
         if client.session:
@@ -197,8 +204,9 @@ class Share:
                 self._sessions.popitem(last=False)
         return None
 
-    def pick(self, waiting: Sequence[Client], running: Mapping[str, Client], *,
-             asking: Iterable[Client] | None = None) -> int | None:
+    def pick(
+        self, waiting: Sequence[Client], running: Mapping[str, Client], *, asking: Iterable[Client] | None = None
+    ) -> int | None:
         """The position in `waiting` (one queue, in its order) of the event to start next, or None to wait.
 
         `running`: the events running now, by id. `asking`: the clients with events waiting in any
@@ -212,8 +220,9 @@ class Share:
             for key in _keys(client):
                 busy[key] += 1
                 ongoing[key] += now - began
-        asking_now = {key for client in [*(waiting if asking is None else asking), *running.values()]
-                      for key in _keys(client)}
+        asking_now = {
+            key for client in [*(waiting if asking is None else asking), *running.values()] for key in _keys(client)
+        }
         for kind in ("address", "session"):
             before = [self._usage(k, now) + ongoing[k] for k in asking_now & self._asking if k[0] == kind]
             if before:
@@ -277,8 +286,9 @@ class Allowance:
     A key starts full; at most `keys` are remembered (the least recently seen forgotten, i.e. refilled).
     """
 
-    def __init__(self, amount: float, period: float, *, clock: Callable[[], float] = time.monotonic,
-                 keys: int = 10_000) -> None:
+    def __init__(
+        self, amount: float, period: float, *, clock: Callable[[], float] = time.monotonic, keys: int = 10_000
+    ) -> None:
         self.amount, self.rate = float(amount), float(amount) / period
         self._clock, self._keys = clock, keys
         self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (left, when)
@@ -324,13 +334,13 @@ class FileCounter:
                     return
                 # Headers too long to be real still count as a file (Gradio's parser refuses them anyway).
                 self.files += end < 0 or b"filename" in data[:end].lower()
-                data, self._in_headers = data[end + 4:] if end >= 0 else b"", False
+                data, self._in_headers = data[end + 4 :] if end >= 0 else b"", False
             else:
                 hit = data.find(self._delimiter)
                 if hit < 0:
-                    self._rest = data[-(len(self._delimiter) - 1):]
+                    self._rest = data[-(len(self._delimiter) - 1) :]
                     return
-                data, self._in_headers = data[hit + len(self._delimiter):], True
+                data, self._in_headers = data[hit + len(self._delimiter) :], True
 
 
 def multipart_boundary(content_type: str) -> bytes | None:
@@ -350,11 +360,12 @@ def fetches_url(path: str, prefix: str = "/gradio_api") -> bool:
     for route in ("/file=", "/file/", "/proxy="):
         at = path.find(prefix + route)
         if at >= 0:
-            rest = path[at + len(prefix) + len(route):].lstrip("/")
+            rest = path[at + len(prefix) + len(route) :].lstrip("/")
             scheme, colon, _ = rest.partition(":")
             # Any scheme in any case, not only the http(s) Gradio fetches; one letter is a Windows drive.
-            if route == "/proxy=" or (colon and len(scheme) > 1 and scheme.replace("+", "").replace("-", "")
-                                      .replace(".", "").isalnum()):
+            if route == "/proxy=" or (
+                colon and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+            ):
                 return True
     return False
 
@@ -384,9 +395,15 @@ class EdgeGuard:
     partial files are deleted); whatever the application then answers is replaced by the refusal.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, limits: Limits,
-                 prefix: str = "/gradio_api", refuse: Callable[[str], Exception] = Refused,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        limits: Limits,
+        prefix: str = "/gradio_api",
+        refuse: Callable[[str], Exception] = Refused,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app, self.limits, self.prefix, self.refuse = app, limits, prefix, refuse
         self.files = Allowance(limits.uploads_per_hour, 3600, clock=clock)
         self.bytes = Allowance(limits.upload_bytes_per_hour, 3600, clock=clock)
@@ -421,11 +438,18 @@ class EdgeGuard:
     def _out_of_allowance(self, address: str, size: int) -> tuple[int, str, int]:
         """The 429 refusal of an address whose upload allowance is spent: (status, message, seconds to wait)."""
         wait = math.ceil(max(self.files.seconds_until(address, 1), self.bytes.seconds_until(address, size)))
-        return 429, (f"Your network address has used its upload allowance ({self.limits.uploads_per_hour} files "
-                     f"and {self.limits.upload_bytes_per_hour // MB} MB per hour): try again in {wait} s."), wait
+        return (
+            429,
+            (
+                f"Your network address has used its upload allowance ({self.limits.uploads_per_hour} files "
+                f"and {self.limits.upload_bytes_per_hour // MB} MB per hour): try again in {wait} s."
+            ),
+            wait,
+        )
 
-    def _check_body(self, body: bytes, received: int, *, limit: int, counter: FileCounter | None,
-                    address: str) -> tuple[int, str, int | None] | None:
+    def _check_body(
+        self, body: bytes, received: int, *, limit: int, counter: FileCounter | None, address: str
+    ) -> tuple[int, str, int | None] | None:
         """The refusal (status, message, retry after) of a request whose body, so far, breaks a limit; else None."""
         if received > limit:
             return 413, _too_large(limit, counter is not None), None
@@ -439,8 +463,9 @@ class EdgeGuard:
             return self._out_of_allowance(address, len(body))
         return None
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, *, address: str, limit: int,
-                       boundary: bytes | None) -> None:
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, *, address: str, limit: int, boundary: bytes | None
+    ) -> None:
         counter = FileCounter(boundary) if boundary else None
         received = 0
         refusal: tuple[int, str, int | None] | None = None  # (status, message, retry after)
@@ -489,12 +514,13 @@ def _too_large(limit: int, upload: bool) -> str:
     return f"Request too large: at most {size}; send pictures as uploaded files, not inline data."
 
 
-async def _answer(send: Send, status: int, message: str, *, text: bool = False,
-                  retry_after: int | None = None) -> None:
+async def _answer(send: Send, status: int, message: str, *, text: bool = False, retry_after: int | None = None) -> None:
     """A complete refusal: plain text for upload routes (as Gradio answers there), else JSON `detail`."""
     body = message.encode() if text else json.dumps({"detail": message}).encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8" if text else b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8" if text else b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})

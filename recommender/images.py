@@ -69,8 +69,9 @@ def read_bytes(source: str | os.PathLike, *, name: str | None = None) -> bytes:
         raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from None
 
 
-def load_image(source: ImageSource, *, name: str | None = None, max_side: int | None = None,
-               fit_to: tuple[int, Fit] | None = None) -> Image.Image:
+def load_image(
+    source: ImageSource, *, name: str | None = None, max_side: int | None = None, fit_to: tuple[int, Fit] | None = None
+) -> Image.Image:
     """Open `source` fully and return it as an RGB image.
 
     Alpha is composited on white; palette, grayscale, 16-bit, float and CMYK pictures are
@@ -222,8 +223,9 @@ def _jpeg_min_coded_bytes(width: int, height: int, sampling: list[tuple[int, int
     if not (width and height and sampling) or any(h < 1 or v < 1 for h, v in sampling):
         return None
     hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
-    blocks = sum(_ceil_div(_ceil_div(width * h, hmax), 8) * _ceil_div(_ceil_div(height * v, vmax), 8)
-                 for h, v in sampling)  # 8x8 blocks of every component, each subsampled by its factors
+    blocks = sum(
+        _ceil_div(_ceil_div(width * h, hmax), 8) * _ceil_div(_ceil_div(height * v, vmax), 8) for h, v in sampling
+    )  # 8x8 blocks of every component, each subsampled by its factors
     return blocks // 8
 
 
@@ -254,8 +256,7 @@ def _check_pixels(img: Image.Image, label: str) -> None:
             raise _bomb(label, exc) from None
 
 
-def _decode_smaller(img: Image.Image, data: bytes | None, max_side: int | None,
-                    fit_to: tuple[int, Fit] | None) -> None:
+def _decode_smaller(img: Image.Image, data: bytes | None, max_side: int | None, fit_to: tuple[int, Fit] | None) -> None:
     """Ask the decoder for a smaller picture where the format can decode at a reduced scale."""
     target = _draft_size(img.size, max_side, fit_to)
     if not target or not _needs_decoding(img):
@@ -311,9 +312,15 @@ def _decode(img: Image.Image, label: str) -> None:
         raise ImageError(f"{label}: image has no pixels ({img.width}x{img.height})")
 
 
-_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-          8: Image.Transpose.ROTATE_90}
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _orientation(img: Image.Image) -> Image.Transpose | None:
@@ -358,14 +365,35 @@ BAND_PIXELS = 1 << 19
 _BAND_BYTES = 32
 #: Bytes one decoded pixel takes in Pillow's memory, by mode: 1-bit and palette pixels take a byte,
 #: 16-bit grey two; every other mode (LA, RGB, RGBA, CMYK, 32-bit I and F...) four.
-_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "BGR;15": 2, "BGR;16": 2,
-               "BGR;24": 3}
+_MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "BGR;15": 2,
+    "BGR;16": 2,
+    "BGR;24": 3,
+}
 #: What a format's decoder holds beside the decoded picture, in bytes per pixel of it (peak memory
 #: measured decoding 6000x6000 pictures): libwebp decodes into buffers of its own that Pillow copies
 #: (16 B/px in all), OpenJPEG works on 32-bit planes (20 B/px, plus about 16 MB), libavif decodes
 #: to YUV first (9.4 B/px). Formats not named here are charged the picture's size once more.
-_DECODER_BYTES = {"PNG": 0.25, "JPEG": 0.25, "MPO": 0.25, "GIF": 0.25, "BMP": 0.25, "DIB": 0.25, "PPM": 0.25,
-                  "TGA": 0.25, "WEBP": 12.5, "JPEG2000": 16.0, "AVIF": 6.0}
+_DECODER_BYTES = {
+    "PNG": 0.25,
+    "JPEG": 0.25,
+    "MPO": 0.25,
+    "GIF": 0.25,
+    "BMP": 0.25,
+    "DIB": 0.25,
+    "PPM": 0.25,
+    "TGA": 0.25,
+    "WEBP": 12.5,
+    "JPEG2000": 16.0,
+    "AVIF": 6.0,
+}
 _DECODER_FIXED = {"JPEG2000": 16 * _MB}
 
 
@@ -504,7 +532,8 @@ class DecodeBudget:
             self._queue.append(ticket)
             try:
                 granted = self._changed.wait_for(
-                    lambda: self._queue[0] is ticket and self.used + nbytes <= self.capacity, timeout=self.wait)
+                    lambda: self._queue[0] is ticket and self.used + nbytes <= self.capacity, timeout=self.wait
+                )
             finally:
                 self._queue.remove(ticket)
                 self._changed.notify_all()  # the next in line may go now

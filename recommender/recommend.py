@@ -85,8 +85,14 @@ def look_alikes(
 FEEDBACK_WEIGHTS = (1.0, 1.0, 0.5)
 
 
-def refine(query: np.ndarray, index: Index, *, liked: Sequence[str] = (), disliked: Sequence[str] = (),
-           weights: tuple[float, float, float] = FEEDBACK_WEIGHTS) -> np.ndarray:
+def refine(
+    query: np.ndarray,
+    index: Index,
+    *,
+    liked: Sequence[str] = (),
+    disliked: Sequence[str] = (),
+    weights: tuple[float, float, float] = FEEDBACK_WEIGHTS,
+) -> np.ndarray:
     """Move a (D,) query vector toward the liked items and away from the disliked ones (Rocchio).
 
     q' = a*q + b*mean(liked) - c*mean(disliked), renormalised; ids unknown to the index are an error.
@@ -103,8 +109,9 @@ def refine(query: np.ndarray, index: Index, *, liked: Sequence[str] = (), dislik
     return (moved / norm).astype(np.float32)
 
 
-def embed_query(image: ImageSource, index: Index, *, backbone: Backbone | None = None,
-                name: str | None = None) -> np.ndarray:
+def embed_query(
+    image: ImageSource, index: Index, *, backbone: Backbone | None = None, name: str | None = None
+) -> np.ndarray:
     """(D,) unit vector of a query picture, with the backbone the index was built with."""
     if backbone is None:
         backbone = index.backbone()
@@ -115,8 +122,10 @@ def embed_query(image: ImageSource, index: Index, *, backbone: Backbone | None =
     picture = load_image(image, name=name, max_side=DECODE_MAX_SIDE, fit_to=backbone.decode_size)
     vector = backbone.embed([picture])[0]
     if not np.isfinite(vector).all():  # a NaN query would match nothing, silently
-        raise RecommenderError(f"{name or describe(image)}: {backbone.name} gave no usable vector for this picture "
-                               "(not a number); check the model's weights")
+        raise RecommenderError(
+            f"{name or describe(image)}: {backbone.name} gave no usable vector for this picture "
+            "(not a number); check the model's weights"
+        )
     return vector
 
 
@@ -159,9 +168,14 @@ def identify(
         top = labels[0]
         another = another_picture(index, top.label, scores, exclude_sha256=digest)
         return Identification(
-            label=top.label, score=top.score, in_catalog=in_catalog, threshold=threshold,
-            message=_message(top.label, top.score, in_catalog, index.domain), another_image=another,
-            matches=matches, labels=labels,
+            label=top.label,
+            score=top.score,
+            in_catalog=in_catalog,
+            threshold=threshold,
+            message=_message(top.label, top.score, in_catalog, index.domain),
+            another_image=another,
+            matches=matches,
+            labels=labels,
         )
     if not reference.labeled:
         raise RecommenderError(f"index {reference.name!r} has no labels, so it cannot name pictures")
@@ -169,10 +183,17 @@ def identify(
     closest = matches[0]
     named = identify(closest.path, reference, k=k)
     return Identification(
-        label=named.label, score=best_score, in_catalog=in_catalog, threshold=threshold,
-        message=_message(named.label, best_score, in_catalog, reference.domain, closest=closest,
-                         named_score=named.score),
-        another_image=named.another_image, matches=matches, labels=named.labels, named_with=reference.name,
+        label=named.label,
+        score=best_score,
+        in_catalog=in_catalog,
+        threshold=threshold,
+        message=_message(
+            named.label, best_score, in_catalog, reference.domain, closest=closest, named_score=named.score
+        ),
+        another_image=named.another_image,
+        matches=matches,
+        labels=named.labels,
+        named_with=reference.name,
         named_score=named.score,
     )
 
@@ -187,8 +208,13 @@ def rank_labels(index: Index, scores: np.ndarray, *, top: int = 5) -> list[Label
         members = np.flatnonzero(codes == code)
         i = int(members[np.argmax(scores[members])])
         item = index.items[i]
-        ranked.append(LabelScore(label=index.label_names[code], score=float(best[code]),
-                                 best=Match(rank=rank, score=float(scores[i]), item=item, path=index.path_of(item))))
+        ranked.append(
+            LabelScore(
+                label=index.label_names[code],
+                score=float(best[code]),
+                best=Match(rank=rank, score=float(scores[i]), item=item, path=index.path_of(item)),
+            )
+        )
     return ranked
 
 
@@ -212,25 +238,43 @@ def another_picture(index: Index, label: str, scores: np.ndarray, *, exclude_sha
     return index.path_of(index.items[pick])
 
 
-def _unlabeled_answer(index: Index, matches: list[Match], score: float, in_catalog: bool,
-                      threshold: float) -> Identification:
+def _unlabeled_answer(
+    index: Index, matches: list[Match], score: float, in_catalog: bool, threshold: float
+) -> Identification:
     closest = matches[0]
     if in_catalog:
         message = f"The closest picture is {closest.item.id} ({score:.2f})"
     else:
-        message = (f"You gave a picture from another universe; the closest picture in the catalog is "
-                   f"{closest.item.id} ({score:.2f})")
-    return Identification(label=None, score=score, in_catalog=in_catalog, threshold=threshold, message=message,
-                          another_image=None, matches=matches)
+        message = (
+            f"You gave a picture from another universe; the closest picture in the catalog is "
+            f"{closest.item.id} ({score:.2f})"
+        )
+    return Identification(
+        label=None,
+        score=score,
+        in_catalog=in_catalog,
+        threshold=threshold,
+        message=message,
+        another_image=None,
+        matches=matches,
+    )
 
 
-def _message(label: str | None, score: float, in_catalog: bool, domain: str | None, *, closest: Match | None = None,
-             named_score: float | None = None) -> str:
+def _message(
+    label: str | None,
+    score: float,
+    in_catalog: bool,
+    domain: str | None,
+    *,
+    closest: Match | None = None,
+    named_score: float | None = None,
+) -> str:
     thing = domain or "catalog item"
     if closest is not None:
         found = f"the closest picture is {closest.item.id} ({score:.2f}), which looks like {label} ({named_score:.2f})"
-        return f"{found[0].upper()}{found[1:]}" if in_catalog else (
-            f"You gave a picture from another universe; {found}")
+        return (
+            f"{found[0].upper()}{found[1:]}" if in_catalog else (f"You gave a picture from another universe; {found}")
+        )
     if in_catalog:
         return f"This is {label} ({score:.2f})"
     return f"You gave a picture from another universe; the {thing} that looks most like it is {label} ({score:.2f})"

@@ -95,8 +95,13 @@ _NONE = _Missing()
 class Runtime:
     """The long-lived state of one process (see the module docstring); thread-safe."""
 
-    def __init__(self, *, patch_bytes: int = PATCH_CACHE_BYTES, pca_bytes: int = PCA_CACHE_BYTES,
-                 figure_bytes: int = FIGURE_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        patch_bytes: int = PATCH_CACHE_BYTES,
+        pca_bytes: int = PCA_CACHE_BYTES,
+        figure_bytes: int = FIGURE_CACHE_BYTES,
+    ) -> None:
         self.patches = ByteLRU(patch_bytes)
         self.pca = ByteLRU(pca_bytes)
         self.figures = ByteLRU(figure_bytes)

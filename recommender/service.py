@@ -102,13 +102,21 @@ def ensure_index(
             return index, None
     except IndexLoadError:
         pass
-    report = build_index(catalog, name=name, backbone=backbone, domain=domain, index_dir=index_dir,
-                         progress=progress, fingerprint=fingerprint)
+    report = build_index(
+        catalog,
+        name=name,
+        backbone=backbone,
+        domain=domain,
+        index_dir=index_dir,
+        progress=progress,
+        fingerprint=fingerprint,
+    )
     return Index.load(name, index_dir=index_dir), report
 
 
-def default_index(*, index_dir: str | Path | None = None, progress: bool = True,
-                  notify: Callable[[str], None] | None = None) -> Index:
+def default_index(
+    *, index_dir: str | Path | None = None, progress: bool = True, notify: Callable[[str], None] | None = None
+) -> Index:
     """The embedded Pokémon catalog's index, built on first use with the app's choice of backbone.
 
     `notify` receives what is happening (the backbone in use, why DINOv2 is not) before a build.
@@ -119,10 +127,18 @@ def default_index(*, index_dir: str | Path | None = None, progress: bool = True,
         pass
     choice = choose_backbone()
     if notify:
-        notify(f"building the default Pokémon index (first use) with {choice.backbone.name}"
-               + (f": {choice.notice}" if choice.notice else ""))
-    index, _ = ensure_index(settings.DEFAULT_INDEX, DEFAULT_CATALOG, choice.backbone, domain=DEFAULT_DOMAIN,
-                            index_dir=index_dir, progress=progress)
+        notify(
+            f"building the default Pokémon index (first use) with {choice.backbone.name}"
+            + (f": {choice.notice}" if choice.notice else "")
+        )
+    index, _ = ensure_index(
+        settings.DEFAULT_INDEX,
+        DEFAULT_CATALOG,
+        choice.backbone,
+        domain=DEFAULT_DOMAIN,
+        index_dir=index_dir,
+        progress=progress,
+    )
     return index
 
 
@@ -134,22 +150,37 @@ class Service:
     that session's own (see `uploads`). Web builds go to the session's folder, never the index folder.
     """
 
-    def __init__(self, *, model: str | None = None, index_dir: str | Path | None = None,
-                 default_catalog: Path = DEFAULT_CATALOG, default_name: str = "pokemon",
-                 domain: str = DEFAULT_DOMAIN, progress: bool = True, limits: UploadLimits | None = None,
-                 runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        index_dir: str | Path | None = None,
+        default_catalog: Path = DEFAULT_CATALOG,
+        default_name: str = "pokemon",
+        domain: str = DEFAULT_DOMAIN,
+        progress: bool = True,
+        limits: UploadLimits | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.index_dir = settings.index_dir(index_dir)
         self.runtime = runtime or default_runtime()
         self._indexes: dict[Path, tuple[float, Index]] = {}
         self._build_lock = threading.Lock()  # one web build at a time, whoever asks
         self._lock = threading.Lock()
-        self.uploads = Uploads(settings.data_dir() / "sessions", limits or UploadLimits.from_env(),
-                               on_remove=self._forget)
+        self.uploads = Uploads(
+            settings.data_dir() / "sessions", limits or UploadLimits.from_env(), on_remove=self._forget
+        )
         self.uploads.clear()  # sessions die with the process that served them; so do killed builds' folders
         self.choice = choose_backbone(model)
         started = time.perf_counter()
-        self.default, self.first_build = ensure_index(default_name, default_catalog, self.choice.backbone,
-                                                      domain=domain, index_dir=self.index_dir, progress=progress)
+        self.default, self.first_build = ensure_index(
+            default_name,
+            default_catalog,
+            self.choice.backbone,
+            domain=domain,
+            index_dir=self.index_dir,
+            progress=progress,
+        )
         self.startup_seconds = self.choice.seconds + time.perf_counter() - started
 
     @property
@@ -194,29 +225,47 @@ class Service:
 
     def choices(self, session: str | None = None) -> list[tuple[str, str]]:
         """(label, reference) of each index `session` may search, for a chooser."""
-        return [(f"{ref.removeprefix(UPLOAD)} (your upload)" if ref.startswith(UPLOAD) else ref, ref)
-                for ref in self.indexes(session)]
+        return [
+            (f"{ref.removeprefix(UPLOAD)} (your upload)" if ref.startswith(UPLOAD) else ref, ref)
+            for ref in self.indexes(session)
+        ]
 
-    def identify(self, image: ImageSource, *, index: str | None = None, session: str | None = None, k: int = 8,
-                 name: str | None = None, liked: Sequence[str] = (), disliked: Sequence[str] = ()) -> Identification:
+    def identify(
+        self,
+        image: ImageSource,
+        *,
+        index: str | None = None,
+        session: str | None = None,
+        k: int = 8,
+        name: str | None = None,
+        liked: Sequence[str] = (),
+        disliked: Sequence[str] = (),
+    ) -> Identification:
         chosen = self.index(index, session=session)
-        return identify(image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked,
-                        disliked=disliked)
+        return identify(
+            image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked, disliked=disliked
+        )
 
-    def ask(self, visit: Visit, *, session: str | None, k: int = 8, name: str | None = None,
-            ) -> tuple[Visit, Identification]:
+    def ask(
+        self,
+        visit: Visit,
+        *,
+        session: str | None,
+        k: int = 8,
+        name: str | None = None,
+    ) -> tuple[Visit, Identification]:
         """Answer `visit`'s question (its query, in its index, steered by its feedback).
 
         Returns the page's next state with the answer (`Visit.asking` starts a new question).
         """
         if visit.query is None:
             raise RecommenderError("Upload, paste or take a picture first.")
-        result = self.identify(visit.query, index=visit.index, session=session, k=k, name=name, liked=visit.liked,
-                               disliked=visit.disliked)
+        result = self.identify(
+            visit.query, index=visit.index, session=session, k=k, name=name, liked=visit.liked, disliked=visit.disliked
+        )
         return visit.answered(visit.query, visit.index, result), result
 
-    def picture(self, source: ImageSource, *, name: str | None = None, max_side: int | None = THUMBNAIL
-                ) -> Image.Image:
+    def picture(self, source: ImageSource, *, name: str | None = None, max_side: int | None = THUMBNAIL) -> Image.Image:
         """A picture shrunk to `max_side` (None: whole), decoded within the memory budget (for the page to show)."""
         return load_image(source, name=name, max_side=max_side)
 
@@ -265,12 +314,21 @@ class Service:
     def related(self, label: str, reference: str | None, *, session: str | None) -> tuple[list[Link], list[Link]]:
         """(images, pages) about a recognised name on the web; `WebSearchUnavailable` within the deadline."""
         domain = self.index(reference, session=session).domain or ""
-        return (search_media(label, kind="image", limit=6, domain=domain, runtime=self.runtime),
-                search_media(label, kind="page", limit=6, domain=domain, runtime=self.runtime))
+        return (
+            search_media(label, kind="image", limit=6, domain=domain, runtime=self.runtime),
+            search_media(label, kind="page", limit=6, domain=domain, runtime=self.runtime),
+        )
 
-    def build_upload(self, archive: str | Path, name: str, *, session: str | None, progress: bool = True,
-                     client_gone: Callable[[], bool] | None = None,
-                     on_extracted: Callable[[list[Skip]], None] | None = None) -> BuildReport:
+    def build_upload(
+        self,
+        archive: str | Path,
+        name: str,
+        *,
+        session: str | None,
+        progress: bool = True,
+        client_gone: Callable[[], bool] | None = None,
+        on_extracted: Callable[[list[Skip]], None] | None = None,
+    ) -> BuildReport:
         """Index an uploaded zip of pictures (or a CSV with its pictures) as `session`'s own `name`.
 
         Bounded by `limits` (pictures, rows, bytes, quotas, seconds) and stopped as soon as
@@ -294,15 +352,27 @@ class Service:
                 target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
                 existed = (index_dir / name / MANIFEST).is_file()
                 try:
-                    source, skipped = extract_archive(archive, target, max_bytes=limits.upload_bytes,
-                                                      max_pictures=limits.pictures, max_rows=limits.rows,
-                                                      should_stop=should_stop)
+                    source, skipped = extract_archive(
+                        archive,
+                        target,
+                        max_bytes=limits.upload_bytes,
+                        max_pictures=limits.pictures,
+                        max_rows=limits.rows,
+                        should_stop=should_stop,
+                    )
                     if on_extracted:
                         on_extracted(skipped)
                     catalog = read_catalog(source, confined=True)
-                    report = build_index(catalog, name=name, backbone=self.backbone, index_dir=index_dir,
-                                         progress=progress, store="local", should_stop=should_stop,
-                                         executor=LocalExecutor(workers=limits.threads, threads=limits.threads))
+                    report = build_index(
+                        catalog,
+                        name=name,
+                        backbone=self.backbone,
+                        index_dir=index_dir,
+                        progress=progress,
+                        store="local",
+                        should_stop=should_stop,
+                        executor=LocalExecutor(workers=limits.threads, threads=limits.threads),
+                    )
                 except BaseException:
                     shutil.rmtree(target, ignore_errors=True)
                     with contextlib.suppress(OSError):
@@ -355,8 +425,10 @@ class Service:
         """One line for the top of the page: backbone, catalog and its size."""
         index = index or self.default
         labels = f", {len(index.label_names)} labels" if index.labeled else ", unlabeled"
-        return (f"Backbone **{self.backbone.name}** ({self.backbone.dim}-d) · catalog **{index.name}**: "
-                f"{len(index)} pictures{labels}")
+        return (
+            f"Backbone **{self.backbone.name}** ({self.backbone.dim}-d) · catalog **{index.name}**: "
+            f"{len(index)} pictures{labels}"
+        )
 
 
 def _safe_name(name: str) -> str:

@@ -101,9 +101,13 @@ def max_decode_mb(flag: float | None = None) -> float:
     except ValueError:
         value = math.nan
     if not (value > 0 and math.isfinite(value)):
-        raise RecommenderError(f"the decoding memory limit ({ENV_MAX_DECODE_MB} or --max-decode-mb) must be a "
-                               f"positive number of megabytes, not {raw!r}")
+        raise RecommenderError(
+            f"the decoding memory limit ({ENV_MAX_DECODE_MB} or --max-decode-mb) must be a "
+            f"positive number of megabytes, not {raw!r}"
+        )
     return value
+
+
 def number(env: str, default: float, *, minimum: float = 0) -> float:
     """A number from the environment variable `env` (unset or empty: `default`), at least `minimum`."""
     raw = os.environ.get(env, "").strip()

@@ -69,8 +69,10 @@ def stop_check(seconds: float, client_gone: Callable[[], bool] | None = None) ->
         if client_gone is not None and client_gone():
             return "build stopped: the page that started it was closed or the request cancelled"
         if time.monotonic() > deadline:
-            return (f"build stopped after {seconds:g} s, the most a web build may take; upload fewer pictures, "
-                    "or index the catalog from the command line")
+            return (
+                f"build stopped after {seconds:g} s, the most a web build may take; upload fewer pictures, "
+                "or index the catalog from the command line"
+            )
         return None
 
     return should_stop
@@ -114,7 +116,8 @@ class Uploads:
         if not (folder / MANIFEST).is_file():
             raise IndexNotFoundError(
                 f"no uploaded index named {name!r} in this session: uploads last while the page stays open "
-                f"(and {self.limits.ttl / 60:g} minutes unused at most); upload the zip again")
+                f"(and {self.limits.ttl / 60:g} minutes unused at most); upload the zip again"
+            )
         with contextlib.suppress(OSError):
             os.utime(self.folder(session))  # in use: the time-to-live counts from now
         return folder
@@ -134,10 +137,12 @@ class Uploads:
         if mine + incoming > limits.session_bytes:
             raise LimitExceeded(
                 f"this upload unpacks to {incoming / MB:,.1f} MB; with the {mine / MB:,.1f} MB this session's other "
-                f"uploads keep, that is more than the {limits.session_bytes / MB:,.0f} MB one session may keep")
+                f"uploads keep, that is more than the {limits.session_bytes / MB:,.0f} MB one session may keep"
+            )
         if self.usage() - replaced + incoming > limits.total_bytes:
-            raise LimitExceeded(f"the server's room for uploads ({limits.total_bytes / MB:,.0f} MB) is full for now; "
-                                "try again later")
+            raise LimitExceeded(
+                f"the server's room for uploads ({limits.total_bytes / MB:,.0f} MB) is full for now; try again later"
+            )
 
     @contextlib.contextmanager
     def building(self, session: str | None) -> Iterator[Path]:

@@ -20,9 +20,15 @@ from .runtime import Runtime, default_runtime
 Kind = Literal["image", "page", "video"]
 KINDS: tuple[Kind, ...] = ("page", "image", "video")
 #: Plural spellings (the CLI's --kind) accepted wherever a kind is.
-_KIND_ALIASES: dict[str, Kind] = {"pages": "page", "images": "image", "videos": "video",
-                                  "page": "page", "image": "image", "video": "video",
-                                  "text": "page"}
+_KIND_ALIASES: dict[str, Kind] = {
+    "pages": "page",
+    "images": "image",
+    "videos": "video",
+    "page": "page",
+    "image": "image",
+    "video": "video",
+    "text": "page",
+}
 
 #: Environment variables read when a setting is not given in code; the README documents each.
 ENV_PROVIDER = "RECOMMENDER_WEB_PROVIDER"
@@ -68,8 +74,14 @@ class Link:
     image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "url": self.url, "source": self.source, "thumbnail": self.thumbnail,
-                "kind": self.kind, "image": self.image}
+        return {
+            "title": self.title,
+            "url": self.url,
+            "source": self.source,
+            "thumbnail": self.thumbnail,
+            "kind": self.kind,
+            "image": self.image,
+        }
 
 
 class Provider(Protocol):
@@ -185,8 +197,9 @@ def _url_key(url: str) -> str:
     port = parts.port
     if port and port not in (80, 443):
         host = f"{host}:{port}"
-    query = urlencode(sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                             if not _TRACKING.match(k)))
+    query = urlencode(
+        sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k))
+    )
     return urlunsplit(("", host, parts.path.rstrip("/") or "/", query, ""))
 
 
@@ -212,8 +225,17 @@ def clean_links(links: Iterable[Link], *, kind: Kind, limit: int) -> list[Link]:
             continue
         seen |= keys
         title = " ".join(str(link.title or "").split())[:_MAX_TITLE] or domain_of(url)
-        out.append(replace(link, title=title, url=url, source=domain_of(url), thumbnail=clean_url(link.thumbnail),
-                           image=image, kind=kind))
+        out.append(
+            replace(
+                link,
+                title=title,
+                url=url,
+                source=domain_of(url),
+                thumbnail=clean_url(link.thumbnail),
+                image=image,
+                kind=kind,
+            )
+        )
     return out
 
 
@@ -262,8 +284,9 @@ class WebSearch:
             self._cache.clear()
             self._cooldown_until = -math.inf
 
-    def search(self, query: str, *, kind: str = "page", limit: int = DEFAULT_LIMIT,
-               timeout: float | None = None) -> list[Link]:
+    def search(
+        self, query: str, *, kind: str = "page", limit: int = DEFAULT_LIMIT, timeout: float | None = None
+    ) -> list[Link]:
         """Up to `limit` links for `query`, best first; `WebSearchUnavailable` within the deadline otherwise.
 
         `timeout` overrides this searcher's deadline for one call.
@@ -283,8 +306,9 @@ class WebSearch:
                 return list(entry.links[:limit])
             if now < self._cooldown_until:
                 wait = math.ceil(self._cooldown_until - now)
-                raise WebSearchUnavailable(f"{self.provider.name} is rate limiting this machine; try again in "
-                                           f"{wait} s", rate_limited=True)
+                raise WebSearchUnavailable(
+                    f"{self.provider.name} is rate limiting this machine; try again in {wait} s", rate_limited=True
+                )
         # Ask for a few more than wanted: duplicates and unusable URLs are dropped afterwards.
         asked = min(MAX_LIMIT, limit + max(4, limit // 2))
         try:
@@ -383,7 +407,8 @@ class DuckDuckGoProvider:
         method = {"page": "text", "image": "images", "video": "videos"}[kind]
         try:
             rows = getattr(DDGS(timeout=per_request), method)(  # type: ignore[arg-type]
-                query, region=self.region, safesearch=self.safesearch, max_results=limit, backend=self.backend)
+                query, region=self.region, safesearch=self.safesearch, max_results=limit, backend=self.backend
+            )
         except Exception as exc:
             if "no results found" in str(exc).lower():
                 return []  # ddgs raises for an empty answer; for us it is just no links
@@ -397,8 +422,9 @@ def _link_from_ddgs(row: Mapping[str, Any], kind: Kind) -> Link:
     if kind == "page":
         return Link(title, str(row.get("href") or ""), "", None, "page")
     if kind == "image":
-        return Link(title, str(row.get("url") or ""), "", row.get("thumbnail") or None, "image",
-                    image=row.get("image") or None)
+        return Link(
+            title, str(row.get("url") or ""), "", row.get("thumbnail") or None, "image", image=row.get("image") or None
+        )
     pictures = row.get("images") if isinstance(row.get("images"), Mapping) else {}
     thumbnail = pictures.get("medium") or pictures.get("small") or pictures.get("large") or None
     return Link(title, str(row.get("content") or row.get("embed_url") or ""), "", thumbnail, "video")
@@ -417,8 +443,13 @@ def _ddgs_unavailable(exc: BaseException) -> WebSearchUnavailable:
         todo += [c for c in (e.__cause__, e.__context__) if c is not None]
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
     text = " ".join(str(e) for e in chain).lower()
-    if "RatelimitException" in names or "ratelimit" in text or "rate limit" in text or " 429" in text \
-            or "could not extract vqd" in text:
+    if (
+        "RatelimitException" in names
+        or "ratelimit" in text
+        or "rate limit" in text
+        or " 429" in text
+        or "could not extract vqd" in text
+    ):
         return WebSearchUnavailable("DuckDuckGo is rate limiting this machine; try again later", rate_limited=True)
     if "TimeoutException" in names or "TimeoutError" in names or "timed out" in text:
         return WebSearchUnavailable("DuckDuckGo did not answer in time", retryable=True)
@@ -492,13 +523,18 @@ def set_provider(provider: Provider | str | None, *, runtime: Runtime | None = N
     None goes back to the environment's choice. Tests use this to put a fake provider behind the
     real code paths; an app may use it to plug in another search service.
     """
-    search = None if provider is None else WebSearch(make_provider(provider) if isinstance(provider, str)
-                                                     else provider)
+    search = None if provider is None else WebSearch(make_provider(provider) if isinstance(provider, str) else provider)
     (runtime or default_runtime()).replace("web", search)
 
 
-def search_media(name: str, *, kind: str = "page", limit: int = DEFAULT_LIMIT, domain: str | None = None,
-                 runtime: Runtime | None = None) -> list[Link]:
+def search_media(
+    name: str,
+    *,
+    kind: str = "page",
+    limit: int = DEFAULT_LIMIT,
+    domain: str | None = None,
+    runtime: Runtime | None = None,
+) -> list[Link]:
     """Links about a recognised item: `build_query(name, domain)` through the runtime's `WebSearch`.
 
     `kind` is "page", "image" or "video" (plurals accepted). Raises `WebSearchUnavailable` (one-line

@@ -23,12 +23,24 @@ def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
     """Start app.py and wait until it serves its page (the first start builds the Pokémon index)."""
     port = free_port()
     log_path = folder / f"app-{port}.log"
-    full_env = {**os.environ, "RECOMMENDER_INDEX_DIR": str(folder / "index"),
-                "RECOMMENDER_CACHE_DIR": str(folder / "cache"), "RECOMMENDER_DATA_DIR": str(folder / "data"),
-                "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "tests"), "PYTHONUNBUFFERED": "1", **env}
+    full_env = {
+        **os.environ,
+        "RECOMMENDER_INDEX_DIR": str(folder / "index"),
+        "RECOMMENDER_CACHE_DIR": str(folder / "cache"),
+        "RECOMMENDER_DATA_DIR": str(folder / "data"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT / "tests"),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=full_env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -25,8 +25,15 @@ SHAPES = {
 }
 
 
-def draw_shape(shape: str, colour: tuple[int, int, int], *, seed: int, size: tuple[int, int] = (96, 96),
-               background: tuple[int, ...] = (255, 255, 255), mode: str = "RGB") -> Image.Image:
+def draw_shape(
+    shape: str,
+    colour: tuple[int, int, int],
+    *,
+    seed: int,
+    size: tuple[int, int] = (96, 96),
+    background: tuple[int, ...] = (255, 255, 255),
+    mode: str = "RGB",
+) -> Image.Image:
     """A shape on a plain background, its size and position varied by `seed`."""
     rng = random.Random(seed)
     img = Image.new(mode, size, background)
@@ -65,8 +72,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-dinov2")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          patch_size=14, image_size=224, initializer_range=0.5)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=14,
+        image_size=224,
+        initializer_range=0.5,
+    )
     Dinov2Model(config).save_pretrained(folder)
     stats = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
     (folder / "preprocessor_config.json").write_text(json.dumps(stats))
@@ -81,9 +95,16 @@ def tiny_model_registers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("tiny-dinov2-reg")
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64, patch_size=14, image_size=224, num_register_tokens=4,
-                                       initializer_range=0.5)
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=14,
+        image_size=224,
+        num_register_tokens=4,
+        initializer_range=0.5,
+    )
     Dinov2WithRegistersModel(config).save_pretrained(folder)
     return folder
 
@@ -94,8 +115,15 @@ def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RECOMMENDER_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("RECOMMENDER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RECOMMENDER_DATA_DIR", str(tmp_path / "data"))
-    for name in ("RECOMMENDER_MODEL", "RECOMMENDER_INDEX", "RECOMMENDER_DEVICE", "RECOMMENDER_DEBUG",
-                 "RECOMMENDER_PRECISION", "RECOMMENDER_STORE", "RECOMMENDER_MAX_DECODE_MB"):
+    for name in (
+        "RECOMMENDER_MODEL",
+        "RECOMMENDER_INDEX",
+        "RECOMMENDER_DEVICE",
+        "RECOMMENDER_DEBUG",
+        "RECOMMENDER_PRECISION",
+        "RECOMMENDER_STORE",
+        "RECOMMENDER_MAX_DECODE_MB",
+    ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -142,8 +170,9 @@ def app_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> It
     from appserver import start_app
 
     folder = tmp_path_factory.mktemp("app")
-    process, url = start_app(folder, {"RECOMMENDER_MODEL": str(tiny_model),
-                                      "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"})
+    process, url = start_app(
+        folder, {"RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"}
+    )
     yield AppServer(process, url, folder)
     process.terminate()
     process.wait(timeout=30)

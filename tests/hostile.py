@@ -27,8 +27,9 @@ def png(seed: int, colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
     return encode(draw_shape("circle", colour, seed=seed), "PNG")
 
 
-def make_zip(path: Path, members: dict[str, bytes], *, links: dict[str, str] | None = None,
-             level: int | None = None) -> Path:
+def make_zip(
+    path: Path, members: dict[str, bytes], *, links: dict[str, str] | None = None, level: int | None = None
+) -> Path:
     """A zip of `members` (name -> bytes) and symbolic `links` (name -> target), deflated at `level`."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
         for name, data in members.items():
@@ -44,12 +45,18 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def png_with_header(width: int, height: int, *, depth: int = 8, colour: int = 2, rows: bytes = b"",
-                    extra: bytes = b"") -> bytes:
+def png_with_header(
+    width: int, height: int, *, depth: int = 8, colour: int = 2, rows: bytes = b"", extra: bytes = b""
+) -> bytes:
     """A PNG whose IHDR says width x height, with whatever pixel rows are given (possibly too few)."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + extra + png_chunk(b"IDAT", zlib.compress(rows))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + extra
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def blank_png(width: int, height: int, *, depth: int = 8, colour: int = 2, ink: int = 0) -> bytes:
@@ -65,8 +72,9 @@ def blank_png(width: int, height: int, *, depth: int = 8, colour: int = 2, ink: 
     parts += [packer.compress(row) for _ in range(height - 1)]
     parts.append(packer.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts)) + png_chunk(b"IEND", b"")
+    )
 
 
 def lossless_webp(width: int, height: int) -> bytes:
@@ -96,8 +104,9 @@ def picture_bombs() -> dict[str, bytes]:
 
 def bomb_zip(path: Path, count: int = 3) -> Path:
     """A zip of `count` different 16-bit grey 9400x9400 PNGs, stored (about 516 KB for three, ratio 1)."""
-    return make_zip(path, {f"bomb-{i}.png": blank_png(9400, 9400, depth=16, colour=0, ink=i + 1)
-                           for i in range(count)}, level=0)
+    return make_zip(
+        path, {f"bomb-{i}.png": blank_png(9400, 9400, depth=16, colour=0, ink=i + 1) for i in range(count)}, level=0
+    )
 
 
 def picture(size: tuple[int, int] = (48, 40), mode: str = "RGB", *, seed: int = 0) -> Image.Image:
@@ -172,8 +181,11 @@ def broken_pictures() -> dict[str, tuple[bytes, str]]:
         "liar.png": (png_with_header(2000, 2000, rows=b"\x00" * 6001), "truncated|broken"),
         "liar.jpg": (_jpeg_with_size(4000, 4000), "truncated|broken"),
         "text-bomb.png": (_png_text_bomb(), "broken|too large|decompressed"),
-        "drawing.svg": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-                        b'<rect width="10" height="10"/></svg>', "SVG"),
+        "drawing.svg": (
+            b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+            b'<rect width="10" height="10"/></svg>',
+            "SVG",
+        ),
         "vector.png": (b"<svg xmlns='http://www.w3.org/2000/svg'><circle r='4'/></svg>", "SVG"),
         "archive.jpg": (_zip_bytes(), "not a recognised image format"),
     }
@@ -225,8 +237,9 @@ def seed_corpus() -> dict[str, bytes]:
     frames = [small, small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     return {
         "png": encode(small, "PNG"),
-        "png-interlaced-palette": encode(small.convert("P", palette=Image.Palette.ADAPTIVE, colors=8), "PNG",
-                                         interlace=1, transparency=2),
+        "png-interlaced-palette": encode(
+            small.convert("P", palette=Image.Palette.ADAPTIVE, colors=8), "PNG", interlace=1, transparency=2
+        ),
         "png-16bit": encode(Image.fromarray((np.arange(48, dtype=np.uint16) * 999).reshape(6, 8)), "PNG"),
         "jpeg": encode(small, "JPEG", quality=70),
         "jpeg-progressive-exif": encode(small, "JPEG", progressive=True, exif=_exif_block()),

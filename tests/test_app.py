@@ -34,9 +34,11 @@ def page(browser: object, app_url: str) -> Iterator[object]:
 
 # A settled answer: it starts with one of the answer's sentences (no progress timer in front of it).
 # A new answer, no longer pending (Gradio's status tracker puts a timer inside the element while it runs).
-SETTLED = ("before => { const a = document.querySelector('#answer'); const t = a.innerText.trim();"
-           " return !a.querySelector('.progress-text, .eta-bar') && t !== before"
-           " && /^(This is|You gave|The closest)/.test(t); }")
+SETTLED = (
+    "before => { const a = document.querySelector('#answer'); const t = a.innerText.trim();"
+    " return !a.querySelector('.progress-text, .eta-bar') && t !== before"
+    " && /^(This is|You gave|The closest)/.test(t); }"
+)
 
 
 def new_answer(page: object, before: str) -> str:
@@ -74,8 +76,9 @@ def test_garbage_gets_a_one_line_error_and_the_next_picture_still_works(page, tm
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(PIKACHU.read_bytes()[:200])
     page.set_input_files("#query input[type=file]", str(truncated))
-    page.wait_for_function("[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('cut.png'))",
-                           timeout=30_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('cut.png'))", timeout=30_000
+    )
     assert ask(page, ROOT / "assets" / "pokemon" / "sprites" / "004.png").startswith("This is Charmander")
 
 
@@ -87,13 +90,18 @@ def test_the_named_api_answers_gradio_clients(app_url):
     assert text.startswith("This is Pikachu")
 
 
-def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tiny_model, browser, app_url,
-                                                            app_folder):
+def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tiny_model, browser, app_url, app_folder):
     # A second server with the real ddgs client: no network here, so the links line says why, quickly,
     # and the rest of the answer is there regardless. It loads the first server's index (same model).
     folder = tmp_path_factory.mktemp("app-offline")
-    process, url = start_app(folder, {"RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "duckduckgo",
-                                      "RECOMMENDER_INDEX_DIR": str(app_folder / "index")})
+    process, url = start_app(
+        folder,
+        {
+            "RECOMMENDER_MODEL": str(tiny_model),
+            "RECOMMENDER_WEB_PROVIDER": "duckduckgo",
+            "RECOMMENDER_INDEX_DIR": str(app_folder / "index"),
+        },
+    )
     try:
         page = browser.new_page()
         page.goto(url)
@@ -114,8 +122,9 @@ def test_click_a_look_alike_then_more_like_this_and_search_a_part(page):
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
     page.locator("#gallery img").nth(1).click()
     page.wait_for_selector("#overlay img", timeout=30_000)  # where the two pictures match
-    page.wait_for_function("document.querySelector('#selected').innerText.includes('warm colours mark the regions')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#selected').innerText.includes('warm colours mark the regions')", timeout=30_000
+    )
     picked = page.inner_text("#selected").split("·")[0].strip()
     before = page.inner_text("#answer")
     page.click("#more")
@@ -123,8 +132,9 @@ def test_click_a_look_alike_then_more_like_this_and_search_a_part(page):
     page.click("text=Search a part of the picture")
     page.wait_for_selector("#crop canvas", timeout=30_000)
     page.click("#crop-search")
-    page.wait_for_function("document.querySelector('#answer').innerText.includes('the part you cropped')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#answer').innerText.includes('the part you cropped')", timeout=60_000
+    )
     assert page.inner_text("#answer").strip().startswith(f"This is {picked} (1.00)")  # uncropped: that picture
 
 
@@ -134,8 +144,9 @@ def test_the_catalog_tab_draws_the_similarity_matrix(page):
     page.wait_for_function("document.querySelector('#matrix-note').innerText.includes('all')", timeout=30_000)
     assert "pokemon" in page.inner_text("#matrix-note")
     page.click("#features label:has-text('5')")
-    page.wait_for_function("document.querySelector('#matrix-note').innerText.includes('5 principal components')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#matrix-note').innerText.includes('5 principal components')", timeout=60_000
+    )
 
 
 def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
@@ -156,8 +167,12 @@ def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
         page.locator("#gallery img").nth(2).click()
         try:
             # Pikachu was picked before; the new pick shows another name (and the overlay comes later).
-            page.wait_for_function("p => { const t = document.querySelector('#selected').innerText;"
-                                   " return t !== p && !t.includes('Pikachu'); }", arg=picked, timeout=15_000)
+            page.wait_for_function(
+                "p => { const t = document.querySelector('#selected').innerText;"
+                " return t !== p && !t.includes('Pikachu'); }",
+                arg=picked,
+                timeout=15_000,
+            )
             break
         except PlaywrightTimeout:
             continue
@@ -165,11 +180,14 @@ def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
         pytest.fail("clicking a look-alike never selected it")
     page.click("#like")
     try:
-        page.wait_for_function("document.querySelector('#answer').innerText.includes('1 more like, 1 less like')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "document.querySelector('#answer').innerText.includes('1 more like, 1 less like')", timeout=60_000
+        )
     except PlaywrightTimeout:
-        pytest.fail(f"answer: {page.inner_text('#answer')!r}; selected: {page.inner_text('#selected')!r}; "
-                    f"page: {page.inner_text('body')[:1500]!r}")
+        pytest.fail(
+            f"answer: {page.inner_text('#answer')!r}; selected: {page.inner_text('#selected')!r}; "
+            f"page: {page.inner_text('body')[:1500]!r}"
+        )
     page.click("#reset")
     page.wait_for_function("!document.querySelector('#answer').innerText.includes('feedback')", timeout=60_000)
     page.wait_for_function("t => document.querySelector('#gallery').innerText === t", arg=first, timeout=30_000)
@@ -181,8 +199,9 @@ def test_the_catalog_map_shows_the_query_and_thumbnails_on_hover(page):
     page.click("#draw-map")
     page.wait_for_selector("#catalog-map .js-plotly-plot", timeout=60_000)
     page.locator("#catalog-map").scroll_into_view_if_needed()
-    page.wait_for_function("document.querySelector('#catalog-map .js-plotly-plot').dataset.thumbs === '1'",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#catalog-map .js-plotly-plot').dataset.thumbs === '1'", timeout=30_000
+    )
     traces = page.evaluate("document.querySelector('#catalog-map .js-plotly-plot').data.map(t => t.name)")
     assert traces[-1] == "your picture"
     x, y = page.evaluate("""() => { const gd = document.querySelector('#catalog-map .js-plotly-plot');
@@ -190,5 +209,8 @@ def test_the_catalog_map_shows_the_query_and_thumbnails_on_hover(page):
         return [r.left + fl._size.l + fl.xaxis.l2p(t.x[0]), r.top + fl._size.t + fl.yaxis.l2p(t.y[0])]; }""")
     page.mouse.move(x - 3, y - 3)
     page.mouse.move(x, y)
-    page.wait_for_function("[...document.querySelectorAll('body > img')].some(i => i.style.display === 'block'"
-                           " && i.src.startsWith('data:image/png'))", timeout=10_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('body > img')].some(i => i.style.display === 'block'"
+        " && i.src.startsWith('data:image/png'))",
+        timeout=10_000,
+    )

@@ -137,8 +137,18 @@ def test_the_page_offers_no_url_input(app_url):
     components = {c["id"]: c for c in config["components"]}
     inputs = {i for dep in config["dependencies"] for i in dep["inputs"]}
     kinds = {components[i]["type"] for i in inputs}
-    assert kinds <= {"image", "imageeditor", "slider", "state", "dropdown", "radio", "file", "textbox", "gallery",
-                     "dataset"}
+    assert kinds <= {
+        "image",
+        "imageeditor",
+        "slider",
+        "state",
+        "dropdown",
+        "radio",
+        "file",
+        "textbox",
+        "gallery",
+        "dataset",
+    }
     texts = [components[i]["props"].get("label") for i in inputs if components[i]["type"] == "textbox"]
     assert texts == ["Name of the new index"]  # becomes a folder name through service._safe_name, nothing more
     for i in inputs:
@@ -153,8 +163,7 @@ def test_uploads_over_the_size_limit_are_refused(app_url, tmp_path):
 
     big = tmp_path / "huge.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(11 << 20))
-    response = httpx.post(f"{app_url}/gradio_api/upload", files={"files": (big.name, big.read_bytes())},
-                          timeout=60)
+    response = httpx.post(f"{app_url}/gradio_api/upload", files={"files": (big.name, big.read_bytes())}, timeout=60)
     assert response.status_code == 413 and "maximum allowed size of 10485760 bytes" in response.text
     with pytest.raises((AppError, ValueError, httpx.HTTPError), match="(?i)exceed|too large|413"):
         identify(Client(app_url, verbose=False), big)
@@ -165,9 +174,17 @@ def test_uploads_over_the_size_limit_are_refused(app_url, tmp_path):
 def test_files_are_served_only_from_the_apps_own_folders(app_url, app_folder):
     examples = sorted((ROOT / "assets" / "examples").glob("*.png"))
     assert get(f"{app_url}/gradio_api/file={examples[0]}") == 200  # allowed_paths: the examples, nothing else
-    refused = ["/etc/passwd", str(PIKACHU), str(ROOT / "app.py"), str(ROOT / "assets" / "pokemon" / "catalog.csv"),
-               str(app_folder / "index" / "pokemon" / "manifest.json"), f"{examples[0].parent}/../pokemon/catalog.csv",
-               "app.py", "../../../../etc/passwd", "%2Fetc%2Fpasswd"]
+    refused = [
+        "/etc/passwd",
+        str(PIKACHU),
+        str(ROOT / "app.py"),
+        str(ROOT / "assets" / "pokemon" / "catalog.csv"),
+        str(app_folder / "index" / "pokemon" / "manifest.json"),
+        f"{examples[0].parent}/../pokemon/catalog.csv",
+        "app.py",
+        "../../../../etc/passwd",
+        "%2Fetc%2Fpasswd",
+    ]
     for path in refused:
         assert get(f"{app_url}/gradio_api/file={path}") in (403, 404), path
 
@@ -175,8 +192,14 @@ def test_files_are_served_only_from_the_apps_own_folders(app_url, app_folder):
 def test_sixteen_users_with_bad_files_in_the_mix(app_server, tmp_path, record_property):
     """The short load test: zero failures, p95 reported, the server's memory steady (`benchmarks/load.py` is longer)."""
     load = load_driver()
-    report = load.drive(app_server.url, users=16, seconds=15, pid=app_server.process.pid,
-                        files=load.uploads(tmp_path, oversize=True), warmup=4)
+    report = load.drive(
+        app_server.url,
+        users=16,
+        seconds=15,
+        pid=app_server.process.pid,
+        files=load.uploads(tmp_path, oversize=True),
+        warmup=4,
+    )
     print("\n" + report.summary())
     record_property("p95_seconds", round(report.percentile(95), 3))
     record_property("requests", len(report.outcomes))

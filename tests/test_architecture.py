@@ -68,8 +68,10 @@ def imports(name: str, tree: ast.Module) -> list[tuple[str, list[str], int]]:
 
 def test_no_import_cycles():
     trees = modules()
-    graph = {name: {target for target, _, _ in imports(name, tree) if target in trees and target != name}
-             for name, tree in trees.items()}
+    graph = {
+        name: {target for target, _, _ in imports(name, tree) if target in trees and target != name}
+        for name, tree in trees.items()
+    }
     # A package stands for its __init__: importing it runs what __init__ imports, so cycles through it count.
     state: dict[str, int] = {}
     path: list[str] = []
@@ -80,7 +82,7 @@ def test_no_import_cycles():
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append([*path[path.index(nxt):], nxt])
+                cycles.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt)
         path.pop()
@@ -96,8 +98,9 @@ def test_no_private_names_are_imported_across_modules():
     offences = []
     for name, tree in modules().items():
         for target, names, line in imports(name, tree):
-            offences += [f"{name}:{line} imports {target}.{n}" for n in names
-                         if n.startswith("_") and not n.endswith("__")]
+            offences += [
+                f"{name}:{line} imports {target}.{n}" for n in names if n.startswith("_") and not n.endswith("__")
+            ]
     assert not offences, "\n".join(offences)
 
 

@@ -40,8 +40,12 @@ def test_dinov2_from_a_local_folder(tiny_model, pooling, factor):
     images, _ = pictures()
     out = backbone.embed(images, batch_size=4)  # two batches
     assert_unit_rows(out, len(images), 32 * factor)
-    assert backbone.spec.to_json() == {"model": str(tiny_model.resolve()), "pooling": pooling, "image_size": 224,
-                                       "fit": "pad"}
+    assert backbone.spec.to_json() == {
+        "model": str(tiny_model.resolve()),
+        "pooling": pooling,
+        "image_size": 224,
+        "fit": "pad",
+    }
     assert backbone.identity.startswith("sha256:")
 
 
@@ -247,8 +251,11 @@ def test_precision_choices(monkeypatch):
 def test_preparer_is_prepare_without_the_model(tiny_model):
     # Ray's decoding tasks get `preparer()`: it must prepare exactly as `prepare` does.
     picture = draw_shape("triangle", (10, 200, 30), seed=3, size=(90, 40))
-    for backbone in (load_backbone(str(tiny_model)), load_backbone("colour-histogram"),
-                     load_backbone(f"{tiny_model}+colour-histogram")):
+    for backbone in (
+        load_backbone(str(tiny_model)),
+        load_backbone("colour-histogram"),
+        load_backbone(f"{tiny_model}+colour-histogram"),
+    ):
         mine, theirs = backbone.prepare(picture), backbone.preparer()(picture)
         for a, b in zip(*((m if isinstance(m, tuple) else (m,)) for m in (mine, theirs))):
             np.testing.assert_array_equal(a, b)

@@ -26,8 +26,13 @@ def shapes(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[
     """A small labeled index in its own folder, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("bad-input")
     index_dir = root / "index"
-    build_index(make_labeled_catalog(root / "shapes", per_label=2), name="shapes", model=str(tiny_model),
-                index_dir=index_dir, progress=False)
+    build_index(
+        make_labeled_catalog(root / "shapes", per_label=2),
+        name="shapes",
+        model=str(tiny_model),
+        index_dir=index_dir,
+        progress=False,
+    )
     return index_dir, Index.load("shapes", index_dir=index_dir)
 
 
@@ -69,8 +74,9 @@ def test_the_cli_refuses_each_broken_picture_with_one_line_and_searches_the_odd_
         assert lines[0].startswith(f"Error: {files[name]}: ") and "Traceback" not in result.output + result.stderr
         assert time.perf_counter() - started < FEW_SECONDS
     for name in sorted(ODD):
-        result = runner.invoke(cli, ["--index-dir", str(index_dir), "search", str(files[name]), "--index", "shapes",
-                                     "-k", "2"])
+        result = runner.invoke(
+            cli, ["--index-dir", str(index_dir), "search", str(files[name]), "--index", "shapes", "-k", "2"]
+        )
         assert result.exit_code == 0, (name, result.stderr)
         assert len(result.stdout.strip().splitlines()) == 2
 
@@ -101,8 +107,9 @@ def test_a_huge_query_is_shrunk_on_decoding_like_catalog_pictures(shapes, tmp_pa
     assert seen and seen[0] == (375, 250) and side <= 250 < DECODE_MAX_SIDE
 
 
-@pytest.mark.parametrize("options", [{}, {"progressive": True, "optimize": True}, {"subsampling": 0},
-                                     {"quality": 1, "optimize": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"progressive": True, "optimize": True}, {"subsampling": 0}, {"quality": 1, "optimize": True}]
+)
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
 def test_the_jpeg_size_check_passes_complete_pictures_that_compress_best(mode, options):
     # Flat pictures are the smallest JPEGs there are for their size: the bound must still hold.

@@ -65,14 +65,7 @@ def test_csv_bad_rows_are_skipped_with_reasons(tmp_path):
     draw_shape("circle", (200, 0, 0), seed=1).save(tmp_path / "ok.png")
     (tmp_path / "doc.pdf").write_bytes(b"%PDF")
     (tmp_path / "c.csv").write_text(
-        "image;label\n"
-        "ok.png;a\n"
-        "missing.png;b\n"
-        ";c\n"
-        "https://example.com/x.jpg;d\n"
-        "doc.pdf;e\n"
-        "ok.png;f;extra\n"
-        "ok.png;a\n",
+        "image;label\nok.png;a\nmissing.png;b\n;c\nhttps://example.com/x.jpg;d\ndoc.pdf;e\nok.png;f;extra\nok.png;a\n",
         encoding="utf-8",
     )
     catalog = read_catalog(tmp_path / "c.csv")
@@ -139,19 +132,35 @@ def test_symlinks_out_of_the_catalog_are_skipped(tmp_path):
 def test_archive_of_class_folders_is_extracted_safely(tmp_path):
     from recommender.archive import extract_archive
 
-    archive = make_zip(tmp_path / "up.zip", {
-        "cats/a.png": png(1), "cats/b.png": png(2), "dogs/c.png": png(3),
-        "../escape.png": png(4), "/abs.png": png(5), "dogs/../../up.png": png(6),
-        "notes.txt": b"hello", "__MACOSX/._a.png": b"junk",
-    }, links={"dogs/link.png": "/etc/passwd"})
+    archive = make_zip(
+        tmp_path / "up.zip",
+        {
+            "cats/a.png": png(1),
+            "cats/b.png": png(2),
+            "dogs/c.png": png(3),
+            "../escape.png": png(4),
+            "/abs.png": png(5),
+            "dogs/../../up.png": png(6),
+            "notes.txt": b"hello",
+            "__MACOSX/._a.png": b"junk",
+        },
+        links={"dogs/link.png": "/etc/passwd"},
+    )
     dest = tmp_path / "out"
     source, skipped = extract_archive(archive, dest)
     assert source == dest.resolve()
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
-        "cats/a.png", "cats/b.png", "dogs/c.png"]
+        "cats/a.png",
+        "cats/b.png",
+        "dogs/c.png",
+    ]
     reasons = {s.where: s.reason for s in skipped}
-    assert reasons["../escape.png"] == reasons["/abs.png"] == reasons["dogs/../../up.png"] == (
-        "path leaves the archive's folder")
+    assert (
+        reasons["../escape.png"]
+        == reasons["/abs.png"]
+        == reasons["dogs/../../up.png"]
+        == ("path leaves the archive's folder")
+    )
     assert reasons["dogs/link.png"].startswith("a link") and reasons["notes.txt"] == "neither a picture nor a CSV"
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "up.png").exists()
     assert read_catalog(source).labeled
@@ -160,8 +169,9 @@ def test_archive_of_class_folders_is_extracted_safely(tmp_path):
 def test_archive_with_a_csv_returns_the_csv(tmp_path):
     from recommender.archive import extract_archive
 
-    archive = make_zip(tmp_path / "shop.zip", {"shop/items.csv": b"image,label\nimg/x.png,round\n",
-                                               "shop/img/x.png": png(1)})
+    archive = make_zip(
+        tmp_path / "shop.zip", {"shop/items.csv": b"image,label\nimg/x.png,round\n", "shop/img/x.png": png(1)}
+    )
     source, skipped = extract_archive(archive, tmp_path / "out")
     assert source.name == "items.csv" and not skipped
     assert read_catalog(source).items[0].label == "round"

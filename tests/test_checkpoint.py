@@ -16,8 +16,9 @@ def backbone(tiny_model):
 
 
 def _build(catalog, backbone, name="shapes", **options):
-    return build_index(catalog, name=name, backbone=backbone, progress=False, batch_size=4, checkpoint_seconds=0,
-                       **options)
+    return build_index(
+        catalog, name=name, backbone=backbone, progress=False, batch_size=4, checkpoint_seconds=0, **options
+    )
 
 
 def _interrupt_embedding_after(backbone, batches, monkeypatch):

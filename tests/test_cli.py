@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m recommender ARGS` in a fresh process, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "recommender", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recommender", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def invoke(*args: str) -> object:
@@ -103,9 +109,14 @@ def test_bad_input_gives_one_line_and_exit_1(args, message, labeled_catalog, tin
     invoke("index", str(labeled_catalog), "--name", "shapes", "--model", str(tiny_model), "-q")
     (tmp_path / "garbage.jpg").write_text("<p>not a picture</p>")
     (tmp_path / "empty").mkdir()
-    paths = {"query": labeled_catalog / "red-circle" / "1.png", "garbage": tmp_path / "garbage.jpg",
-             "missing": tmp_path / "missing.png", "catalog": labeled_catalog, "empty": tmp_path / "empty",
-             "model": tiny_model}
+    paths = {
+        "query": labeled_catalog / "red-circle" / "1.png",
+        "garbage": tmp_path / "garbage.jpg",
+        "missing": tmp_path / "missing.png",
+        "catalog": labeled_catalog,
+        "empty": tmp_path / "empty",
+        "model": tiny_model,
+    }
     result = invoke(*[a.format(**{k: str(v) for k, v in paths.items()}) for a in args])
     assert result.exit_code == 1
     assert message in one_line_error(result.stderr)
@@ -137,8 +148,16 @@ def test_help_and_version():
     assert "index" in invoke("--help").stdout and "search" in invoke("--help").stdout
     assert invoke("--version").exit_code == 0
     helped = invoke("index", "--help").stdout
-    for flag in ("--name", "--model", "--weights", "--pooling", "--image-size", "--limit", "--label-column",
-                 "--image-column"):
+    for flag in (
+        "--name",
+        "--model",
+        "--weights",
+        "--pooling",
+        "--image-size",
+        "--limit",
+        "--label-column",
+        "--image-column",
+    ):
         assert flag in helped
 
 

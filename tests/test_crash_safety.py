@@ -45,8 +45,12 @@ class State:
     vectors: np.ndarray
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, State) and self.ids == other.ids and self.hashes == other.hashes
-                and np.array_equal(self.vectors, other.vectors))
+        return (
+            isinstance(other, State)
+            and self.ids == other.ids
+            and self.hashes == other.hashes
+            and np.array_equal(self.vectors, other.vectors)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -59,8 +63,7 @@ def state(index_dir: Path, name: str) -> State | None:
         if not (index_dir / name / "manifest.json").exists():
             return None  # killed before the first commit: no manifest, nothing half-written counts
         raise AssertionError(f"a committed index no longer loads: {exc}") from None
-    return State(tuple(i.id for i in index.items), tuple(i.sha256 for i in index.items),
-                 np.array(index.embeddings))
+    return State(tuple(i.id for i in index.items), tuple(i.sha256 for i in index.items), np.array(index.embeddings))
 
 
 class Catalog:
@@ -90,8 +93,11 @@ class Catalog:
 
 def tree(root: Path, *, skip: tuple[str, ...] = ()) -> list[str]:
     """Every file under `root` but the top-level folders in `skip` (the catalog changes on purpose)."""
-    return [p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.relative_to(root).parts[0] not in (*skip, "catalog")]
+    return [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.relative_to(root).parts[0] not in (*skip, "catalog")
+    ]
 
 
 def _leftovers(folder: Path) -> bool:
@@ -113,8 +119,9 @@ def reference(catalog: Path, model: str, folder: Path) -> State:
     return result
 
 
-def run_and_kill(command: list[str], env: dict[str, str], folder: Path, rng: random.Random,
-                 expected_seconds: float) -> tuple[bool, float]:
+def run_and_kill(
+    command: list[str], env: dict[str, str], folder: Path, rng: random.Random, expected_seconds: float
+) -> tuple[bool, float]:
     """Start the indexer and SIGKILL it; returns (killed while running, seconds it ran)."""
     before = set(os.listdir(folder)) if folder.exists() else set()
     started = time.perf_counter()
@@ -141,10 +148,27 @@ def test_sigkill_during_builds_and_updates_never_loses_the_last_good_index(tmp_p
     print(f"KILL_SEED={seed}")
     catalog = Catalog(tmp_path / "catalog", rng)
     index_dir, folder = tmp_path / "index", tmp_path / "index" / "k"
-    env = {**os.environ, "RECOMMENDER_DEVICE": "cpu", "RECOMMENDER_CACHE_DIR": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "recommender", "--index-dir", str(index_dir), "index", str(catalog.root),
-               "--name", "k", "--model", model, "-q"]
+    env = {
+        **os.environ,
+        "RECOMMENDER_DEVICE": "cpu",
+        "RECOMMENDER_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "recommender",
+        "--index-dir",
+        str(index_dir),
+        "index",
+        str(catalog.root),
+        "--name",
+        "k",
+        "--model",
+        model,
+        "-q",
+    ]
 
     # A clean run first: how long a whole run takes here, for the random delays.
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)

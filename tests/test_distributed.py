@@ -36,9 +36,16 @@ def local_ray() -> Iterator[None]:
         # A short folder of its own: Ray's Unix socket paths inside it must stay under 108 bytes.
         temp = Path(tempfile.mkdtemp(prefix="ray"))
         try:
-            ray.init(address="local", num_cpus=2, object_store_memory=256 << 20, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False, _temp_dir=str(temp),
-                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # workers import recommender from here
+            ray.init(
+                address="local",
+                num_cpus=2,
+                object_store_memory=256 << 20,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                _temp_dir=str(temp),
+                runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            )  # workers import recommender from here
             break
         except Exception as exc:  # Ray raises a bare Exception when its node times out
             error = exc
@@ -72,8 +79,9 @@ def _same_index(a: Index, b: Index) -> None:
 
 def test_a_ray_build_equals_the_plain_build(catalog, backbone):
     plain = build_index(catalog, name="plain", backbone=backbone, progress=False)
-    distributed = build_index(catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(),
-                              batch_size=4)
+    distributed = build_index(
+        catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(), batch_size=4
+    )
     assert (distributed.count, distributed.embedded, distributed.reused) == (plain.count, plain.embedded, 0)
     assert [str(s) for s in distributed.skipped] == [str(s) for s in plain.skipped]
     assert {s.reason for s in distributed.skipped} >= {"same picture as red-circle/0.png"}
@@ -95,10 +103,24 @@ def test_an_interrupted_ray_build_resumes(catalog, monkeypatch):
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(Checkpoint, "add", add_then_die)
-        build_index(catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(), batch_size=4,
-                    checkpoint_seconds=0)
-    report = build_index(catalog, name="ray", backbone=backbone, progress=False, executor=RayExecutor(), batch_size=4,
-                         checkpoint_seconds=0)
+        build_index(
+            catalog,
+            name="ray",
+            backbone=backbone,
+            progress=False,
+            executor=RayExecutor(),
+            batch_size=4,
+            checkpoint_seconds=0,
+        )
+    report = build_index(
+        catalog,
+        name="ray",
+        backbone=backbone,
+        progress=False,
+        executor=RayExecutor(),
+        batch_size=4,
+        checkpoint_seconds=0,
+    )
     # What was checkpointed is hashed, not decoded or embedded again.
     assert report.resumed == calls[0] >= 1 and report.embedded + report.resumed == 12 and report.reused == calls[0]
     _same_index(Index.load("plain"), Index.load("ray"))
@@ -111,12 +133,28 @@ def test_ray_into_milvus_from_the_command_line(catalog):
 
     runner = CliRunner()
     try:
-        out = runner.invoke(cli, ["index", str(catalog), "--name", "shapes", "--model", "colour-histogram", "-q",
-                                  "--ray", "--actors", "1", "--store", "milvus-lite"])
+        out = runner.invoke(
+            cli,
+            [
+                "index",
+                str(catalog),
+                "--name",
+                "shapes",
+                "--model",
+                "colour-histogram",
+                "-q",
+                "--ray",
+                "--actors",
+                "1",
+                "--store",
+                "milvus-lite",
+            ],
+        )
         assert out.exit_code == 0, out.output
         assert "indexed 12 pictures" in out.stdout and "vectors in milvus-lite" in out.stdout
-        found = runner.invoke(cli, ["search", str(catalog / "blue-triangle" / "3.png"), "--index", "shapes",
-                                    "--json", "-k", "1"])
+        found = runner.invoke(
+            cli, ["search", str(catalog / "blue-triangle" / "3.png"), "--index", "shapes", "--json", "-k", "1"]
+        )
         assert json.loads(found.stdout)[0]["id"] == "blue-triangle/3.png"
         lonely = runner.invoke(cli, ["index", str(catalog), "--name", "x", "--actors", "2"])
         assert lonely.exit_code == 2 and "only applies with --ray" in lonely.stderr

@@ -53,8 +53,15 @@ def test_pair_rank_and_the_decision_metrics():
     assert pair_ranks(np.array([0.5, 0.5]), np.array([[0.6, 0.4, 0.5], [0.1, 0.2, 0.3]])).tolist() == [2, 1]
     inside, outside = np.array([0.9, 0.8, 0.4, 0.7]), np.array([0.3, 0.5, 0.2])
     m = decision_metrics(inside, outside, 0.45)  # refuses 0.4 inside, 0.3 and 0.2 outside
-    assert m == {"threshold": 0.45, "kept": 0.75, "refused": 0.6667, "precision": 0.6667, "recall": 0.6667,
-                 "accuracy": 0.7143, "balanced_accuracy": 0.7083}
+    assert m == {
+        "threshold": 0.45,
+        "kept": 0.75,
+        "refused": 0.6667,
+        "precision": 0.6667,
+        "recall": 0.6667,
+        "accuracy": 0.7143,
+        "balanced_accuracy": 0.7083,
+    }
     assert best_cut(inside, outside) == 0.7  # keeps 3 of 4, refuses all 3
     assert decision_metrics(inside, outside, 0.0)["precision"] is None  # nothing refused
 
@@ -65,8 +72,13 @@ def hand_made(tmp_path: Path, rows: list[tuple[str, str | None, tuple[float, ...
     return Vectors(name, items, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), tmp_path)
 
 
-GALLERY = [("g0", "a", (1, 0, 0)), ("g1", "a", (0.8, 0.6, 0)), ("g2", "b", (0.6, 0.8, 0)), ("g3", "b", (0, 1, 0)),
-           ("g4", "c", (0, 0, 1))]
+GALLERY = [
+    ("g0", "a", (1, 0, 0)),
+    ("g1", "a", (0.8, 0.6, 0)),
+    ("g2", "b", (0.6, 0.8, 0)),
+    ("g3", "b", (0, 1, 0)),
+    ("g4", "c", (0, 0, 1)),
+]
 
 
 def test_query_set_metrics_on_hand_made_vectors(tmp_path):
@@ -95,16 +107,38 @@ def test_leave_one_out_on_hand_made_vectors(tmp_path):
     assert e.recall[1] == 0.5 and e.mean_ap == pytest.approx(0.75)
     groups = e.to_dict()["groups"]
     assert groups == [
-        {"group": "a", "items": 2, "share": 0.4, "queries": 2, "recall@1": 0.5, "recall@5": 1.0, "recall@10": 1.0,
-         "mAP@5": 0.75},
-        {"group": "b", "items": 2, "share": 0.4, "queries": 2, "recall@1": 0.5, "recall@5": 1.0, "recall@10": 1.0,
-         "mAP@5": 0.75},
+        {
+            "group": "a",
+            "items": 2,
+            "share": 0.4,
+            "queries": 2,
+            "recall@1": 0.5,
+            "recall@5": 1.0,
+            "recall@10": 1.0,
+            "mAP@5": 0.75,
+        },
+        {
+            "group": "b",
+            "items": 2,
+            "share": 0.4,
+            "queries": 2,
+            "recall@1": 0.5,
+            "recall@5": 1.0,
+            "recall@10": 1.0,
+            "mAP@5": 0.75,
+        },
     ]
 
 
 def test_pairs_on_hand_made_vectors(tmp_path):
-    rows = [("r0", None, (1, 0, 0)), ("r1", None, (0, 1, 0)), ("r2", None, (0, 0, 1)),
-            ("l0", None, (0.9, 0.1, 0)), ("l1", None, (0.1, 0.3, 0.95)), ("l2", None, (0.7, 0.6, 0.1))]
+    rows = [
+        ("r0", None, (1, 0, 0)),
+        ("r1", None, (0, 1, 0)),
+        ("r2", None, (0, 0, 1)),
+        ("l0", None, (0.9, 0.1, 0)),
+        ("l1", None, (0.1, 0.3, 0.95)),
+        ("l2", None, (0.7, 0.6, 0.1)),
+    ]
     vectors = hand_made(tmp_path, rows, "pairs")
     catalog = Catalog(source=tmp_path / "pairs.csv", root=tmp_path, kind="csv", items=vectors.items)
     pairs = Pairs(catalog, [("l0", "r0"), ("l1", "r1"), ("l2", "r2")], {})
@@ -117,8 +151,11 @@ def test_pairs_on_hand_made_vectors(tmp_path):
 def test_model_lists_with_inline_and_shared_weights():
     specs = parse_models("colour-histogram, efficientnet-lite0@0.9+colour-histogram@0.1,a+b,offline", "0.7,0.3")
     assert [(s.model, s.weights) for s in specs] == [
-        ("colour-histogram", None), ("efficientnet-lite0+colour-histogram", (0.9, 0.1)), ("a+b", (0.7, 0.3)),
-        ("offline", None)]
+        ("colour-histogram", None),
+        ("efficientnet-lite0+colour-histogram", (0.9, 0.1)),
+        ("a+b", (0.7, 0.3)),
+        ("offline", None),
+    ]
     assert specs[2].label == "a@0.7+b@0.3"
     with pytest.raises(ModelError, match="every part"):
         parse_models("a@0.9+b")
@@ -128,8 +165,16 @@ def test_model_lists_with_inline_and_shared_weights():
 
 # ------------------------------------------------------------------------------------ the CLI on generated data
 
-COLOURS = [(220, 30, 30), (30, 180, 60), (40, 60, 220), (230, 200, 20), (150, 40, 180), (20, 180, 190),
-           (240, 130, 20), (90, 90, 90)]
+COLOURS = [
+    (220, 30, 30),
+    (30, 180, 60),
+    (40, 60, 220),
+    (230, 200, 20),
+    (150, 40, 180),
+    (20, 180, 190),
+    (240, 130, 20),
+    (90, 90, 90),
+]
 
 
 @pytest.fixture
@@ -166,9 +211,27 @@ def invoke(*args: str) -> tuple[int, str, str]:
 def test_all_four_protocols_from_the_cli(data, tiny_model, tmp_path):
     build_index(data["catalog"], name="shapes", model=str(tiny_model), progress=False)
     sheet = tmp_path / "worst.png"
-    code, out, err = invoke("evaluate", "--index", "shapes", "--queries", str(data["queries"]), "--reverse",
-                            "--leave-one-out", "--group-by", "label", "--pairs", str(data["pairs"]), "--outside",
-                            str(data["outside"]), "--json", "-q", "--worst", "2", "--sheet", str(sheet))
+    code, out, err = invoke(
+        "evaluate",
+        "--index",
+        "shapes",
+        "--queries",
+        str(data["queries"]),
+        "--reverse",
+        "--leave-one-out",
+        "--group-by",
+        "label",
+        "--pairs",
+        str(data["pairs"]),
+        "--outside",
+        str(data["outside"]),
+        "--json",
+        "-q",
+        "--worst",
+        "2",
+        "--sheet",
+        str(sheet),
+    )
     assert code == 0, err
     d = json.loads(out)
     assert {"recall@1", "recall@5", "recall@10", "mAP@5", "queries", "index_mb", "ms_per_image"} <= set(d)
@@ -189,9 +252,23 @@ def test_all_four_protocols_from_the_cli(data, tiny_model, tmp_path):
         assert img.format == "PNG" and img.width == 6 + 3 * (128 + 6)
         assert img.height > 4 * 2 * 128  # four protocols, two rows each
     # the same run as Markdown tables
-    code, out, _ = invoke("evaluate", "--index", "shapes", "--queries", str(data["queries"]), "--reverse",
-                          "--leave-one-out", "--pairs", str(data["pairs"]), "--outside", str(data["outside"]),
-                          "--markdown", "-q", "--worst", "1")
+    code, out, _ = invoke(
+        "evaluate",
+        "--index",
+        "shapes",
+        "--queries",
+        str(data["queries"]),
+        "--reverse",
+        "--leave-one-out",
+        "--pairs",
+        str(data["pairs"]),
+        "--outside",
+        str(data["outside"]),
+        "--markdown",
+        "-q",
+        "--worst",
+        "1",
+    )
     assert code == 0, out
     assert "| query set | queries | recall@1 | recall@5 | recall@10 | mAP@5 |" in out
     assert "### Reverse" in out and "| gallery | queries |" in out and "### Worst 1" in out
@@ -212,8 +289,22 @@ def test_the_simplest_run_prints_as_before(data, tiny_model):
 def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_folders):
     tiny = str(tiny_model)
     models = f"colour-histogram,{tiny},colour-histogram@0.3+{tiny}@0.7,dinov2-small"
-    args = ["evaluate", "--catalog", str(data["catalog"]), "--models", models, "--queries", str(data["queries"]),
-            "--queries", str(data["catalog"]), "--reverse", "--leave-one-out", "--outside", str(data["outside"]), "-q"]
+    args = [
+        "evaluate",
+        "--catalog",
+        str(data["catalog"]),
+        "--models",
+        models,
+        "--queries",
+        str(data["queries"]),
+        "--queries",
+        str(data["catalog"]),
+        "--reverse",
+        "--leave-one-out",
+        "--outside",
+        str(data["outside"]),
+        "-q",
+    ]
     code, out, err = invoke(*args, "--json")
     assert code == 0, err
     runs = json.loads(out)["models"]
@@ -231,7 +322,8 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
     assert hybrid.manifest.stats.embedded == 0  # assembled from its parts' cached indexes
     assert hybrid.manifest.backbone.weights == (0.3, 0.7)
     direct = load_backbone(f"colour-histogram+{tiny}", weights=[0.3, 0.7]).embed(
-        [Image.open(data["catalog"] / hybrid.items[0].path).convert("RGB")])[0]
+        [Image.open(data["catalog"] / hybrid.items[0].path).convert("RGB")]
+    )[0]
     assert float(direct @ hybrid.vector(hybrid.items[0].id)) > 0.999
     built = {p.name: p.stat().st_mtime_ns for p in cache.glob("*/manifest.json")}
     sheet = tmp_path / "sheet.png"
@@ -246,13 +338,16 @@ def test_several_backbones_in_one_table(data, tiny_model, tmp_path, isolated_fol
     assert "sheet-colour-histogram.png" in {p.name for p in tmp_path.glob("sheet-*.png")}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--queries", "{tmp}/nowhere"], "nowhere: no such file or folder"),
-    (["--pairs", "{tmp}/bad.csv"], "a pairs CSV needs the columns 'left' and 'right'"),
-    (["--queries", "{tmp}/outside"], "queries must be class sub-folders named by label"),
-    (["--leave-one-out", "--group-by", "colour"], "cannot group by 'colour'"),
-    (["--index", "unlabeled", "--leave-one-out"], "index 'unlabeled' has no labels"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--queries", "{tmp}/nowhere"], "nowhere: no such file or folder"),
+        (["--pairs", "{tmp}/bad.csv"], "a pairs CSV needs the columns 'left' and 'right'"),
+        (["--queries", "{tmp}/outside"], "queries must be class sub-folders named by label"),
+        (["--leave-one-out", "--group-by", "colour"], "cannot group by 'colour'"),
+        (["--index", "unlabeled", "--leave-one-out"], "index 'unlabeled' has no labels"),
+    ],
+)
 def test_bad_input_is_one_clear_line(data, tmp_path, args, message):
     (tmp_path / "bad.csv").write_text("image,label\na.png,x\n")
     build_index(data["outside"], name="unlabeled", model="colour-histogram", progress=False)
@@ -262,14 +357,17 @@ def test_bad_input_is_one_clear_line(data, tmp_path, args, message):
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], err
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "nothing to evaluate"),
-    (["--reverse", "--leave-one-out"], "--reverse swaps query set and gallery"),
-    (["--inside", "{tmp}/outside"], "--inside needs --outside"),
-    (["--models", "colour-histogram", "--queries", "{tmp}/queries"], "needs a gallery"),
-    (["--json", "--markdown", "--leave-one-out"], "--json and --markdown are exclusive"),
-    (["--index", "pokemon", "--weights", "1,1", "--leave-one-out"], "--weights applies to --models hybrids"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to evaluate"),
+        (["--reverse", "--leave-one-out"], "--reverse swaps query set and gallery"),
+        (["--inside", "{tmp}/outside"], "--inside needs --outside"),
+        (["--models", "colour-histogram", "--queries", "{tmp}/queries"], "needs a gallery"),
+        (["--json", "--markdown", "--leave-one-out"], "--json and --markdown are exclusive"),
+        (["--index", "pokemon", "--weights", "1,1", "--leave-one-out"], "--weights applies to --models hybrids"),
+    ],
+)
 def test_flags_that_do_not_go_together_are_usage_errors(tmp_path, args, message):
     """Usage errors exit with click's status 2 and its usage line, before any index is opened or built."""
     code, _, err = invoke("evaluate", *(a.replace("{tmp}", str(tmp_path)) for a in args))

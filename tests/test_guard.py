@@ -46,8 +46,17 @@ def test_only_regular_files_inside_the_folder_are_stored_files(tmp_path):
     (folder / "abc" / "link.png").symlink_to(outside)
     assert stored_file(str(upload), folder) == upload.resolve()
     assert stored_file(f"{folder}/abc/../abc/cat.png", folder) == upload.resolve()
-    for refused in (outside, folder, folder / "abc", folder / "abc" / "missing.png", folder / "abc" / "link.png",
-                    f"{folder}/../secret.png", "/etc/passwd", "/dev/zero", "relative.png"):
+    for refused in (
+        outside,
+        folder,
+        folder / "abc",
+        folder / "abc" / "missing.png",
+        folder / "abc" / "link.png",
+        f"{folder}/../secret.png",
+        "/etc/passwd",
+        "/dev/zero",
+        "relative.png",
+    ):
         assert stored_file(refused, folder) is None, refused
 
 
@@ -65,8 +74,9 @@ def test_a_path_outside_the_folder_is_refused_without_touching_the_disk(tmp_path
 
 
 def test_limits_come_from_the_environment_with_a_clear_error_for_bad_values():
-    limits = Limits.from_env({"RECOMMENDER_SESSION_PENDING": "9", "RECOMMENDER_UPLOAD_MB": "3",
-                              "RECOMMENDER_REQUEST_MB": ""}, workers=8)
+    limits = Limits.from_env(
+        {"RECOMMENDER_SESSION_PENDING": "9", "RECOMMENDER_UPLOAD_MB": "3", "RECOMMENDER_REQUEST_MB": ""}, workers=8
+    )
     assert limits.session_pending == 9 and limits.upload_bytes == 3 * MB and limits.request_bytes == 4 * MB
     assert limits.address_running == 8 and Limits.from_env({}, workers=1).address_running == 3
     assert limits.upload_request_bytes == limits.upload_files * 3 * MB + 64 * 1024
@@ -104,8 +114,9 @@ def test_an_address_may_open_only_so_many_sessions_a_minute():
     assert share.admit(Client("s3", "A"), []) is None
 
 
-def run_queue(share: Share, clock: Clock, queue: list[tuple[str, Client, float]], *, workers: int = 1,
-              until: float = 30.0) -> dict[str, float]:
+def run_queue(
+    share: Share, clock: Clock, queue: list[tuple[str, Client, float]], *, workers: int = 1, until: float = 30.0
+) -> dict[str, float]:
     """A tiny one-event-type queue driven by `share`: (event id, client, seconds) in order; event id -> finish time."""
     running: dict[str, tuple[Client, float]] = {}  # id -> (client, ends)
     done: dict[str, float] = {}
@@ -186,10 +197,12 @@ def test_recent_keeps_the_last_entries():
 
 
 def multipart(files: int, fields: int = 1, boundary: str = "xYz") -> bytes:
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nvalue {i}\r\n'
-             for i in range(fields)]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a{i}.png"\r\n'
-              f"Content-Type: image/png\r\n\r\n" + "x" * (1000 + i) + "\r\n" for i in range(files)]
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nvalue {i}\r\n' for i in range(fields)]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a{i}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n" + "x" * (1000 + i) + "\r\n"
+        for i in range(files)
+    ]
     return ("".join(parts) + f"--{boundary}--\r\n").encode()
 
 
@@ -198,7 +211,7 @@ def test_files_are_counted_however_the_body_is_cut(chunk):
     body = multipart(files=5, fields=3)
     counter = FileCounter(b"xYz")
     for i in range(0, len(body), chunk):
-        counter.feed(body[i:i + chunk])
+        counter.feed(body[i : i + chunk])
     assert counter.files == 5
 
 
@@ -209,12 +222,23 @@ def test_the_boundary_is_read_from_the_content_type():
 
 
 def test_url_routes_are_recognised():
-    for path in ("/gradio_api/file=https://x.org/a.png", "/gradio_api/file=HTTP://x.org/a.png",
-                 "/gradio_api/file=ftp://x", "/gradio_api/file/https://x.org/a.png", "/sub/gradio_api/file=http://x",
-                 "/gradio_api/proxy=https://a.hf.space/x", "/gradio_api/file=//http://x"):
+    for path in (
+        "/gradio_api/file=https://x.org/a.png",
+        "/gradio_api/file=HTTP://x.org/a.png",
+        "/gradio_api/file=ftp://x",
+        "/gradio_api/file/https://x.org/a.png",
+        "/sub/gradio_api/file=http://x",
+        "/gradio_api/proxy=https://a.hf.space/x",
+        "/gradio_api/file=//http://x",
+    ):
         assert fetches_url(path), path
-    for path in ("/gradio_api/file=/tmp/gradio/abc/cat.png", "/gradio_api/file=C:\\gradio\\cat.png",
-                 "/gradio_api/file=/tmp/odd:name.png", "/gradio_api/upload", "/config"):
+    for path in (
+        "/gradio_api/file=/tmp/gradio/abc/cat.png",
+        "/gradio_api/file=C:\\gradio\\cat.png",
+        "/gradio_api/file=/tmp/odd:name.png",
+        "/gradio_api/upload",
+        "/config",
+    ):
         assert not fetches_url(path), path
 
 
@@ -237,13 +261,22 @@ class App:
         await send({"type": "http.response.body", "body": body})
 
 
-def call(guard: EdgeGuard, path: str, body: bytes = b"", *, method: str = "POST", headers: dict | None = None,
-         chunk: int = 1 << 16, length: bool = True, address: str = "10.0.0.1") -> tuple[int, dict, bytes]:
+def call(
+    guard: EdgeGuard,
+    path: str,
+    body: bytes = b"",
+    *,
+    method: str = "POST",
+    headers: dict | None = None,
+    chunk: int = 1 << 16,
+    length: bool = True,
+    address: str = "10.0.0.1",
+) -> tuple[int, dict, bytes]:
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if length:
         raw.append((b"content-length", str(len(body)).encode()))
     scope = {"type": "http", "method": method, "path": path, "headers": raw, "client": (address, 1234)}
-    pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
     messages = [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
     sent: list[dict] = []
 

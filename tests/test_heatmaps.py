@@ -162,8 +162,9 @@ def test_overlay_of_a_picture_against_itself_peaks_on_its_object(unlabeled: Inde
         assert e.query_map.max() == pytest.approx(1.0)
 
 
-def test_patch_features_are_cached_in_memory_and_on_disk(labeled: Index, isolated_folders: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_patch_features_are_cached_in_memory_and_on_disk(
+    labeled: Index, isolated_folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     default_runtime().clear_caches()
     backbone = labeled.backbone()
     calls: list[int] = []
@@ -210,16 +211,28 @@ def test_backbone_without_spatial_features(labeled: Index, index_dir: Path) -> N
 def test_cli_writes_pngs(labeled: Index, unlabeled: Index, index_dir: Path, tmp_path: Path, name: str) -> None:
     runner = CliRunner()
     heat = tmp_path / "heat.png"
-    args = ["--index-dir", str(index_dir), "heatmap", "--index", name, "--features", "5", "--limit", "9",
-            "--out", str(heat)]
+    args = [
+        "--index-dir",
+        str(index_dir),
+        "heatmap",
+        "--index",
+        name,
+        "--features",
+        "5",
+        "--limit",
+        "9",
+        "--out",
+        str(heat),
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert heat.read_bytes().startswith(PNG) and "9 items" in result.output
     query = tmp_path / "query.png"
     draw_shape("triangle", (40, 60, 220), seed=9).save(query)
     pic = tmp_path / "explain.png"
-    result = runner.invoke(cli, ["--index-dir", str(index_dir), "explain", str(query), "--index", name, "--rank", "2",
-                                 "--out", str(pic)])
+    result = runner.invoke(
+        cli, ["--index-dir", str(index_dir), "explain", str(query), "--index", name, "--rank", "2", "--out", str(pic)]
+    )
     assert result.exit_code == 0, result.output
     assert pic.read_bytes().startswith(PNG) and "#2" in result.output
 
@@ -227,12 +240,14 @@ def test_cli_writes_pngs(labeled: Index, unlabeled: Index, index_dir: Path, tmp_
 def test_cli_errors_are_one_line(labeled: Index, index_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["--index-dir", str(index_dir)]
-    result = runner.invoke(cli, [*base, "heatmap", "--index", "labeled", "--labels", "nope", "--out",
-                                 str(tmp_path / "x.png")])
+    result = runner.invoke(
+        cli, [*base, "heatmap", "--index", "labeled", "--labels", "nope", "--out", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 1 and "unknown label(s) 'nope'" in result.output
     assert "Traceback" not in result.output
     query = tmp_path / "q.png"
     draw_shape("circle", (220, 30, 30), seed=1).save(query)
-    result = runner.invoke(cli, [*base, "explain", str(query), "--index", "labeled", "--rank", "99", "--out",
-                                 str(tmp_path / "y.png")])
+    result = runner.invoke(
+        cli, [*base, "explain", str(query), "--index", "labeled", "--rank", "99", "--out", str(tmp_path / "y.png")]
+    )
     assert result.exit_code == 1 and "--rank 12" in result.output

@@ -33,8 +33,9 @@ def tree(root: Path) -> set[str]:
 def written_outside(before: set[str], after: set[str], *allowed: str) -> list[str]:
     """New paths that are neither inside one of the `allowed` folders nor one of their parents."""
     parents = {"/".join(a.split("/")[:n]) for a in allowed for n in range(1, a.count("/") + 1)}
-    return sorted(p for p in after - before
-                  if p not in parents and not any(p == a or p.startswith(a + "/") for a in allowed))
+    return sorted(
+        p for p in after - before if p not in parents and not any(p == a or p.startswith(a + "/") for a in allowed)
+    )
 
 
 @pytest.fixture
@@ -48,26 +49,30 @@ def test_a_hostile_zip_through_the_apps_upload_path_writes_only_its_two_folders(
     token = secrets.token_hex(4)
     secret = tmp_path / "secret.png"  # a picture on the server that no upload may reach
     secret.write_bytes(png(99, (1, 2, 3)))
-    archive = make_zip(tmp_path / "upload.zip", {
-        "shop/items.csv": (
-            "image,label\n"
-            "img/a.png,round\n"
-            "img/b.png,round\n"
-            "img/a-copy.png,round\n"  # the same picture again
-            "img/missing.png,round\n"
-            f"{secret},stolen\n"  # absolute path to a server file
-            "../../../../secret.png,stolen\n"  # relative escape to the same file
-            "img/a.png,round,extra-field\n"
-        ).encode(),
-        "shop/img/a.png": png(1),
-        "shop/img/b.png": png(2, (10, 10, 200)),
-        "shop/img/a-copy.png": png(1),
-        "shop/img/broken.png": b"\x89PNG\r\n\x1a\n broken",
-        f"../../../../../../tmp/escape-{token}.png": png(3),
-        f"/tmp/absolute-{token}.png": png(4),
-        "shop/img/../../../up.png": png(5),
-        "shop/img/run.sh": b"#!/bin/sh\necho pwned\n",
-    }, links={"shop/img/link.png": "/etc/passwd"})
+    archive = make_zip(
+        tmp_path / "upload.zip",
+        {
+            "shop/items.csv": (
+                "image,label\n"
+                "img/a.png,round\n"
+                "img/b.png,round\n"
+                "img/a-copy.png,round\n"  # the same picture again
+                "img/missing.png,round\n"
+                f"{secret},stolen\n"  # absolute path to a server file
+                "../../../../secret.png,stolen\n"  # relative escape to the same file
+                "img/a.png,round,extra-field\n"
+            ).encode(),
+            "shop/img/a.png": png(1),
+            "shop/img/b.png": png(2, (10, 10, 200)),
+            "shop/img/a-copy.png": png(1),
+            "shop/img/broken.png": b"\x89PNG\r\n\x1a\n broken",
+            f"../../../../../../tmp/escape-{token}.png": png(3),
+            f"/tmp/absolute-{token}.png": png(4),
+            "shop/img/../../../up.png": png(5),
+            "shop/img/run.sh": b"#!/bin/sh\necho pwned\n",
+        },
+        links={"shop/img/link.png": "/etc/passwd"},
+    )
     before = tree(tmp_path)
     report = service.build_upload(archive, "My Shop!", session="s1", progress=False)
     after = tree(tmp_path)
@@ -132,8 +137,12 @@ def overlapping_bomb(path: Path, members: int = 200, size: int = 1 << 20) -> Pat
     central = b""
     for i in range(members):
         name = f"{i:04d}.png".encode()
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(packed), size, len(name),
-                               0, 0, 0, 0, 0, 0) + name
+        central += (
+            struct.pack(
+                "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(packed), size, len(name), 0, 0, 0, 0, 0, 0
+            )
+            + name
+        )
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, members, members, len(central), len(blob), 0)
     path.write_bytes(blob + central + end)
     return path
@@ -149,8 +158,16 @@ def test_an_overlapping_zip_bomb_is_refused_before_anything_is_written(tmp_path)
 
 def test_members_that_lie_about_their_size_or_cannot_be_written_are_skipped(tmp_path):
     archive = tmp_path / "odd.zip"
-    make_zip(archive, {"big.png": os.urandom(200_000), "ok.png": png(1), "x.png": png(2), "x.png/y.png": png(3),
-                       "a" * 300 + ".png": png(4)})
+    make_zip(
+        archive,
+        {
+            "big.png": os.urandom(200_000),
+            "ok.png": png(1),
+            "x.png": png(2),
+            "x.png/y.png": png(3),
+            "a" * 300 + ".png": png(4),
+        },
+    )
     data = bytearray(archive.read_bytes())
     # Declare big.png 1,000 bytes long in both headers: zipfile reads no more, and its checksum fails.
     for signature, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
@@ -186,8 +203,9 @@ def test_a_csv_with_a_wrong_column_is_refused_before_anything_is_written(tmp_pat
     with pytest.raises(CatalogError, match=r"no image column found .*picture_url, category.*--image-column"):
         build_index(tmp_path / "items.csv", name="wrong", model=str(tiny_model), progress=False)
     with pytest.raises(CatalogError, match="no column 'image_path' for the image"):
-        build_index(tmp_path / "items.csv", name="wrong", model=str(tiny_model), image_column="image_path",
-                    progress=False)
+        build_index(
+            tmp_path / "items.csv", name="wrong", model=str(tiny_model), image_column="image_path", progress=False
+        )
     assert written_outside(before, tree(tmp_path)) == []
 
 
@@ -204,18 +222,21 @@ def test_unreadable_rows_missing_and_duplicate_files_are_reported_by_the_cli(tmp
         b"id,image,label\n1,img/a.png,x\n2,img/same.png,x\n3,img/bad.png,x\n4,img/none.png,x\n"
         b'5,"img/a.png,x\n6,img/a.png\n\xff\xfe,img/a.png,x\n'
     )
-    result = CliRunner().invoke(cli, ["index", str(tmp_path / "items.csv"), "--name", "rows", "--model",
-                                      str(tiny_model), "-q"])
+    result = CliRunner().invoke(
+        cli, ["index", str(tmp_path / "items.csv"), "--name", "rows", "--model", str(tiny_model), "-q"]
+    )
     assert result.exit_code == 1 and "not UTF-8" in result.stderr  # refused whole: a file in another encoding
     text = (tmp_path / "items.csv").read_bytes().replace(b"\xff\xfe", b"7")
     (tmp_path / "items.csv").write_bytes(text)
-    result = CliRunner().invoke(cli, ["index", str(tmp_path / "items.csv"), "--name", "rows", "--model",
-                                      str(tiny_model), "-q"])
+    result = CliRunner().invoke(
+        cli, ["index", str(tmp_path / "items.csv"), "--name", "rows", "--model", str(tiny_model), "-q"]
+    )
     assert result.exit_code == 0, result.stderr
     assert "indexed 1 pictures" in result.stdout
     assert "skipped img/same.png: same picture as img/a.png" in result.stderr
     assert "skipped img/bad.png: " in result.stderr and "skipped items.csv row 5: img/none.png: no such file" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 def test_confined_catalogs_refuse_rows_that_leave_through_links(tmp_path):
@@ -228,6 +249,8 @@ def test_confined_catalogs_refuse_rows_that_leave_through_links(tmp_path):
     (shop / "items.csv").write_text("image\nok.png\ninner.png\nup/private.png\n")
     catalog = read_catalog(shop / "items.csv", confined=True)
     assert [item.path for item in catalog.items] == ["ok.png"]
-    assert [s.reason for s in catalog.skipped] == ["inner.png: outside the catalog's folder",
-                                                   "up/private.png: outside the catalog's folder"]
+    assert [s.reason for s in catalog.skipped] == [
+        "inner.png: outside the catalog's folder",
+        "up/private.png: outside the catalog's folder",
+    ]
     assert len(read_catalog(shop / "items.csv").items) == 2  # a user's own CSV on the command line may

@@ -56,16 +56,28 @@ def test_another_library_version_with_the_same_format_loads(shapes):
 def test_another_image_size_or_backbone_is_refused_when_searched(shapes, tiny_model):
     catalog, index = shapes
     query = catalog / "red-circle" / "0.png"
-    for other, words in [(load_backbone(str(tiny_model), image_size=112), "image_size=224"),
-                         (load_backbone(str(tiny_model), pooling="mean"), "pooling=cls"),
-                         (load_backbone("colour-histogram"), "colour-histogram")]:
+    for other, words in [
+        (load_backbone(str(tiny_model), image_size=112), "image_size=224"),
+        (load_backbone(str(tiny_model), pooling="mean"), "pooling=cls"),
+        (load_backbone("colour-histogram"), "colour-histogram"),
+    ]:
         with pytest.raises(IndexMismatchError) as caught:
             look_alikes(query, index, backbone=other)
         assert "was built with" in one_line(caught.value) and words in str(caught.value)
 
 
-@pytest.mark.parametrize("damage", ["manifest cut", "items cut", "items garbage", "embeddings missing",
-                                    "count disagrees", "dim disagrees", "backbone spec"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "manifest cut",
+        "items cut",
+        "items garbage",
+        "embeddings missing",
+        "count disagrees",
+        "dim disagrees",
+        "backbone spec",
+    ],
+)
 def test_damaged_indexes_are_detected_on_load(shapes, damage):
     _, index = shapes
     manifest_path = index.folder / "manifest.json"
@@ -102,8 +114,10 @@ def test_the_payload_is_live_when_unpickled(tmp_path):
     # The control for the test below: the same bytes do run code when something unpickles them.
     sentinel = tmp_path / "control-ran"
     (tmp_path / "p").write_bytes(payload(sentinel))
-    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
-                    str(tmp_path / "p")], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))", str(tmp_path / "p")],
+        check=True,
+    )
     assert sentinel.exists()
 
 
@@ -138,16 +152,28 @@ def test_loading_and_searching_a_hostile_index_never_runs_its_code(shapes, tmp_p
         with pytest.raises(IndexLoadError, match="not a safetensors file|not valid JSON"):
             Index.load("shapes", verify=True)
     restore()
-    edit_manifest(index, catalog={**index.manifest.catalog.to_json(), "__reduce__": "posix.system",
-                                  "root": f"{tmp_path}/$(touch {sentinel})"})
+    edit_manifest(
+        index,
+        catalog={
+            **index.manifest.catalog.to_json(),
+            "__reduce__": "posix.system",
+            "root": f"{tmp_path}/$(touch {sentinel})",
+        },
+    )
     Index.load("shapes")  # strings in JSON stay strings
 
     # A backbone folder of the attacker's: DINOv2 by name, custom code on offer, pickled weights.
     model = tmp_path / "evil-model"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({
-        **json.loads((tiny_model / "config.json").read_text()),
-        "auto_map": {"AutoModel": "modeling_evil.EvilModel"}, "trust_remote_code": True}))
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                **json.loads((tiny_model / "config.json").read_text()),
+                "auto_map": {"AutoModel": "modeling_evil.EvilModel"},
+                "trust_remote_code": True,
+            }
+        )
+    )
     (model / "modeling_evil.py").write_text(f"import os\nos.system('touch {sentinel}')\n")
     (model / "pytorch_model.bin").write_bytes(evil)
     restore()

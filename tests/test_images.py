@@ -18,8 +18,12 @@ from recommender.images import fit_square, load_image
 def png_with_header(width: int, height: int, *, depth: int = 8, colour: int = 2, rows: bytes = b"") -> bytes:
     """A PNG whose IHDR says width x height, with whatever pixel rows are given (possibly too few)."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def test_accepts_path_bytes_and_pil(tmp_path):
@@ -123,12 +127,15 @@ def test_max_side_shrinks_large_pictures():
     assert max(load_image(big, max_side=500).size) == 500
 
 
-@pytest.mark.parametrize(("size", "fit_to", "decoded"), [
-    ((500, 375), (224, "pad"), (250, 188)),  # half scale still holds a 224 x 168 picture
-    ((500, 375), (224, "crop"), (500, 375)),  # a crop needs the short side: no smaller scale covers it
-    ((3000, 2000), (224, "crop"), (375, 250)),  # 1/8 scale, the smallest there is
-    ((100, 80), (224, "pad"), (100, 80)),  # never enlarged
-])
+@pytest.mark.parametrize(
+    ("size", "fit_to", "decoded"),
+    [
+        ((500, 375), (224, "pad"), (250, 188)),  # half scale still holds a 224 x 168 picture
+        ((500, 375), (224, "crop"), (500, 375)),  # a crop needs the short side: no smaller scale covers it
+        ((3000, 2000), (224, "crop"), (375, 250)),  # 1/8 scale, the smallest there is
+        ((100, 80), (224, "pad"), (100, 80)),  # never enlarged
+    ],
+)
 def test_jpegs_decode_no_larger_than_the_square_they_will_fill(size, fit_to, decoded):
     gradient = Image.linear_gradient("L").resize(size).convert("RGB")
     data = encode(gradient, "JPEG")
@@ -207,6 +214,7 @@ def test_pixel_art_enlarged_with_nearest_neighbour_is_shrunk_back():
 
 # --- Large pictures are converted band by band: the same pixels as converting them whole -------------
 
+
 def old_grey(arr: np.ndarray, top: float) -> np.ndarray:
     """The former whole-picture float64 formula for 16-bit, 32-bit and float grey."""
     return np.clip(np.nan_to_num(arr.astype(np.float64) / top * 255.0, nan=0.0), 0, 255).round().astype(np.uint8)
@@ -248,8 +256,9 @@ def test_alpha_and_palette_in_bands_match_compositing_whole():
     assert np.array_equal(np.asarray(to_rgb(rgba)), np.asarray(whole))
     palette = rgba.convert("RGB").quantize(16)
     palette.info["transparency"] = 3
-    expected = Image.alpha_composite(Image.new("RGBA", palette.size, (255, 255, 255, 255)),
-                                     palette.convert("RGBA")).convert("RGB")
+    expected = Image.alpha_composite(
+        Image.new("RGBA", palette.size, (255, 255, 255, 255)), palette.convert("RGBA")
+    ).convert("RGB")
     assert np.array_equal(np.asarray(to_rgb(palette)), np.asarray(expected))
 
 

@@ -132,8 +132,9 @@ def test_incremental_rebuild_embeds_only_new_and_changed(built_any, labeled_cata
 
 
 def test_other_backbone_rebuilds_everything(built, labeled_catalog, tiny_model):
-    report = build_index(labeled_catalog, name="shapes", backbone=load_backbone(str(tiny_model), pooling="mean"),
-                         progress=False)
+    report = build_index(
+        labeled_catalog, name="shapes", backbone=load_backbone(str(tiny_model), pooling="mean"), progress=False
+    )
     assert report.embedded == 12 and report.reused == 0
     assert any("not re-used" in note for note in report.notes)
     assert Index.load("shapes").manifest.backbone.pooling == "mean"
@@ -277,8 +278,13 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
     backbone = load_backbone(str(tiny_model))
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(index_module, "write_atomic", crash_on_manifest)
-        write_index(old.folder, embeddings=np.zeros((1, 32), np.float32), items=old.items[:1], backbone=backbone,
-                    catalog=CatalogInfo(root=str(old.root)))
+        write_index(
+            old.folder,
+            embeddings=np.zeros((1, 32), np.float32),
+            items=old.items[:1],
+            backbone=backbone,
+            catalog=CatalogInfo(root=str(old.root)),
+        )
     again = Index.load("shapes")
     assert len(again) == 12
     np.testing.assert_array_equal(again.embeddings, old.embeddings)
@@ -312,7 +318,7 @@ def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
             if mask is not None:
                 allowed[~mask.mask(items)] = -np.inf
             allowed[list(drop)] = -np.inf
-            (found_rows, found_scores), = two_pass.search(q[None, :], k, where=mask, exclude=drop)
+            ((found_rows, found_scores),) = two_pass.search(q[None, :], k, where=mask, exclude=drop)
             np.testing.assert_allclose(found_scores, np.sort(allowed)[::-1][:k], atol=1e-5)
             np.testing.assert_allclose(allowed[found_rows], found_scores, atol=1e-5)
 

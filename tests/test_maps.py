@@ -56,7 +56,7 @@ def test_figure_colours_groups_places_the_query_and_carries_thumbnails(shapes):
 
 def test_html_and_png_exports(shapes, tmp_path):
     html = write_map(shapes, tmp_path / "map.html").read_text()
-    assert "plotly_hover" in html and "data:image/png;base64," in html and "<script src=\"http" not in html
+    assert "plotly_hover" in html and "data:image/png;base64," in html and '<script src="http' not in html
     png = write_map(shapes, tmp_path / "map.png", query=shapes.vector("green-square/1.png"))
     assert Image.open(png).size[0] > 500
     with pytest.raises(RecommenderError, match=r"\.html \(interactive\) or \.png"):
@@ -64,8 +64,18 @@ def test_html_and_png_exports(shapes, tmp_path):
 
 
 def test_map_from_the_command_line(shapes, labeled_catalog, tmp_path):
-    result = CliRunner().invoke(cli, ["map", "--index", "shapes", "--out", str(tmp_path / "m.png"), "--query",
-                                      str(labeled_catalog / "red-circle" / "2.png")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "map",
+            "--index",
+            "shapes",
+            "--out",
+            str(tmp_path / "m.png"),
+            "--query",
+            str(labeled_catalog / "red-circle" / "2.png"),
+        ],
+    )
     assert result.exit_code == 0 and (tmp_path / "m.png").exists()
     bad = CliRunner().invoke(cli, ["map", "--index", "shapes", "--out", str(tmp_path / "m.png"), "--color-by", "x"])
     assert bad.exit_code == 1 and "cannot colour by 'x'" in bad.stderr

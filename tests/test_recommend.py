@@ -34,9 +34,14 @@ def crafted_index(tmp_path: Path, rows: list[tuple[str, str | None, np.ndarray]]
     vectors = np.stack([v for _, _, v in rows])
     labels = [label for _, label, _ in rows]
     folder = tmp_path / "index" / "crafted"
-    write_index(folder, embeddings=vectors, items=items, backbone=load_backbone("colour-histogram"),
-                catalog=CatalogInfo(root=str(tmp_path), labeled=any(labels), domain="shape"),
-                calibration=calibrate(vectors, labels))
+    write_index(
+        folder,
+        embeddings=vectors,
+        items=items,
+        backbone=load_backbone("colour-histogram"),
+        catalog=CatalogInfo(root=str(tmp_path), labeled=any(labels), domain="shape"),
+        calibration=calibrate(vectors, labels),
+    )
     return Index.load("crafted")
 
 
@@ -48,15 +53,18 @@ def test_labels_are_ranked_by_their_best_item(store, tmp_path):
     query = unit(1.0, 0.0)
     labels = rank_labels(index, index.scores(query)[0])
     assert [ls.label for ls in labels] == ["b", "a"]
-    assert labels[0].best.item.id == "b0" and labels[0].score == pytest.approx(float(query @ unit(1.0, 0.05)),
-                                                                                abs=1e-3)
+    assert labels[0].best.item.id == "b0" and labels[0].score == pytest.approx(float(query @ unit(1.0, 0.05)), abs=1e-3)
     scores = index.label_scores(index.scores(np.stack([query, unit(0.0, 1.0)])))
     assert scores.shape == (2, 2) and scores[1, index.label_names.index("b")] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_another_picture_is_not_the_query_nor_the_best_match(store, tmp_path):
-    rows = [("p0", "pika", unit(1.0, 0.0)), ("p1", "pika", unit(0.9, 0.3)), ("p2", "pika", unit(0.5, 0.8)),
-            ("m0", "meow", unit(0.0, 1.0))]
+    rows = [
+        ("p0", "pika", unit(1.0, 0.0)),
+        ("p1", "pika", unit(0.9, 0.3)),
+        ("p2", "pika", unit(0.5, 0.8)),
+        ("m0", "meow", unit(0.0, 1.0)),
+    ]
     index = crafted_index(tmp_path, rows)
     scores = index.scores(unit(1.0, 0.0))[0]
     # the query is p0 itself (same bytes): never offer it back; p1 is the best other picture
@@ -153,8 +161,9 @@ def test_a_picture_from_another_universe(shapes, monkeypatch):
     monkeypatch.setitem(shapes.__dict__, "calibration", Calibration(threshold=1.5))
     answer = identify(draw_shape("circle", (220, 30, 30), seed=7), shapes)
     assert not answer.in_catalog and answer.label == "red-circle"
-    assert answer.message.startswith("You gave a picture from another universe; the shape that looks most like it"
-                                     " is red-circle")
+    assert answer.message.startswith(
+        "You gave a picture from another universe; the shape that looks most like it is red-circle"
+    )
 
 
 def test_manifest_keeps_the_calibration(shapes):
@@ -210,8 +219,9 @@ def test_evaluate_held_out_queries(store, tmp_path):
 
 def test_identify_and_evaluate_from_the_command_line(shapes, labeled_catalog, tmp_path):
     runner = CliRunner()
-    out = runner.invoke(cli, ["identify", str(labeled_catalog / "blue-triangle" / "1.png"), "--index", "shapes",
-                              "--json"])
+    out = runner.invoke(
+        cli, ["identify", str(labeled_catalog / "blue-triangle" / "1.png"), "--index", "shapes", "--json"]
+    )
     assert out.exit_code == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["label"] == "blue-triangle" and answer["in_catalog"] is True
@@ -219,8 +229,7 @@ def test_identify_and_evaluate_from_the_command_line(shapes, labeled_catalog, tm
     assert answer["matches"][0]["id"] == "blue-triangle/1.png"
     text = runner.invoke(cli, ["identify", str(labeled_catalog / "blue-triangle" / "1.png"), "--index", "shapes"])
     assert text.stdout.startswith("This is blue-triangle") and "another picture of blue-triangle" in text.stdout
-    evaluated = runner.invoke(cli, ["evaluate", "--index", "shapes", "--queries", str(labeled_catalog), "--json",
-                                    "-q"])
+    evaluated = runner.invoke(cli, ["evaluate", "--index", "shapes", "--queries", str(labeled_catalog), "--json", "-q"])
     metrics = json.loads(evaluated.stdout)
     assert {"recall@1", "recall@5", "mAP@5", "queries"} <= set(metrics) and metrics["queries"] == 12
     assert metrics["recall@1"] == 1.0  # every query is in the catalog: its own picture names it
@@ -229,16 +238,20 @@ def test_identify_and_evaluate_from_the_command_line(shapes, labeled_catalog, tm
 def test_feedback_moves_the_ranking_toward_liked_and_away_from_disliked(tmp_path):
     from recommender.recommend import look_alikes, refine
 
-    rows = [("a0", "a", unit(1.0, 0.0, 0.0)), ("a1", "a", unit(0.95, 0.3, 0.0)), ("b0", "b", unit(0.6, 0.8, 0.0)),
-            ("b1", "b", unit(0.5, 0.85, 0.1)), ("c0", "c", unit(0.6, 0.0, 0.8))]
+    rows = [
+        ("a0", "a", unit(1.0, 0.0, 0.0)),
+        ("a1", "a", unit(0.95, 0.3, 0.0)),
+        ("b0", "b", unit(0.6, 0.8, 0.0)),
+        ("b1", "b", unit(0.5, 0.85, 0.1)),
+        ("c0", "c", unit(0.6, 0.0, 0.8)),
+    ]
     index = crafted_index(tmp_path, rows)
     query = unit(1.0, 0.1, 0.05)
     first = [m.item.id for m in index.search(query, k=5)]
     assert first[:2] == ["a0", "a1"] and first.index("b1") > first.index("c0")
     liked = [m.item.id for m in index.search(refine(query, index, liked=["b0", "b1"]), k=5)]
     assert liked.index("b0") < first.index("b0") and liked.index("b1") < liked.index("c0")  # toward the liked
-    assert [m.item.id for m in index.search(refine(query, index, liked=["b0"], weights=(1, 3, 0)), k=2)] == [
-        "b0", "b1"]
+    assert [m.item.id for m in index.search(refine(query, index, liked=["b0"], weights=(1, 3, 0)), k=2)] == ["b0", "b1"]
     away = refine(query, index, disliked=["a0"])
     assert float(away @ index.vector("a0")) < float(query @ index.vector("a0"))  # away from the disliked
     assert refine(query, index) is not query and np.allclose(refine(query, index), query)
@@ -256,8 +269,22 @@ def test_feedback_from_the_command_line(shapes, labeled_catalog):
     query = str(labeled_catalog / "red-circle" / "0.png")
     plain = json.loads(runner.invoke(cli, ["search", query, "--index", "shapes", "--json", "-k", "12"]).stdout)
     assert plain[0]["id"] == "red-circle/0.png"
-    out = runner.invoke(cli, ["search", query, "--index", "shapes", "--json", "-k", "12", "--dislike",
-                              "red-circle/0.png", "--like", "blue-triangle/1.png"])
+    out = runner.invoke(
+        cli,
+        [
+            "search",
+            query,
+            "--index",
+            "shapes",
+            "--json",
+            "-k",
+            "12",
+            "--dislike",
+            "red-circle/0.png",
+            "--like",
+            "blue-triangle/1.png",
+        ],
+    )
     moved = json.loads(out.stdout)
     assert "red-circle/0.png" not in [m["id"] for m in moved] and len(moved) == 11
     rank = {m["id"]: m["rank"] for m in moved}

@@ -84,8 +84,13 @@ def make_service(tmp_path: Path, tiny_model: Path):
 
     def make(**limits: float) -> Service:
         chosen = {"upload_bytes": 2 * MB, "session_bytes": 3 * MB, "total_bytes": 4 * MB, **limits}
-        return Service(model=str(tiny_model), default_catalog=default, default_name="default", progress=False,
-                       limits=UploadLimits(**chosen))
+        return Service(
+            model=str(tiny_model),
+            default_catalog=default,
+            default_name="default",
+            progress=False,
+            limits=UploadLimits(**chosen),
+        )
 
     return make
 
@@ -97,8 +102,11 @@ def service(make_service) -> Service:
 
 def test_a_zip_over_the_picture_limit_is_refused_before_anything_is_written(tmp_path):
     archive = names_only(tmp_path / "many.zip", 51)
-    with pytest.raises(LimitExceeded, match=r"many.zip: 51 pictures, more than the 50 a web upload may hold; "
-                                            r"index larger catalogs from the command line"):
+    with pytest.raises(
+        LimitExceeded,
+        match=r"many.zip: 51 pictures, more than the 50 a web upload may hold; "
+        r"index larger catalogs from the command line",
+    ):
         extract_archive(archive, tmp_path / "out", max_pictures=50)
     assert not (tmp_path / "out").exists()
     extract_archive(archive, tmp_path / "cli")  # the command line has no such limit
@@ -143,8 +151,9 @@ def test_a_build_asked_to_stop_stops_within_a_picture_and_writes_nothing(tmp_pat
         return "enough" if len(asked) > 10 else None
 
     with pytest.raises(BuildStopped, match="^enough$"):
-        build_index(catalog, name="stopped", model=str(tiny_model), progress=False, batch_size=4,
-                    should_stop=should_stop)
+        build_index(
+            catalog, name="stopped", model=str(tiny_model), progress=False, batch_size=4, should_stop=should_stop
+        )
     assert len(asked) == 11  # asked before each picture
     assert not (tmp_path / "index" / "stopped" / "manifest.json").exists()
     # Without the bound the same catalog builds, re-using what the stopped build had checkpointed.
@@ -197,8 +206,9 @@ def test_a_web_upload_never_touches_the_operators_index_of_that_name(service, tm
     build_index(operator, name="shop", model=str(tiny_model), progress=False)
     manifest = tmp_path / "index" / "shop" / "manifest.json"
     before = manifest.read_bytes()
-    report = service.build_upload(make_zip(tmp_path / "up.zip", {"a.png": png(1), "b.png": png(2)}), "shop",
-                                  session="A", progress=False)
+    report = service.build_upload(
+        make_zip(tmp_path / "up.zip", {"a.png": png(1), "b.png": png(2)}), "shop", session="A", progress=False
+    )
     assert report.count == 2 and manifest.read_bytes() == before
     assert service.indexes("A") == ["default", "shop", "upload:shop"]
     assert service.indexes("B") == ["default", "shop"] == service.indexes()
@@ -219,8 +229,11 @@ def test_quotas_per_session_and_overall_are_kept_with_a_clear_message(service, t
     assert disk_bytes(service.uploads.folder("A")) < 100_000
     keep = make_zip(tmp_path / "keep.zip", {f"{i}.bmp": _bmp(i) for i in range(2)})  # 1.5 MB that are kept
     service.build_upload(keep, "two", session="A", progress=False)
-    with pytest.raises(LimitExceeded, match=r"this upload unpacks to 1.6 MB; with the 1.5 MB this session's other "
-                                            r"uploads keep, that is more than the 3 MB one session may keep"):
+    with pytest.raises(
+        LimitExceeded,
+        match=r"this upload unpacks to 1.6 MB; with the 1.5 MB this session's other "
+        r"uploads keep, that is more than the 3 MB one session may keep",
+    ):
         service.build_upload(big, "three", session="A", progress=False)
     service.build_upload(keep, "two", session="A", progress=False)  # replacing an upload frees its room first
     service.build_upload(keep, "two", session="B", progress=False)
@@ -316,13 +329,25 @@ def builds_server(tmp_path_factory, tiny_model, app_folder) -> Iterator[BuildsSe
 
     folder = tmp_path_factory.mktemp("app-builds")
     shutil.copytree(app_folder / "index" / "pokemon", folder / "index" / "pokemon")  # not built again
-    build_index(make_labeled_catalog(folder / "operator", per_label=1), name="shop", model=str(tiny_model),
-                index_dir=folder / "index", progress=False)
-    process, url = start_app(folder, {
-        "RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
-        "RECOMMENDER_UPLOAD_PICTURES": str(PICTURES), "RECOMMENDER_UPLOAD_MB": str(UPLOAD_MB),
-        "RECOMMENDER_UPLOAD_SECONDS": "120", "RECOMMENDER_BUILD_THREADS": "1",
-        "RECOMMENDER_GRADIO_CACHE_TTL": str(CACHE_SECONDS)})
+    build_index(
+        make_labeled_catalog(folder / "operator", per_label=1),
+        name="shop",
+        model=str(tiny_model),
+        index_dir=folder / "index",
+        progress=False,
+    )
+    process, url = start_app(
+        folder,
+        {
+            "RECOMMENDER_MODEL": str(tiny_model),
+            "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
+            "RECOMMENDER_UPLOAD_PICTURES": str(PICTURES),
+            "RECOMMENDER_UPLOAD_MB": str(UPLOAD_MB),
+            "RECOMMENDER_UPLOAD_SECONDS": "120",
+            "RECOMMENDER_BUILD_THREADS": "1",
+            "RECOMMENDER_GRADIO_CACHE_TTL": str(CACHE_SECONDS),
+        },
+    )
     yield BuildsServer(process, url, folder)
     process.terminate()
     process.wait(timeout=30)
@@ -354,8 +379,10 @@ def test_server_refuses_a_zip_over_the_picture_limit_at_once(builds_server, tmp_
     guest = visitor(builds_server)
     started = time.perf_counter()
     message = guest.error("build_upload", [guest.upload(names_only(tmp_path / "many.zip", PICTURES + 1)), "many"])
-    assert message == (f"many.zip: {PICTURES + 1:,} pictures, more than the {PICTURES:,} a web upload may hold; "
-                       "index larger catalogs from the command line")
+    assert message == (
+        f"many.zip: {PICTURES + 1:,} pictures, more than the {PICTURES:,} a web upload may hold; "
+        "index larger catalogs from the command line"
+    )
     assert time.perf_counter() - started < 10
     assert files_under(builds_server.session_folder(guest)) == []
 
@@ -500,9 +527,11 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
             try:
                 owner.wait_for_function(condition, timeout=60_000)
             except PlaywrightTimeout:
-                seen = owner.evaluate("() => [document.querySelector('#upload').innerText, document.querySelector("
-                                      "'#build-report').innerText, document.querySelector('#chooser input').value, "
-                                      "[...document.querySelectorAll('.toast-body')].map(t => t.innerText)]")
+                seen = owner.evaluate(
+                    "() => [document.querySelector('#upload').innerText, document.querySelector("
+                    "'#build-report').innerText, document.querySelector('#chooser input').value, "
+                    "[...document.querySelectorAll('.toast-body')].map(t => t.innerText)]"
+                )
                 pytest.fail(f"waited for {condition}; upload, report, chooser, toasts: {seen}")
 
         owner.set_input_files("#upload input[type=file]", str(archive))
@@ -517,8 +546,10 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
             page.wait_for_timeout(1000)  # type: ignore[attr-defined]
             page.click("#chooser input")  # type: ignore[attr-defined]
             page.wait_for_selector("#chooser [role=option]", timeout=10_000)  # type: ignore[attr-defined]
-            options = page.evaluate("[...document.querySelectorAll('#chooser [role=option]')]"  # type: ignore[attr-defined]
-                                    ".map(o => o.getAttribute('aria-label'))")
+            options = page.evaluate(
+                "[...document.querySelectorAll('#chooser [role=option]')]"  # type: ignore[attr-defined]
+                ".map(o => o.getAttribute('aria-label'))"
+            )
             page.keyboard.press("Escape")  # type: ignore[attr-defined]
             return options
 

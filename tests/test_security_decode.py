@@ -81,22 +81,26 @@ class Watch:
         self._thread.join()
 
 
-def run_measured(script: str, *args: object, limit_mb: float, tmp_path: Path, timeout: float = 300,
-                 env: dict[str, str] | None = None) -> dict:
+def run_measured(
+    script: str, *args: object, limit_mb: float, tmp_path: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> dict:
     """Run `script` in a fresh Python and return the JSON of its last line; fail (killed) past `limit_mb` of RSS."""
     out, err = tmp_path / "child.out", tmp_path / "child.err"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **(env or {})}
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-c", _MEASURE + script, *map(str, args)], cwd=ROOT, env=env,
-                                 stdout=stdout, stderr=stderr)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE + script, *map(str, args)], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
+        )
     deadline, peak = time.monotonic() + timeout, 0.0
     while child.poll() is None:
         peak = max(peak, rss_mb(child.pid))
         if peak > limit_mb or time.monotonic() > deadline:
             child.kill()
             child.wait()
-            pytest.fail(f"killed at {peak:.0f} MB of memory after {timeout - deadline + time.monotonic():.1f} s "
-                        f"(limit {limit_mb:.0f} MB, {timeout:.0f} s): {err.read_text()[-1000:]}")
+            pytest.fail(
+                f"killed at {peak:.0f} MB of memory after {timeout - deadline + time.monotonic():.1f} s "
+                f"(limit {limit_mb:.0f} MB, {timeout:.0f} s): {err.read_text()[-1000:]}"
+            )
         time.sleep(0.01)
     assert child.returncode == 0, err.read_text()[-3000:]
     return json.loads(out.read_text().strip().splitlines()[-1])
@@ -111,10 +115,21 @@ def header_only(width: int, height: int, depth: int = 8, colour: int = 2) -> Ima
 
 # --- What a picture needs, by mode and format --------------------------------------------------------
 
+
 def test_bytes_per_pixel_are_pillows_own(tmp_path):
     """Measured in a fresh process: the memory Pillow takes to decode 16 million pixels of each mode."""
-    formats = {"1": "PNG", "L": "PNG", "P": "PNG", "I;16": "PNG", "LA": "PNG", "RGB": "PNG", "RGBA": "PNG",
-               "CMYK": "TIFF", "I": "TIFF", "F": "TIFF"}
+    formats = {
+        "1": "PNG",
+        "L": "PNG",
+        "P": "PNG",
+        "I;16": "PNG",
+        "LA": "PNG",
+        "RGB": "PNG",
+        "RGBA": "PNG",
+        "CMYK": "TIFF",
+        "I": "TIFF",
+        "F": "TIFF",
+    }
     script = """
 import io
 from PIL import Image
@@ -136,17 +151,31 @@ for mode, fmt in zip(sys.argv[1::2], sys.argv[2::2]):
 print(json.dumps(taken))
 """
     # Large blocks straight from the system and back, so that each picture's memory shows in the RSS.
-    taken = run_measured(script, *[x for pair in formats.items() for x in pair], limit_mb=1000, tmp_path=tmp_path,
-                         env={"MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
+    taken = run_measured(
+        script,
+        *[x for pair in formats.items() for x in pair],
+        limit_mb=1000,
+        tmp_path=tmp_path,
+        env={"MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
+    )
     for mode in formats:
         assert taken[mode] == pytest.approx(pixel_bytes(mode), abs=0.3), (mode, taken)
 
 
 def test_what_decoding_needs_follows_the_mode():
     size = 2000 * 1000
-    need = {name: memory_needed(header_only(2000, 1000, depth, colour))
-            for name, (depth, colour) in {"grey": (8, 0), "grey16": (16, 0), "one-bit": (1, 0), "rgb": (8, 2),
-                                           "rgb16": (16, 2), "rgba": (8, 6), "grey-alpha": (8, 4)}.items()}
+    need = {
+        name: memory_needed(header_only(2000, 1000, depth, colour))
+        for name, (depth, colour) in {
+            "grey": (8, 0),
+            "grey16": (16, 0),
+            "one-bit": (1, 0),
+            "rgb": (8, 2),
+            "rgb16": (16, 2),
+            "rgba": (8, 6),
+            "grey-alpha": (8, 4),
+        }.items()
+    }
     assert need["grey16"] - need["grey"] == size  # 2 bytes a pixel against 1, then the same conversion
     assert need["one-bit"] == need["grey"]  # Pillow keeps 1-bit pixels in bytes
     assert need["rgb16"] == need["rgb"]  # 16-bit RGB is decoded to 8 bits a band
@@ -170,8 +199,9 @@ def test_webp_and_progressive_jpeg_decoders_are_counted():
     assert memory_needed(webp, max_side=1024) > 1400 * MB  # libwebp's own buffers: 16 bytes a pixel in all
     photo = Image.linear_gradient("L").resize((640, 480)).convert("RGB")
     baseline, progressive = encode(photo, "JPEG"), encode(photo, "JPEG", progressive=True)
-    extra = (memory_needed(Image.open(io.BytesIO(progressive)), data=progressive)
-             - memory_needed(Image.open(io.BytesIO(baseline)), data=baseline))
+    extra = memory_needed(Image.open(io.BytesIO(progressive)), data=progressive) - memory_needed(
+        Image.open(io.BytesIO(baseline)), data=baseline
+    )
     assert extra == pytest.approx(640 * 480 * 3, rel=0.05)  # DCT coefficients, 2 bytes a sample, 4:2:0
     pair = encode(photo, "MPO", save_all=True, append_images=[photo])  # a phone's stereo pair: one scan each
     single = Image.open(io.BytesIO(pair))
@@ -187,6 +217,7 @@ def test_a_normal_large_photo_is_read_whole_and_as_a_query(tmp_path):
 
 
 # --- Refusals --------------------------------------------------------------------------------------
+
 
 def test_a_picture_over_the_budget_is_refused_with_one_line(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
@@ -239,6 +270,7 @@ def test_the_cli_flag_sets_the_budget(labeled_catalog, tiny_model, tmp_path):
 
 
 # --- One budget for every thread -----------------------------------------------------------------
+
 
 def test_a_reservation_larger_than_the_budget_is_refused_at_once():
     budget = DecodeBudget(1)
@@ -385,8 +417,10 @@ def test_the_server_answers_bombs_in_seconds_and_stays_under_2_gb(app_server, tm
                 answer = str(exc)
             answers[name] = (answer, time.perf_counter() - started)
         pikachu = client.predict(handle_file(str(ROOT / "assets/pokemon/sprites/025.png")), api_name="/identify")
-    print(f"server RSS {before:.0f} MB before, peak {watch.peak_mb:.0f} MB;",
-          {name: (answer[:90], round(seconds, 1)) for name, (answer, seconds) in answers.items()})
+    print(
+        f"server RSS {before:.0f} MB before, peak {watch.peak_mb:.0f} MB;",
+        {name: (answer[:90], round(seconds, 1)) for name, (answer, seconds) in answers.items()},
+    )
     for name, (answer, seconds) in answers.items():
         assert "\n" not in answer and "Traceback" not in answer, answer
         assert seconds < 20, (name, seconds)  # alone: 2-3 s for the PNGs, 0.1 s for the WebP

@@ -50,8 +50,13 @@ def cli_error(*args: str) -> str:
     return one_line(result.stderr.strip())
 
 
-def tamper(folder: Path, *, items: Callable[[dict], None] | None = None,
-           manifest: Callable[[dict], None] | None = None, embeddings: np.ndarray | None = None) -> None:
+def tamper(
+    folder: Path,
+    *,
+    items: Callable[[dict], None] | None = None,
+    manifest: Callable[[dict], None] | None = None,
+    embeddings: np.ndarray | None = None,
+) -> None:
     """Edit an index folder as an attacker would, keeping every checksum valid (so that only the content is wrong)."""
     m = json.loads((folder / "manifest.json").read_text())
     if items is not None:
@@ -97,8 +102,9 @@ def test_a_csv_cell_over_the_csv_limit_is_one_clear_line(tmp_path):
     with pytest.raises(CatalogError, match=r"row 2 has a cell longer than 131,072 characters \(an unclosed quote"):
         read_catalog(csv_path)
     # Before: "Error: unexpected Error: field larger than field limit (131072)".
-    assert "cell longer than 131,072" in cli_error("index", str(csv_path), "--name", "c", "--model",
-                                                   "colour-histogram", "-q")
+    assert "cell longer than 131,072" in cli_error(
+        "index", str(csv_path), "--name", "c", "--model", "colour-histogram", "-q"
+    )
     # The usual cause: a quote opened and never closed swallows the rest of the file into one cell.
     csv_path.write_text("image,label\na.png,round\n" + 'a.png,"oops\n' + "a.png,round\n" * 20_000)
     with pytest.raises(CatalogError, match="row 3 has a cell longer than"):
@@ -179,6 +185,7 @@ def test_index_fields_of_the_wrong_type_are_refused_on_load(shapes, damage):
     if damage == "calibration":
         tamper(index.folder, manifest=lambda m: m.update(calibration={"threshold": "high"}))
     else:
+
         def edit(data: dict) -> None:
             if damage == "metadata":
                 data["metadata"] = {"colour": [{"nested": True}] * len(data["id"])}
@@ -197,7 +204,7 @@ def test_a_hostile_checkpoint_costs_only_its_own_shards(shapes, tmp_path):
     backbone = load_backbone("colour-histogram")
     checkpoint = Checkpoint(index.folder, backbone, "float16")
     checkpoint.dir.mkdir(parents=True)
-    good = np.full((2, backbone.dim), backbone.dim ** -0.5, np.float32)
+    good = np.full((2, backbone.dim), backbone.dim**-0.5, np.float32)
 
     def shard(name: str, hashes: np.ndarray, vectors: np.ndarray) -> None:
         (checkpoint.dir / f"shard-{name}.safetensors").write_bytes(save({"hashes": hashes, "vectors": vectors}))
@@ -286,16 +293,24 @@ def test_a_query_vector_that_is_not_a_number_is_refused(shapes):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_a_backbone_that_gives_nan_never_writes_an_index(tmp_path, nan_model):
     catalog = make_labeled_catalog(tmp_path / "shapes", per_label=1)
-    with pytest.raises(RecommenderError, match=r"gave vectors that are not numbers \(NaN or infinite\) for 3 of 3 "
-                                               r"pictures \(blue-triangle/0.png, green-square/0.png"):
+    with pytest.raises(
+        RecommenderError,
+        match=r"gave vectors that are not numbers \(NaN or infinite\) for 3 of 3 "
+        r"pictures \(blue-triangle/0.png, green-square/0.png",
+    ):
         build_index(catalog, name="nan", model=str(nan_model), progress=False)
     assert not (tmp_path / "index" / "nan" / "manifest.json").exists()
     assert "not numbers" in cli_error("index", str(catalog), "--name", "nan", "--model", str(nan_model), "-q")
     # An index whose own backbone gives NaN for a query (weights damaged after the build): one line, no [].
     backbone = load_backbone(str(nan_model))
     items = [Item(id=p.name, path=f"red-circle/{p.name}", sha256="0" * 64) for p in (catalog / "red-circle").iterdir()]
-    write_index(tmp_path / "index" / "damaged", embeddings=np.eye(1, backbone.dim, dtype=np.float32), items=items,
-                backbone=backbone, catalog=CatalogInfo(root=str(catalog)))
+    write_index(
+        tmp_path / "index" / "damaged",
+        embeddings=np.eye(1, backbone.dim, dtype=np.float32),
+        items=items,
+        backbone=backbone,
+        catalog=CatalogInfo(root=str(catalog)),
+    )
     with pytest.raises(RecommenderError, match="0.png: .* gave no usable vector for this picture"):
         look_alikes(catalog / "red-circle" / "0.png", Index.load("damaged"))
 
@@ -305,9 +320,11 @@ def test_a_backbone_that_gives_nan_never_writes_an_index(tmp_path, nan_model):
 
 def hostile_variants(secret: Path) -> dict[str, Callable[[dict], None] | tuple[str, Callable[[dict], None]]]:
     """name -> how to make an index name `secret`: through its items' paths, or its catalog root."""
+
     def item_path(path: str) -> Callable[[dict], None]:
         def edit(data: dict) -> None:
             data["path"][0] = path
+
         return edit
 
     return {
@@ -329,8 +346,9 @@ def plant(folder: Path, variant: Callable[[dict], None] | tuple[str, Callable[[d
         tamper(folder, items=variant)
 
 
-@pytest.mark.parametrize("variant", ["dotdot", "absolute", "empty", "dot", "backslash", "root-slash",
-                                     "root-relative", "root-dotdot"])
+@pytest.mark.parametrize(
+    "variant", ["dotdot", "absolute", "empty", "dot", "backslash", "root-slash", "root-relative", "root-dotdot"]
+)
 def test_an_index_naming_pictures_outside_its_catalog_is_refused_on_load(shapes, secret, variant):
     catalog, index = shapes
     plant(index.folder, hostile_variants(secret)[variant])
@@ -380,8 +398,16 @@ def test_an_index_is_named_by_its_folder_not_by_its_manifest(shapes):
 def milvus_manifest(kind: str, where: str, **extra: Any) -> Callable[[dict], None]:
     def edit(m: dict) -> None:
         m["format_version"] = 2
-        m["store"] = {"kind": kind, "uri": where, "collection": "rec_shapes_0000_x", "columns": ["label", "id"],
-                      "index": {"index_type": "HNSW"}, "search_params": {"ef": 128}, **extra}
+        m["store"] = {
+            "kind": kind,
+            "uri": where,
+            "collection": "rec_shapes_0000_x",
+            "columns": ["label", "id"],
+            "index": {"index_type": "HNSW"},
+            "search_params": {"ef": 128},
+            **extra,
+        }
+
     return edit
 
 
@@ -400,9 +426,12 @@ def test_a_milvus_server_named_by_an_index_is_never_contacted(shapes, listener, 
     port = listener.getsockname()[1]
     monkeypatch.setenv("RECOMMENDER_MILVUS_TOKEN", "root:secret")
     tamper(index.folder, manifest=milvus_manifest("milvus", f"http://127.0.0.1:{port}"))
-    with pytest.raises(IndexLoadError, match=rf"keeps its vectors on the Milvus server milvus://127.0.0.1:{port}, "
-                                             r"which is not the store this machine is set to use \(RECOMMENDER_STORE="
-                                             rf"local\).*set RECOMMENDER_STORE=milvus://127.0.0.1:{port} to trust it"):
+    with pytest.raises(
+        IndexLoadError,
+        match=rf"keeps its vectors on the Milvus server milvus://127.0.0.1:{port}, "
+        r"which is not the store this machine is set to use \(RECOMMENDER_STORE="
+        rf"local\).*set RECOMMENDER_STORE=milvus://127.0.0.1:{port} to trust it",
+    ):
         Index.load("shapes")
     assert "is refused" in cli_error("info", "--index", "shapes")
     with pytest.raises(TimeoutError):
@@ -422,8 +451,10 @@ def test_a_milvus_lite_database_outside_the_index_or_not_there_is_refused(shapes
     assert not (tmp_path / "nowhere").exists() and not (index.folder.parent / "elsewhere.db").exists()
 
 
-@pytest.mark.parametrize("extra", [{"search_params": {"ef": [1]}}, {"collection": "x; drop"}, {"columns": [1]},
-                                   {"index": "HNSW"}, {"uri": 5}])
+@pytest.mark.parametrize(
+    "extra",
+    [{"search_params": {"ef": [1]}}, {"collection": "x; drop"}, {"columns": [1]}, {"index": "HNSW"}, {"uri": 5}],
+)
 def test_a_malformed_store_in_the_manifest_is_one_line(shapes, extra):
     _, index = shapes
     tamper(index.folder, manifest=milvus_manifest("milvus-lite", "vectors.db", **extra))
@@ -469,11 +500,15 @@ class Server:
         comp = self.component(elem_id)
         if fn is None:
             fn = next(d["id"] for d in self.config["dependencies"] if [comp, trigger] in d["targets"])
-        joined = self.http.post(f"{self.url}/gradio_api/queue/join", timeout=30, json={
-            "data": data, "fn_index": fn, "trigger_id": comp, "session_hash": self.session, "event_data": None})
+        joined = self.http.post(
+            f"{self.url}/gradio_api/queue/join",
+            timeout=30,
+            json={"data": data, "fn_index": fn, "trigger_id": comp, "session_hash": self.session, "event_data": None},
+        )
         joined.raise_for_status()
-        with self.http.stream("GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session},
-                              timeout=120) as stream:
+        with self.http.stream(
+            "GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session}, timeout=120
+        ) as stream:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     message = json.loads(line[5:])

@@ -39,8 +39,9 @@ def rss_mb(pid: int) -> float:
 _threads = threading.local()
 
 
-def outcome(url: str, fn_index: int, data: list[Any], *, session: str | None = None,
-            client: Any = None, timeout: float = 60) -> tuple[int, Any]:
+def outcome(
+    url: str, fn_index: int, data: list[Any], *, session: str | None = None, client: Any = None, timeout: float = 60
+) -> tuple[int, Any]:
     """One event through `POST /gradio_api/queue/join` and its stream, as any script can send it.
 
     Returns (HTTP status of the join, the refusal's detail or the event's final output). Without
@@ -52,8 +53,9 @@ def outcome(url: str, fn_index: int, data: list[Any], *, session: str | None = N
         _threads.session = session = getattr(_threads, "session", None) or uuid.uuid4().hex
     http = client or httpx.Client(timeout=timeout)
     try:
-        joined = http.post(f"{url}/gradio_api/queue/join",
-                           json={"fn_index": fn_index, "data": data, "session_hash": session})
+        joined = http.post(
+            f"{url}/gradio_api/queue/join", json={"fn_index": fn_index, "data": data, "session_hash": session}
+        )
         if joined.status_code != 200:
             return joined.status_code, joined.json().get("detail")
         event_id = joined.json()["event_id"]
@@ -73,8 +75,9 @@ def upload(url: str, path: Path, *, client: Any = None) -> str:
     """Upload one file the way the page does; returns the path Gradio stored it at."""
     import httpx
 
-    response = (client or httpx).post(f"{url}/gradio_api/upload", files={"files": (path.name, path.read_bytes())},
-                                      timeout=60)
+    response = (client or httpx).post(
+        f"{url}/gradio_api/upload", files={"files": (path.name, path.read_bytes())}, timeout=60
+    )
     response.raise_for_status()
     return response.json()[0]
 
@@ -115,10 +118,16 @@ def hostile_paths(tmp_path: Path) -> dict[str, str]:
     secret = tmp_path / "secret.png"
     Image.new("RGB", (64, 64), (10, 200, 30)).save(secret)
     cache = Path(get_upload_folder())
-    return {"catalog picture": str(PIKACHU), "a picture in /tmp": str(secret), "/etc/passwd": "/etc/passwd",
-            "missing": str(tmp_path / "missing.png"), "a folder": str(tmp_path),
-            "the cache folder": str(cache), "missing in the cache": str(cache / ("0" * 64) / "x.png"),
-            "out of the cache by ..": f"{cache}/../../etc/passwd"}
+    return {
+        "catalog picture": str(PIKACHU),
+        "a picture in /tmp": str(secret),
+        "/etc/passwd": "/etc/passwd",
+        "missing": str(tmp_path / "missing.png"),
+        "a folder": str(tmp_path),
+        "the cache folder": str(cache),
+        "missing in the cache": str(cache / ("0" * 64) / "x.png"),
+        "out of the cache by ..": f"{cache}/../../etc/passwd",
+    }
 
 
 def settled(output: Any, path: str = "") -> str:
@@ -224,12 +233,17 @@ def test_a_real_upload_is_still_searched_with_or_without_meta(app_url):
 def test_gradios_file_route_never_fetches_a_url(app_url):
     import httpx
 
-    urls = ["http://93.184.216.34/pikachu.png",  # a public address: Gradio would connect to it
-            "https://pics.example.org/pikachu.png", "HTTP://example.org/x.png", "ftp://example.org/x.png"]
+    urls = [
+        "http://93.184.216.34/pikachu.png",  # a public address: Gradio would connect to it
+        "https://pics.example.org/pikachu.png",
+        "HTTP://example.org/x.png",
+        "ftp://example.org/x.png",
+    ]
     routes = [f"{app_url}/gradio_api/file={u}" for u in urls] + [
         f"{app_url}/gradio_api/file/https://pics.example.org/x.png",  # the deprecated spelling of the route
         f"{app_url}/gradio_api/file=https%3A%2F%2Fpics.example.org%2Fx.png",
-        f"{app_url}/gradio_api/proxy=https://someone.hf.space/gradio_api/file=x.png"]
+        f"{app_url}/gradio_api/proxy=https://someone.hf.space/gradio_api/file=x.png",
+    ]
     for route in routes:
         for method in ("GET", "HEAD"):
             started = time.perf_counter()
@@ -260,18 +274,25 @@ def test_request_bodies_are_bounded(app_url):
     import httpx
 
     # An inline data: URL of 6 MB: refused from its Content-Length, before it is read.
-    big = json.dumps({"fn_index": _identify(app_url), "session_hash": uuid.uuid4().hex,
-                      "data": [{"url": "data:image/png;base64," + "A" * (6 << 20)}]})
-    response = httpx.post(f"{app_url}/gradio_api/queue/join", content=big,
-                          headers={"content-type": "application/json"}, timeout=60)
+    big = json.dumps(
+        {
+            "fn_index": _identify(app_url),
+            "session_hash": uuid.uuid4().hex,
+            "data": [{"url": "data:image/png;base64," + "A" * (6 << 20)}],
+        }
+    )
+    response = httpx.post(
+        f"{app_url}/gradio_api/queue/join", content=big, headers={"content-type": "application/json"}, timeout=60
+    )
     assert response.status_code == 413 and "Request too large" in response.json()["detail"]
 
     def chunks() -> Iterator[bytes]:  # the same without a Content-Length: refused as it streams past 4 MB
         for i in range(0, len(big), 1 << 16):
-            yield big[i:i + (1 << 16)].encode()
+            yield big[i : i + (1 << 16)].encode()
 
-    response = httpx.post(f"{app_url}/gradio_api/queue/join", content=chunks(),
-                          headers={"content-type": "application/json"}, timeout=60)
+    response = httpx.post(
+        f"{app_url}/gradio_api/queue/join", content=chunks(), headers={"content-type": "application/json"}, timeout=60
+    )
     assert response.status_code == 413 and "Request too large" in response.json()["detail"]
     # Events run only through the queue: Gradio's direct route is closed.
     assert httpx.post(f"{app_url}/gradio_api/run/identify", json={"data": [None]}, timeout=30).status_code == 404
@@ -282,10 +303,20 @@ def test_the_editor_keeps_a_few_layers_only(app_url, app_server, config):
 
     editor = next(c["id"] for c in config["components"] if c["type"] == "imageeditor")
     rss = rss_mb(app_server.process.pid)
-    fields = {"type": "layer", "index": str(20_000_000), "id": uuid.uuid4().hex, "fn_name": "accept_blobs",
-              "session_hash": uuid.uuid4().hex, "component_id": str(editor)}
-    response = httpx.post(f"{app_url}/gradio_api/component_server", data=fields,
-                          files={"files": ("blob", PIKACHU.read_bytes())}, timeout=30)
+    fields = {
+        "type": "layer",
+        "index": str(20_000_000),
+        "id": uuid.uuid4().hex,
+        "fn_name": "accept_blobs",
+        "session_hash": uuid.uuid4().hex,
+        "component_id": str(editor),
+    }
+    response = httpx.post(
+        f"{app_url}/gradio_api/component_server",
+        data=fields,
+        files={"files": ("blob", PIKACHU.read_bytes())},
+        timeout=30,
+    )
     assert response.status_code == 400 and "at most 4 layers" in response.text
     assert rss_mb(app_server.process.pid) - rss < 50  # Gradio grew a list to the index it was given: 160 MB
 
@@ -310,8 +341,17 @@ class Greedy:
     loopback address it connects from (127.0.0.2 is another visitor as far as the server can tell).
     """
 
-    def __init__(self, url: str, fn_index: int, stored: str, *, sessions: str, address: str = "127.0.0.1",
-                 burst: int = 80, threads: int = 6) -> None:
+    def __init__(
+        self,
+        url: str,
+        fn_index: int,
+        stored: str,
+        *,
+        sessions: str,
+        address: str = "127.0.0.1",
+        burst: int = 80,
+        threads: int = 6,
+    ) -> None:
         self.url, self.fn_index, self.stored, self.sessions, self.address = url, fn_index, stored, sessions, address
         self.burst, self.threads = burst, threads
         self.session = uuid.uuid4().hex
@@ -323,9 +363,15 @@ class Greedy:
     def _join(self, http: Any) -> int:
         session = self.session if self.sessions == "one" else uuid.uuid4().hex
         try:
-            status = http.post(f"{self.url}/gradio_api/queue/join", timeout=30,
-                               json={"fn_index": self.fn_index, "session_hash": session,
-                                     "data": [{"path": self.stored, "meta": META}]}).status_code
+            status = http.post(
+                f"{self.url}/gradio_api/queue/join",
+                timeout=30,
+                json={
+                    "fn_index": self.fn_index,
+                    "session_hash": session,
+                    "data": [{"path": self.stored, "meta": META}],
+                },
+            ).status_code
         except Exception:
             status = 0
         with self._lock:
@@ -363,8 +409,10 @@ def normal_users(url: str, *, users: int, seconds: float, apart: bool = False) -
     """
     from gradio_client import Client, handle_file
 
-    clients = [Client(url, verbose=False, headers={"x-forwarded-for": f"198.51.100.{i + 1}"} if apart else None)
-               for i in range(users)]
+    clients = [
+        Client(url, verbose=False, headers={"x-forwarded-for": f"198.51.100.{i + 1}"} if apart else None)
+        for i in range(users)
+    ]
     deadline = time.perf_counter() + seconds
 
     def user(client: Any) -> list[float]:
@@ -413,8 +461,9 @@ def test_a_greedy_client_does_not_starve_the_others(app_url, record_property):
         assert codes.get(429), codes  # it was refused, not queued without end
         assert not codes.get(503), codes  # and never filled the queue for everyone
     for name, times in figures.items():
-        print(f"normal users, {name}: {len(times)} answers, p50 {statistics.median(times):.3f} s, "
-              f"p95 {p95(times):.3f} s")
+        print(
+            f"normal users, {name}: {len(times)} answers, p50 {statistics.median(times):.3f} s, p95 {p95(times):.3f} s"
+        )
         record_property(f"p95 {name}", round(p95(times), 3))
     alone = figures.pop("alone")
     for name, times in figures.items():
@@ -431,10 +480,18 @@ def test_a_greedy_client_does_not_starve_the_others(app_url, record_property):
 def strict_url(tmp_path_factory, tiny_model, app_folder) -> Iterator[str]:
     """A second app with small upload and queue allowances; it loads the first server's index."""
     folder = tmp_path_factory.mktemp("app-strict")
-    process, url = start_app(folder, {
-        "RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
-        "RECOMMENDER_INDEX_DIR": str(app_folder / "index"), "RECOMMENDER_UPLOADS_PER_HOUR": "5",
-        "RECOMMENDER_UPLOAD_MB_PER_HOUR": "1", "RECOMMENDER_ADDRESS_PENDING": "3", "RECOMMENDER_UPLOAD_FILES": "2"})
+    process, url = start_app(
+        folder,
+        {
+            "RECOMMENDER_MODEL": str(tiny_model),
+            "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
+            "RECOMMENDER_INDEX_DIR": str(app_folder / "index"),
+            "RECOMMENDER_UPLOADS_PER_HOUR": "5",
+            "RECOMMENDER_UPLOAD_MB_PER_HOUR": "1",
+            "RECOMMENDER_ADDRESS_PENDING": "3",
+            "RECOMMENDER_UPLOAD_FILES": "2",
+        },
+    )
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -446,27 +503,41 @@ def test_each_address_has_an_upload_allowance_per_hour(strict_url, tmp_path):
     # uvicorn believes X-Forwarded-For from loopback (a local proxy, or --share's tunnel): two visitors.
     small = ("s.png", PIKACHU.read_bytes())
     first, second = {"x-forwarded-for": "198.51.100.7"}, {"x-forwarded-for": "203.0.113.9"}
-    answers = [httpx.post(f"{strict_url}/gradio_api/upload", files={"files": small}, headers=first, timeout=30)
-               for _ in range(6)]
+    answers = [
+        httpx.post(f"{strict_url}/gradio_api/upload", files={"files": small}, headers=first, timeout=30)
+        for _ in range(6)
+    ]
     assert [a.status_code for a in answers] == [200] * 5 + [429]
     assert "upload allowance (5 files and 1 MB per hour)" in answers[-1].text
     assert 0 < int(answers[-1].headers["retry-after"]) <= 720
-    assert httpx.post(f"{strict_url}/gradio_api/upload", files={"files": small}, headers=second,
-                      timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{strict_url}/gradio_api/upload", files={"files": small}, headers=second, timeout=30).status_code
+        == 200
+    )
     # Bytes: 1 MB an hour, so a 700 kB file passes once and not twice (a third address, fresh allowance).
     noise = tmp_path / "noise.bin"
     noise.write_bytes(bytes(range(256)) * (700 * 4))
     third = {"x-forwarded-for": "192.0.2.44"}
-    sizes = [httpx.post(f"{strict_url}/gradio_api/upload", files={"files": (noise.name, noise.read_bytes())},
-                        headers=third, timeout=30).status_code for _ in range(2)]
+    sizes = [
+        httpx.post(
+            f"{strict_url}/gradio_api/upload",
+            files={"files": (noise.name, noise.read_bytes())},
+            headers=third,
+            timeout=30,
+        ).status_code
+        for _ in range(2)
+    ]
     assert sizes == [200, 429]
 
 
 def test_each_address_may_have_only_a_few_events_waiting(strict_url, tmp_path):
     import httpx
 
-    stored = upload(strict_url, gradient_png(tmp_path / "big.png"), client=httpx.Client(
-        headers={"x-forwarded-for": "198.51.100.99"}))
+    stored = upload(
+        strict_url,
+        gradient_png(tmp_path / "big.png"),
+        client=httpx.Client(headers={"x-forwarded-for": "198.51.100.99"}),
+    )
     fn_index = _identify(strict_url)
     body = {"fn_index": fn_index, "data": [{"path": stored, "meta": META}]}
     crowd = {"x-forwarded-for": "198.51.100.20"}
@@ -474,8 +545,12 @@ def test_each_address_may_have_only_a_few_events_waiting(strict_url, tmp_path):
 
     def join(_: int) -> httpx.Response:
         ready.wait()
-        return httpx.post(f"{strict_url}/gradio_api/queue/join", json={**body, "session_hash": uuid.uuid4().hex},
-                          headers=crowd, timeout=30)
+        return httpx.post(
+            f"{strict_url}/gradio_api/queue/join",
+            json={**body, "session_hash": uuid.uuid4().hex},
+            headers=crowd,
+            timeout=30,
+        )
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(join, range(12)))  # twelve sessions at once, from one address

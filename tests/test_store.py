@@ -41,8 +41,12 @@ def test_store_names(tmp_path):
     assert lite == StoreConfig("milvus-lite", str(tmp_path / "v.db"), "IVF_FLAT")
     assert StoreConfig.parse("milvus://db.example:19531").uri == "http://db.example:19531"
     assert StoreConfig.parse("milvus://localhost").uri == "http://localhost:19530"
-    for bad, message in [("redis://x", "unknown store"), ("milvus-lite:vectors", "ending in .db"),
-                         ("milvus-lite?index=PQ", "bad store option"), ("local?x=1", "bad store option")]:
+    for bad, message in [
+        ("redis://x", "unknown store"),
+        ("milvus-lite:vectors", "ending in .db"),
+        ("milvus-lite?index=PQ", "bad store option"),
+        ("local?x=1", "bad store option"),
+    ]:
         with pytest.raises(RecommenderError, match=message):
             StoreConfig.parse(bad)
 
@@ -50,7 +54,8 @@ def test_store_names(tmp_path):
 def test_filters_become_milvus_expressions():
     filters = Filters.of({"label": ["Red", "blue"], "maker": 'A "B"'}, {"label", "id", "maker"}, "shop")
     assert filters.expression(["label", "id", "maker"]) == (
-        'array_contains_any(tags, ["0=blue", "0=red"]) and array_contains_any(tags, ["2=a \\"b\\""])')
+        'array_contains_any(tags, ["0=blue", "0=red"]) and array_contains_any(tags, ["2=a \\"b\\""])'
+    )
     with pytest.raises(RecommenderError, match="cannot filter on 'colour'"):
         Filters.of({"colour": "red"}, {"label", "id"}, "shop")
 
@@ -78,8 +83,12 @@ def test_same_search_identify_and_evaluate_through_either_store(milvus, labeled_
         assert [m.id for m in a] == [m.id for m in b]
         np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=1e-5)
         x, y = identify(query, local), identify(query, ann)
-        assert (x.label, x.in_catalog, x.another_image, x.message) == (y.label, y.in_catalog, y.another_image,
-                                                                       y.message)
+        assert (x.label, x.in_catalog, x.another_image, x.message) == (
+            y.label,
+            y.in_catalog,
+            y.another_image,
+            y.message,
+        )
         assert [ls.label for ls in x.labels] == [ls.label for ls in y.labels]
     exact, approximate = (evaluate_queries(i, queries, progress=False).to_dict() for i in (local, ann))
     assert approximate.pop("ann_recall@10") == 1.0 and "ann_recall@10" not in exact
@@ -99,10 +108,13 @@ def test_filters_are_pushed_down_to_milvus(milvus, labeled_catalog, tiny_model, 
 
     monkeypatch.setattr(index.store.client, "search", spy)
     query = index.vector("red-circle/0.png")
-    found = index.search(query, k=12, where={"label": ["GREEN-square", "blue-triangle"]},
-                         exclude=["green-square/0.png"])
-    assert sent == ['array_contains_any(tags, ["0=blue-triangle", "0=green-square"]) and row not in '
-                    f'[{index.position("green-square/0.png")}]']
+    found = index.search(
+        query, k=12, where={"label": ["GREEN-square", "blue-triangle"]}, exclude=["green-square/0.png"]
+    )
+    assert sent == [
+        'array_contains_any(tags, ["0=blue-triangle", "0=green-square"]) and row not in '
+        f"[{index.position('green-square/0.png')}]"
+    ]
     assert len(found) == 7 and {m.label for m in found} == {"green-square", "blue-triangle"}
     assert index.search(query, k=3, where={"label": "nothing"}) == []
 
@@ -115,9 +127,14 @@ def test_ann_recall_against_exact_search(milvus, tmp_path, kind, record_property
     vectors = centres[rng.integers(0, 60, 3000)] + 0.6 * rng.standard_normal((3000, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     items = [Item(id=f"v{i}", path=f"v{i}.png", label=f"g{i % 7}", sha256=f"{i:064x}") for i in range(3000)]
-    write_index(tmp_path / "index" / "random", embeddings=vectors, items=items,
-                backbone=load_backbone("colour-histogram"), catalog=CatalogInfo(root=str(tmp_path)),
-                store=f"milvus-lite?index={kind}")
+    write_index(
+        tmp_path / "index" / "random",
+        embeddings=vectors,
+        items=items,
+        backbone=load_backbone("colour-histogram"),
+        catalog=CatalogInfo(root=str(tmp_path)),
+        store=f"milvus-lite?index={kind}",
+    )
     index = Index.load("random")
     assert index.manifest.store.index["index_type"] == kind
     queries = vectors[:100] + 0.1 * rng.standard_normal((100, 512)).astype(np.float32)
@@ -146,12 +163,25 @@ def test_a_shared_database_from_the_command_line(milvus, labeled_catalog, tiny_m
     db = tmp_path / "shared" / "vectors.db"
     runner = CliRunner()
     for name in ("one", "two"):
-        out = runner.invoke(cli, ["index", str(labeled_catalog), "--name", name, "--model", str(tiny_model), "-q",
-                                  "--store", f"milvus-lite:{db}"])
+        out = runner.invoke(
+            cli,
+            [
+                "index",
+                str(labeled_catalog),
+                "--name",
+                name,
+                "--model",
+                str(tiny_model),
+                "-q",
+                "--store",
+                f"milvus-lite:{db}",
+            ],
+        )
         assert out.exit_code == 0, out.output
         assert f"vectors in milvus-lite {db}" in out.stdout
-    found = runner.invoke(cli, ["search", str(labeled_catalog / "red-circle" / "2.png"), "--index", "two",
-                                "--json", "-k", "2"])
+    found = runner.invoke(
+        cli, ["search", str(labeled_catalog / "red-circle" / "2.png"), "--index", "two", "--json", "-k", "2"]
+    )
     assert json.loads(found.stdout)[0]["id"] == "red-circle/2.png"
     info = runner.invoke(cli, ["info", "--index", "one"])
     assert f"milvus-lite {db} collection rec_one_" in info.stdout
@@ -170,10 +200,12 @@ def test_missing_optional_packages_say_what_to_install(labeled_catalog, tiny_mod
 
 def test_the_library_and_app_import_without_the_optional_packages():
     # A fresh interpreter that cannot import them: the default path must not need them.
-    code = ("import sys\n"
-            "for name in ('pymilvus', 'milvus_lite', 'ray', 'faiss'): sys.modules[name] = None\n"
-            "import recommender, recommender.cli, recommender.service, recommender.index.store, recommender.index\n"
-            "import recommender.build, recommender.build.checkpoint, recommender.build.distributed\n"
-            "print('ok')\n")
+    code = (
+        "import sys\n"
+        "for name in ('pymilvus', 'milvus_lite', 'ray', 'faiss'): sys.modules[name] = None\n"
+        "import recommender, recommender.cli, recommender.service, recommender.index.store, recommender.index\n"
+        "import recommender.build, recommender.build.checkpoint, recommender.build.distributed\n"
+        "print('ok')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -43,8 +43,7 @@ class FakeProvider:
 
     name = "Fake"
 
-    def __init__(self, links: Sequence[Link] = (), *, errors: Sequence[BaseException] = (),
-                 block: float = 0.0) -> None:
+    def __init__(self, links: Sequence[Link] = (), *, errors: Sequence[BaseException] = (), block: float = 0.0) -> None:
         self.links = list(links)
         self.errors = list(errors)
         self.block = block
@@ -122,8 +121,14 @@ def test_cli_offline_exits_non_zero_with_one_line_and_no_traceback():
     pytest.importorskip("ddgs")
     env = {**os.environ, "DDGS_PROXY": CLOSED_PROXY, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "recommender", "links", "Pikachu"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recommender", "links", "Pikachu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert time.monotonic() - start < 5
     assert proc.returncode != 0
     assert proc.stdout == ""
@@ -172,8 +177,20 @@ def test_clean_url_accepts_http_and_https(url):
     assert clean_url(url) == url
 
 
-@pytest.mark.parametrize("url", [None, "", "ftp://a.example/", "//a.example/x", "https://", "https://a.example:99999/",
-                                 "https://a.example/\x00", "https://a.example/" + "x" * 3000, 42])
+@pytest.mark.parametrize(
+    "url",
+    [
+        None,
+        "",
+        "ftp://a.example/",
+        "//a.example/x",
+        "https://",
+        "https://a.example:99999/",
+        "https://a.example/\x00",
+        "https://a.example/" + "x" * 3000,
+        42,
+    ],
+)
 def test_clean_url_refuses_the_rest(url):
     assert clean_url(url) is None
 
@@ -341,8 +358,11 @@ def test_providers_can_be_imported_by_path(monkeypatch):
     monkeypatch.setenv("RECOMMENDER_WEB_PROVIDER", "fake_web:FakeProvider")
     set_provider(None)
     assert [link.source for link in search_media("Pikachu")] == ["fans0.example.com", "fans1.example.com"]
-    for bad, why in [("fake_web:Nope", "cannot be imported"), ("no_such_module:x", "cannot be imported"),
-                     ("fake_web:__doc__", "not callable")]:
+    for bad, why in [
+        ("fake_web:Nope", "cannot be imported"),
+        ("no_such_module:x", "cannot be imported"),
+        ("fake_web:__doc__", "not callable"),
+    ]:
         with pytest.raises(RecommenderError, match=why):
             websearch.make_provider(bad)
 
@@ -401,15 +421,32 @@ def test_duckduckgo_provider_calls_ddgs_with_safe_search_and_maps_each_kind(fake
     provider = DuckDuckGoProvider()
     fake_ddgs.answer = [{"title": "Pikachu - Bulbapedia", "href": "https://bulbapedia.example/Pikachu", "body": "…"}]
     assert provider.fetch("Pikachu Pokémon", kind="page", limit=8, timeout=4) == [
-        Link("Pikachu - Bulbapedia", "https://bulbapedia.example/Pikachu", "", None, "page")]
-    fake_ddgs.answer = [{"title": "Pikachu", "image": "https://img.example/p.png", "thumbnail": "https://t.example/p",
-                         "url": "https://fans.example/p", "height": 10, "width": 10, "source": "Bing"}]
+        Link("Pikachu - Bulbapedia", "https://bulbapedia.example/Pikachu", "", None, "page")
+    ]
+    fake_ddgs.answer = [
+        {
+            "title": "Pikachu",
+            "image": "https://img.example/p.png",
+            "thumbnail": "https://t.example/p",
+            "url": "https://fans.example/p",
+            "height": 10,
+            "width": 10,
+            "source": "Bing",
+        }
+    ]
     assert provider.fetch("Pikachu Pokémon", kind="image", limit=8, timeout=4) == [
-        Link("Pikachu", "https://fans.example/p", "", "https://t.example/p", "image", image="https://img.example/p.png")]
-    fake_ddgs.answer = [{"title": "Pikachu song", "content": "https://video.example/watch?v=1",
-                         "images": {"large": "https://i.example/l.jpg", "medium": "https://i.example/m.jpg"}}]
+        Link("Pikachu", "https://fans.example/p", "", "https://t.example/p", "image", image="https://img.example/p.png")
+    ]
+    fake_ddgs.answer = [
+        {
+            "title": "Pikachu song",
+            "content": "https://video.example/watch?v=1",
+            "images": {"large": "https://i.example/l.jpg", "medium": "https://i.example/m.jpg"},
+        }
+    ]
     assert provider.fetch("Pikachu Pokémon", kind="video", limit=8, timeout=4) == [
-        Link("Pikachu song", "https://video.example/watch?v=1", "", "https://i.example/m.jpg", "video")]
+        Link("Pikachu song", "https://video.example/watch?v=1", "", "https://i.example/m.jpg", "video")
+    ]
     methods = [call[0] for call in fake_ddgs.calls]
     assert methods == ["text", "images", "videos"]
     for _, _, query, kwargs in fake_ddgs.calls:
@@ -437,15 +474,26 @@ def test_ddgs_failures_become_one_line_reasons(fake_ddgs):
     from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
 
     cases = [
-        (_nested(DDGSException, "DNSError: DNSError('error sending request > error resolving DNS > no records')"),
-         "no network (cannot resolve duckduckgo.com)", False, False),
-        (_nested(DDGSException, "ConnectError: ConnectError('Connection refused (os error 111)')"),
-         "no network (cannot connect to duckduckgo.com)", False, False),
+        (
+            _nested(DDGSException, "DNSError: DNSError('error sending request > error resolving DNS > no records')"),
+            "no network (cannot resolve duckduckgo.com)",
+            False,
+            False,
+        ),
+        (
+            _nested(DDGSException, "ConnectError: ConnectError('Connection refused (os error 111)')"),
+            "no network (cannot connect to duckduckgo.com)",
+            False,
+            False,
+        ),
         (TimeoutException(TimeoutException("operation timed out")), "DuckDuckGo did not answer in time", True, False),
-        (RatelimitException("202 Ratelimit"), "DuckDuckGo is rate limiting this machine; try again later", False,
-         True),
-        (DDGSException("_extract_vqd() query='x' Could not extract vqd."),
-         "DuckDuckGo is rate limiting this machine; try again later", False, True),
+        (RatelimitException("202 Ratelimit"), "DuckDuckGo is rate limiting this machine; try again later", False, True),
+        (
+            DDGSException("_extract_vqd() query='x' Could not extract vqd."),
+            "DuckDuckGo is rate limiting this machine; try again later",
+            False,
+            True,
+        ),
         (DDGSException("something\nodd"), "DuckDuckGo search failed (DDGSException: something)", False, False),
     ]
     for exc, reason, retryable, rate_limited in cases:
@@ -459,8 +507,13 @@ def test_ddgs_failures_become_one_line_reasons(fake_ddgs):
 
 
 LINKS = [
-    Link("Pikachu (Pokémon) - Bulbapedia", "https://bulbapedia.bulbagarden.net/wiki/Pikachu_(Pok%C3%A9mon)", "",
-         None, "page"),
+    Link(
+        "Pikachu (Pokémon) - Bulbapedia",
+        "https://bulbapedia.bulbagarden.net/wiki/Pikachu_(Pok%C3%A9mon)",
+        "",
+        None,
+        "page",
+    ),
     Link("Pikachu | Pokédex", "https://www.pokemon.com/us/pokedex/pikachu", "", "https://t.example/p.png", "page"),
     Link("dup", "https://www.pokemon.com/us/pokedex/pikachu/", "", None, "page"),
 ]
@@ -473,10 +526,22 @@ def test_cli_json_prints_an_array_of_links():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data == [
-        {"title": "Pikachu (Pokémon) - Bulbapedia", "url": LINKS[0].url, "source": "bulbapedia.bulbagarden.net",
-         "thumbnail": None, "kind": "image", "image": None},
-        {"title": "Pikachu | Pokédex", "url": LINKS[1].url, "source": "pokemon.com",
-         "thumbnail": "https://t.example/p.png", "kind": "image", "image": None},
+        {
+            "title": "Pikachu (Pokémon) - Bulbapedia",
+            "url": LINKS[0].url,
+            "source": "bulbapedia.bulbagarden.net",
+            "thumbnail": None,
+            "kind": "image",
+            "image": None,
+        },
+        {
+            "title": "Pikachu | Pokédex",
+            "url": LINKS[1].url,
+            "source": "pokemon.com",
+            "thumbnail": "https://t.example/p.png",
+            "kind": "image",
+            "image": None,
+        },
     ]
     assert provider.calls[0]["query"] == "Pikachu Pokémon" and provider.calls[0]["kind"] == "image"
 

@@ -33,8 +33,13 @@ class Visitor:
         return {"path": response.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
     def join(self, fn: str, data: list[Any]) -> str:
-        body = {"data": data, "fn_index": self.fns[fn], "session_hash": self.session, "event_data": None,
-                "trigger_id": None}
+        body = {
+            "data": data,
+            "fn_index": self.fns[fn],
+            "session_hash": self.session,
+            "event_data": None,
+            "trigger_id": None,
+        }
         response = self.http.post("/gradio_api/queue/join", json=body)
         response.raise_for_status()
         return response.json()["event_id"]
@@ -45,8 +50,9 @@ class Visitor:
 
         Closing it is what a page that goes away does: Gradio then marks the session's events not alive.
         """
-        with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session},
-                              timeout=timeout) as response:
+        with self.http.stream(
+            "GET", "/gradio_api/queue/data", params={"session_hash": self.session}, timeout=timeout
+        ) as response:
             yield (json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:"))
 
     def call(self, fn: str, data: list[Any], timeout: float = 120) -> dict[str, Any]:

@@ -49,15 +49,21 @@ class BackboneSpec:
         if not isinstance(data, dict) or not isinstance(data.get("model"), str) or not set(data) <= set(_SPEC_FIELDS):
             raise ValueError("not a backbone spec")
         weights = data.get("weights")
-        if weights is not None and not (isinstance(weights, list) and all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+        if weights is not None and not (
+            isinstance(weights, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+        ):
             raise ValueError("bad hybrid weights")
         for key, kind in (("pooling", str), ("image_size", int), ("fit", str)):
             value = data.get(key)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
                 raise ValueError(f"bad {key}")
-        return cls(model=data["model"], weights=None if weights is None else tuple(float(w) for w in weights),
-                   pooling=data.get("pooling"), image_size=data.get("image_size"), fit=data.get("fit"))
+        return cls(
+            model=data["model"],
+            weights=None if weights is None else tuple(float(w) for w in weights),
+            pooling=data.get("pooling"),
+            image_size=data.get("image_size"),
+            fit=data.get("fit"),
+        )
 
     def replace(self, **changes: Any) -> BackboneSpec:
         return dataclasses.replace(self, **changes)

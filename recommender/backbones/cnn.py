@@ -32,8 +32,15 @@ class EfficientNetLite0(TorchBackbone):
     def __init__(self, *, image_size: int, fit: Fit, device: str, precision: str) -> None:
         check_image_size(image_size, 32)
         model, identity = load_efficientnet(image_size, device)
-        super().__init__(model=model, mean=_LITE_MEAN, std=_LITE_STD, image_size=image_size, fit=fit, device=device,
-                         precision="fp32" if precision == "auto" else precision)
+        super().__init__(
+            model=model,
+            mean=_LITE_MEAN,
+            std=_LITE_STD,
+            image_size=image_size,
+            fit=fit,
+            device=device,
+            precision="fp32" if precision == "auto" else precision,
+        )
         self._identity = identity
         self.forward = f"torch-{self.precision}"
 

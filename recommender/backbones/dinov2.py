@@ -16,9 +16,9 @@ from .lean import LeanDinov2, supports
 from .torch_backbone import TorchBackbone
 
 #: Short DINOv2 names and the hub repositories they stand for.
-DINOV2_MODELS = {
-    f"dinov2-{size}": f"facebook/dinov2-{size}" for size in ("small", "base", "large", "giant")
-} | {f"dinov2-{size}-reg": f"facebook/dinov2-with-registers-{size}" for size in ("small", "base", "large", "giant")}
+DINOV2_MODELS = {f"dinov2-{size}": f"facebook/dinov2-{size}" for size in ("small", "base", "large", "giant")} | {
+    f"dinov2-{size}-reg": f"facebook/dinov2-with-registers-{size}" for size in ("small", "base", "large", "giant")
+}
 #: The architectures (config `model_type`) this module loads from hub ids and local folders.
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 # ImageNet statistics, the fallback when a model folder has no preprocessor_config.json.
@@ -42,12 +42,20 @@ class LoadedDinov2:
 class DinoV2(TorchBackbone):
     """DINOv2 through transformers' AutoModel: CLS token, mean of patch tokens, or both."""
 
-    def __init__(self, name: str, source: str, *, pooling: str, image_size: int, fit: Fit, device: str,
-                 precision: str) -> None:
+    def __init__(
+        self, name: str, source: str, *, pooling: str, image_size: int, fit: Fit, device: str, precision: str
+    ) -> None:
         loaded = load_dinov2(source, device)
         check_image_size(image_size, loaded.patch_size)
-        super().__init__(model=loaded.model, mean=loaded.mean, std=loaded.std, image_size=image_size, fit=fit,
-                         device=device, precision=precision)
+        super().__init__(
+            model=loaded.model,
+            mean=loaded.mean,
+            std=loaded.std,
+            image_size=image_size,
+            fit=fit,
+            device=device,
+            precision=precision,
+        )
         self.name = name
         self.source = source
         self.pooling = pooling
@@ -113,9 +121,7 @@ def load_dinov2(source: str, device: str) -> LoadedDinov2:
     except (OSError, ValueError) as exc:
         raise ModelError(f"{source}: no readable config.json in {folder} ({exc})") from None
     if config.get("model_type") not in MODEL_TYPES:
-        raise ModelError(
-            f"{source}: model type {config.get('model_type')!r} is not DINOv2 ({', '.join(MODEL_TYPES)})"
-        )
+        raise ModelError(f"{source}: model type {config.get('model_type')!r} is not DINOv2 ({', '.join(MODEL_TYPES)})")
     import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging

@@ -17,8 +17,14 @@ from .base import Backbone, BackboneSpec
 class Hybrid(Backbone):
     """Several backbones as one: each part's unit vector scaled by the square root of its weight."""
 
-    def __init__(self, parts: Sequence[Backbone], weights: Sequence[float], *, alias: str | None = None,
-                 options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Backbone],
+        weights: Sequence[float],
+        *,
+        alias: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         total = float(sum(weights))
         self.options = dict(options or {})  # pooling, image_size, fit: shared by the parts
         self._parts = tuple(parts)

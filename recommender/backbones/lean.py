@@ -88,7 +88,8 @@ def supports(model: Any) -> bool:
         return all(
             all(hasattr(layer, name) for name in needed)
             and all(hasattr(layer.attention, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-            and hasattr(layer.mlp, "fc1") and hasattr(layer.mlp, "fc2")
+            and hasattr(layer.mlp, "fc1")
+            and hasattr(layer.mlp, "fc2")
             for layer in model.encoder.layer
         ) and hasattr(model, "layernorm")
     except AttributeError:
@@ -119,14 +120,16 @@ class LeanDinov2:
                 bias = torch.cat([att.q_proj.bias * scale, att.k_proj.bias, att.v_proj.bias])  # (3D,)
                 s1, s2 = layer.layer_scale1.lambda1, layer.layer_scale2.lambda1  # (D,)
                 o, fc1, fc2 = att.o_proj, layer.mlp.fc1, layer.mlp.fc2
-                blocks.append(_Block(
-                    norm1=(layer.norm1.weight.float(), layer.norm1.bias.float(), layer.norm1.eps),
-                    qkv=_linear(weight, bias, dtype, self.packed),
-                    proj=_linear(o.weight * s1[:, None], o.bias * s1, dtype, self.packed),
-                    norm2=(layer.norm2.weight.float(), layer.norm2.bias.float(), layer.norm2.eps),
-                    fc1=_linear(fc1.weight, fc1.bias, dtype, self.packed),
-                    fc2=_linear(fc2.weight * s2[:, None], fc2.bias * s2, dtype, self.packed),
-                ))
+                blocks.append(
+                    _Block(
+                        norm1=(layer.norm1.weight.float(), layer.norm1.bias.float(), layer.norm1.eps),
+                        qkv=_linear(weight, bias, dtype, self.packed),
+                        proj=_linear(o.weight * s1[:, None], o.bias * s1, dtype, self.packed),
+                        norm2=(layer.norm2.weight.float(), layer.norm2.bias.float(), layer.norm2.eps),
+                        fc1=_linear(fc1.weight, fc1.bias, dtype, self.packed),
+                        fc2=_linear(fc2.weight * s2[:, None], fc2.bias * s2, dtype, self.packed),
+                    )
+                )
         self.blocks = blocks
         final = model.layernorm
         self.final = (final.weight.float(), final.bias.float(), final.eps)

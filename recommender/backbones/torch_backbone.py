@@ -28,8 +28,17 @@ class TorchBackbone(Backbone):
     spatial = True
     channels_last = False
 
-    def __init__(self, *, model: Any, mean: Sequence[float], std: Sequence[float], image_size: int, fit: Fit,
-                 device: str, precision: str) -> None:
+    def __init__(
+        self,
+        *,
+        model: Any,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: int,
+        fit: Fit,
+        device: str,
+        precision: str,
+    ) -> None:
         import torch
 
         self.model = model

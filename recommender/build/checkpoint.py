@@ -34,8 +34,15 @@ FOLDER = ".build"
 class Checkpoint:
     """Shards of (content hash, float32 vector) pairs for one index folder, backbone and dtype."""
 
-    def __init__(self, folder: Path, backbone: Backbone, dtype: str, *, seconds: float = CHECKPOINT_SECONDS,
-                 rows: int = CHECKPOINT_ROWS) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        backbone: Backbone,
+        dtype: str,
+        *,
+        seconds: float = CHECKPOINT_SECONDS,
+        rows: int = CHECKPOINT_ROWS,
+    ) -> None:
         key = hashlib.sha256(json.dumps([backbone.spec.to_json(), backbone.identity, dtype], sort_keys=True).encode())
         self.root = folder / FOLDER
         self.dir = self.root / key.hexdigest()[:16]
@@ -67,8 +74,13 @@ class Checkpoint:
                 hashes, vectors = data["hashes"], data["vectors"]  # (n, 32) uint8, (n, D) float32
             except (SafetensorError, KeyError, OSError, ValueError):
                 continue  # cannot happen through the atomic rename; a damaged disk costs only that shard's work
-            if (hashes.dtype == np.uint8 and hashes.ndim == 2 and hashes.shape[1] == 32
-                    and vectors.dtype == np.float32 and vectors.shape == (len(hashes), self.dim)):
+            if (
+                hashes.dtype == np.uint8
+                and hashes.ndim == 2
+                and hashes.shape[1] == 32
+                and vectors.dtype == np.float32
+                and vectors.shape == (len(hashes), self.dim)
+            ):
                 finite = np.isfinite(vectors).all(axis=1)  # (n,) a NaN is embedded again, never re-used
                 found.update(zip((bytes(h).hex() for h in hashes[finite]), vectors[finite]))
         return found
@@ -87,8 +99,10 @@ class Checkpoint:
         from safetensors.numpy import save
 
         hashes = np.frombuffer(b"".join(bytes.fromhex(h) for h in self._hashes), dtype=np.uint8).reshape(-1, 32)
-        data = save({"hashes": hashes, "vectors": np.ascontiguousarray(np.concatenate(self._vectors))},
-                    metadata={"format": "recommender-checkpoint"})
+        data = save(
+            {"hashes": hashes, "vectors": np.ascontiguousarray(np.concatenate(self._vectors))},
+            metadata={"format": "recommender-checkpoint"},
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.strftime('%Y%m%d-%H%M%S')}-{self.written:06d}-{hashlib.sha256(data).hexdigest()[:8]}"
         write_atomic(self.dir / f"{name}.safetensors", data)

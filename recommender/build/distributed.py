@@ -40,8 +40,10 @@ def _ray() -> Any:
         import ray
         import ray.data  # Ray Data is the `ray[data]` extra
     except ImportError:
-        raise RecommenderError("--ray needs Ray Data, which is not installed: pip install 'ray[data]' "
-                               "(or: pip install -r requirements-scale.txt)") from None
+        raise RecommenderError(
+            "--ray needs Ray Data, which is not installed: pip install 'ray[data]' "
+            "(or: pip install -r requirements-scale.txt)"
+        ) from None
     return ray
 
 
@@ -59,15 +61,34 @@ class RayExecutor:
         self.address = address
         self.actors = actors
 
-    def run(self, items: Sequence[Item], root: Path, backbone: Backbone, *, known: Collection[str], batch_size: int,
-            on_embedded: OnEmbedded | None, should_stop: ShouldStop | None, bar: Any) -> Iterator[Outcome]:
+    def run(
+        self,
+        items: Sequence[Item],
+        root: Path,
+        backbone: Backbone,
+        *,
+        known: Collection[str],
+        batch_size: int,
+        on_embedded: OnEmbedded | None,
+        should_stop: ShouldStop | None,
+        bar: Any,
+    ) -> Iterator[Outcome]:
         if should_stop is not None:
             raise RecommenderError("a build on Ray cannot be bounded by should_stop; build locally")
         ray = _ray()
         started_here = _connect(ray, self.address, not bar.disable)
         try:
-            yield from _run(ray, items, root, backbone, actors=self.actors, known=_HashSet(known),
-                            batch_size=batch_size, on_embedded=on_embedded, bar=bar)
+            yield from _run(
+                ray,
+                items,
+                root,
+                backbone,
+                actors=self.actors,
+                known=_HashSet(known),
+                batch_size=batch_size,
+                on_embedded=on_embedded,
+                bar=bar,
+            )
         finally:
             if started_here:
                 ray.shutdown()
@@ -79,19 +100,40 @@ def _connect(ray: Any, address: str | None, progress: bool) -> bool:
         return False
     package = str(Path(__file__).resolve().parent.parent)  # the recommender package
     # A remote cluster gets this package shipped to its workers; a local one imports it from here.
-    runtime_env = {"py_modules": [package]} if address and address.startswith("ray://") else {
-        "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(package).parent),
-                                                                 os.environ.get("PYTHONPATH")]))}}
+    runtime_env = (
+        {"py_modules": [package]}
+        if address and address.startswith("ray://")
+        else {
+            "env_vars": {
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(package).parent), os.environ.get("PYTHONPATH")]))
+            }
+        }
+    )
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=progress,
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+        )
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise RecommenderError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from None
     return True
 
 
-def _run(ray: Any, items: Sequence[Item], root: Path, backbone: Backbone, *, actors: int | None, known: _HashSet,
-         batch_size: int, on_embedded: OnEmbedded | None, bar: Any) -> Iterator[Outcome]:
+def _run(
+    ray: Any,
+    items: Sequence[Item],
+    root: Path,
+    backbone: Backbone,
+    *,
+    actors: int | None,
+    known: _HashSet,
+    batch_size: int,
+    on_embedded: OnEmbedded | None,
+    bar: Any,
+) -> Iterator[Outcome]:
     """Every item's `Outcome`, streamed back from the cluster."""
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -100,26 +142,38 @@ def _run(ray: Any, items: Sequence[Item], root: Path, backbone: Backbone, *, act
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     count, resources, device, threads = _actor_plan(ray, actors)
     blocks = max(1, min(1000, len(items) // READ_BATCH))
-    dataset = ray.data.from_items([{"row": i, "path": item.path} for i, item in enumerate(items)],
-                                  override_num_blocks=blocks)
-    dataset = dataset.map_batches(_read_batch, batch_size=READ_BATCH, num_cpus=1, memory=READ_MEMORY,
-                                  fn_kwargs={"root": str(root), "prepare": backbone.preparer(), "known": known,
-                                             "fit_to": backbone.decode_size})
+    dataset = ray.data.from_items(
+        [{"row": i, "path": item.path} for i, item in enumerate(items)], override_num_blocks=blocks
+    )
     dataset = dataset.map_batches(
-        _Embedder, batch_size=batch_size, compute=ActorPoolStrategy(size=count), **resources,
-        fn_constructor_kwargs={"spec": backbone.spec.as_kwargs(), "identity": backbone.identity, "device": device,
-                               "precision": None if backbone.precision == "mixed" else backbone.precision,
-                               "threads": threads},
+        _read_batch,
+        batch_size=READ_BATCH,
+        num_cpus=1,
+        memory=READ_MEMORY,
+        fn_kwargs={"root": str(root), "prepare": backbone.preparer(), "known": known, "fit_to": backbone.decode_size},
+    )
+    dataset = dataset.map_batches(
+        _Embedder,
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=count),
+        **resources,
+        fn_constructor_kwargs={
+            "spec": backbone.spec.as_kwargs(),
+            "identity": backbone.identity,
+            "device": device,
+            "precision": None if backbone.precision == "mixed" else backbone.precision,
+            "threads": threads,
+        },
     )
     # Model-batch sized pieces: each one checkpointed as soon as it arrives.
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
         fresh = batch["embedded"].astype(bool)
         if on_embedded is not None and fresh.any():
             on_embedded([str(h) for h in batch["sha256"][fresh]], batch["vector"][fresh])
-        for row, sha, error, new, vector in zip(batch["row"], batch["sha256"], batch["error"], fresh,
-                                                batch["vector"]):
-            yield Outcome(int(row), str(sha) or None, str(error) or None,
-                          np.array(vector, dtype=np.float32) if new else None)
+        for row, sha, error, new, vector in zip(batch["row"], batch["sha256"], batch["error"], fresh, batch["vector"]):
+            yield Outcome(
+                int(row), str(sha) or None, str(error) or None, np.array(vector, dtype=np.float32) if new else None
+            )
         bar.update(len(batch["row"]))
 
 
@@ -150,8 +204,14 @@ class _HashSet:
         return i < len(self._sorted) and self._sorted[i] == key
 
 
-def _read_batch(batch: dict[str, np.ndarray], *, root: str, prepare: Callable[[Any], Any],
-                known: _HashSet, fit_to: tuple[int, Fit] | None) -> dict[str, np.ndarray]:
+def _read_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    root: str,
+    prepare: Callable[[Any], Any],
+    known: _HashSet,
+    fit_to: tuple[int, Fit] | None,
+) -> dict[str, np.ndarray]:
     """Read, hash, and (unless already embedded) decode and prepare a batch of pictures; runs in a CPU task."""
     folder = Path(root)
     reads = [read_item(Item(id=str(path), path=str(path)), folder, prepare, known, fit_to) for path in batch["path"]]
@@ -186,16 +246,17 @@ def _unpack(data: bytes) -> Any:
 class _Embedder:
     """A Ray actor holding one model: embeds the prepared pictures of each batch, passes the others through."""
 
-    def __init__(self, spec: dict[str, Any], identity: str, device: str, precision: str | None,
-                 threads: int) -> None:
+    def __init__(self, spec: dict[str, Any], identity: str, device: str, precision: str | None, threads: int) -> None:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.backbone = load_backbone(**spec, device=device, precision=precision)
         if self.backbone.identity != identity:  # another node holds other weights under that name
-            raise ModelError(f"{self.backbone.name} on this Ray node has other weights ({self.backbone.identity}, "
-                             f"the driver's are {identity})")
+            raise ModelError(
+                f"{self.backbone.name} on this Ray node has other weights ({self.backbone.identity}, "
+                f"the driver's are {identity})"
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prepared = batch["prepared"]
@@ -205,5 +266,10 @@ class _Embedder:
             vectors[todo] = self.backbone.embed_prepared([_unpack(prepared[i]) for i in todo])
         embedded = np.zeros(len(prepared), dtype=bool)
         embedded[todo] = True
-        return {"row": batch["row"], "sha256": batch["sha256"], "error": batch["error"], "embedded": embedded,
-                "vector": vectors}
+        return {
+            "row": batch["row"],
+            "sha256": batch["sha256"],
+            "error": batch["error"],
+            "embedded": embedded,
+            "vector": vectors,
+        }

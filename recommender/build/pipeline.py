@@ -74,8 +74,18 @@ class Executor(Protocol):
 
     name: str
 
-    def run(self, items: Sequence[Item], root: Path, backbone: Backbone, *, known: Collection[str], batch_size: int,
-            on_embedded: OnEmbedded | None, should_stop: ShouldStop | None, bar: Any) -> Iterator[Outcome]:
+    def run(
+        self,
+        items: Sequence[Item],
+        root: Path,
+        backbone: Backbone,
+        *,
+        known: Collection[str],
+        batch_size: int,
+        on_embedded: OnEmbedded | None,
+        should_stop: ShouldStop | None,
+        bar: Any,
+    ) -> Iterator[Outcome]:
         """One `Outcome` per item, in any order; a picture whose hash is in `known` is never embedded.
 
         `bar` is a tqdm-like progress bar (`update(n)`, `disable`) counting the items done.
@@ -83,8 +93,9 @@ class Executor(Protocol):
         ...
 
 
-def read_item(item: Item, root: Path, prepare: Callable[[Any], Any], known: Collection[str],
-              fit_to: tuple[int, Fit] | None) -> Read:
+def read_item(
+    item: Item, root: Path, prepare: Callable[[Any], Any], known: Collection[str], fit_to: tuple[int, Fit] | None
+) -> Read:
     """Hash the file and, unless its hash is `known`, decode it (no larger than `fit_to` needs) and `prepare` it."""
     path = root / item.path
     try:
@@ -115,11 +126,24 @@ class LocalExecutor:
         self.workers = workers or min(8, (os.cpu_count() or 2) * 2)
         self.threads = threads
 
-    def run(self, items: Sequence[Item], root: Path, backbone: Backbone, *, known: Collection[str], batch_size: int,
-            on_embedded: OnEmbedded | None, should_stop: ShouldStop | None, bar: Any) -> Iterator[Outcome]:
+    def run(
+        self,
+        items: Sequence[Item],
+        root: Path,
+        backbone: Backbone,
+        *,
+        known: Collection[str],
+        batch_size: int,
+        on_embedded: OnEmbedded | None,
+        should_stop: ShouldStop | None,
+        bar: Any,
+    ) -> Iterator[Outcome]:
         queued: set[str] = set()  # hashes embedded (or waiting to be) in this run: a repeat is not embedded again
-        reads = map_ordered(lambda item: read_item(item, root, backbone.prepare, _Either(known, queued),
-                                                   backbone.decode_size), items, workers=self.workers)
+        reads = map_ordered(
+            lambda item: read_item(item, root, backbone.prepare, _Either(known, queued), backbone.decode_size),
+            items,
+            workers=self.workers,
+        )
         pending: list[tuple[int, Any, str]] = []  # (row, prepared pixels, content hash)
         with torch_threads(self.threads):
             for row, read in enumerate(reads):
@@ -149,8 +173,9 @@ class _Either:
         return value in self.first or value in self.second
 
 
-def _embed(backbone: Backbone, pending: list[tuple[int, Any, str]], on_embedded: OnEmbedded | None
-           ) -> Iterator[Outcome]:
+def _embed(
+    backbone: Backbone, pending: list[tuple[int, Any, str]], on_embedded: OnEmbedded | None
+) -> Iterator[Outcome]:
     if not pending:
         return
     out = backbone.embed_prepared([p for _, p, _ in pending])  # (B, D)
@@ -186,15 +211,26 @@ def embed_items(  # noqa: PLR0913  # keyword-only options of a public call
     executor = executor or LocalExecutor()
     bar = progress_bar(len(items), desc, enabled=progress)
     try:
-        outcomes = list(executor.run(items, root, backbone, known=previous, batch_size=batch_size or
-                                     backbone.batch_size, on_embedded=on_embedded, should_stop=should_stop, bar=bar))
+        outcomes = list(
+            executor.run(
+                items,
+                root,
+                backbone,
+                known=previous,
+                batch_size=batch_size or backbone.batch_size,
+                on_embedded=on_embedded,
+                should_stop=should_stop,
+                bar=bar,
+            )
+        )
     finally:
         bar.close()
     return assemble(items, outcomes, previous, dedupe=dedupe, dim=backbone.dim)
 
 
-def assemble(items: Sequence[Item], outcomes: Sequence[Outcome], previous: Mapping[str, np.ndarray], *,
-             dedupe: bool, dim: int) -> Embedded:
+def assemble(
+    items: Sequence[Item], outcomes: Sequence[Outcome], previous: Mapping[str, np.ndarray], *, dedupe: bool, dim: int
+) -> Embedded:
     """The items in catalog order with their vectors, skips and counts, whichever executor produced the outcomes."""
     by_row = {outcome.row: outcome for outcome in outcomes}
     fresh = {o.sha256: o.vector for o in outcomes if o.vector is not None and o.sha256 is not None}
@@ -220,8 +256,9 @@ def assemble(items: Sequence[Item], outcomes: Sequence[Outcome], previous: Mappi
         else:
             vectors.append(np.asarray(previous[sha], dtype=np.float32))
     matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
-    return Embedded(items=kept, vectors=matrix, skipped=skipped, embedded=len(embedded),
-                    reused=len(kept) - len(embedded))
+    return Embedded(
+        items=kept, vectors=matrix, skipped=skipped, embedded=len(embedded), reused=len(kept) - len(embedded)
+    )
 
 
 @contextlib.contextmanager

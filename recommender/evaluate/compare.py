@@ -58,8 +58,10 @@ def parse_models(text: str, weights: str | Sequence[float] | None = None) -> lis
         if not entry:
             continue
         if re.fullmatch(r"\d*\.?\d+", entry):
-            raise ModelError(f"{entry!r} in --models is a number, not a model: write hybrid weights inline "
-                             "(efficientnet-lite0@0.9+colour-histogram@0.1) or with --weights")
+            raise ModelError(
+                f"{entry!r} in --models is a number, not a model: write hybrid weights inline "
+                "(efficientnet-lite0@0.9+colour-histogram@0.1) or with --weights"
+            )
         parts = [p.strip() for p in entry.split("+")]
         found = [_INLINE_WEIGHT.match(p) for p in parts]
         if any(found) and not all(found):
@@ -101,8 +103,15 @@ def cached_index(catalog: Catalog, backbone: Backbone, *, directory: Path, progr
         reuse = _assemble(catalog, backbone, directory, progress)
     else:  # the same pictures in another source (pairs of catalog pictures) are not embedded twice
         reuse = _known_vectors(directory, backbone, {item.path for item in catalog.items}, catalog.root)
-    build_index(catalog, name=name, backbone=backbone, index_dir=directory, fingerprint=fingerprint, reuse=reuse,
-                progress=progress)
+    build_index(
+        catalog,
+        name=name,
+        backbone=backbone,
+        index_dir=directory,
+        fingerprint=fingerprint,
+        reuse=reuse,
+        progress=progress,
+    )
     return Index.load(name, index_dir=directory)
 
 
@@ -110,8 +119,10 @@ def _assemble(catalog: Catalog, hybrid: Backbone, directory: Path, progress: boo
     parts = [cached_index(catalog, part, directory=directory, progress=progress) for part in hybrid.parts]
     rows = [{item.sha256: i for i, item in enumerate(p.items)} for p in parts]
     common = [sha for sha in rows[0] if all(sha in r for r in rows[1:])]
-    pieces = [np.asarray(p.embeddings[[r[sha] for sha in common]], dtype=np.float32) * np.sqrt(w)
-              for p, r, w in zip(parts, rows, hybrid.part_weights)]
+    pieces = [
+        np.asarray(p.embeddings[[r[sha] for sha in common]], dtype=np.float32) * np.sqrt(w)
+        for p, r, w in zip(parts, rows, hybrid.part_weights)
+    ]
     vectors = normalise(np.concatenate(pieces, axis=1))  # re-normalised: the parts were stored in float16
     return dict(zip(common, vectors))
 
@@ -135,14 +146,16 @@ def _known_vectors(directory: Path, backbone: Backbone, paths: set[str], root: P
 
 def _cache_name(catalog: Catalog, backbone: Backbone) -> str:
     source = Path(catalog.source).resolve()
-    digest = hashlib.sha256(json.dumps([str(source), catalog.columns, backbone.spec.to_json()], sort_keys=True,
-                                       default=str).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(
+        json.dumps([str(source), catalog.columns, backbone.spec.to_json()], sort_keys=True, default=str).encode()
+    ).hexdigest()[:10]
     model = Path(backbone.name).name if "/" in backbone.name else backbone.name
     return f"{slug(source.stem or source.name)}-{slug(model.replace('+', '_'))}-{digest}"
 
 
-def time_embedding(backbone: Backbone, items: Sequence[Item], root: Path, *, sample: int = TIMING_SAMPLE,
-                   repeats: int = 3) -> float:
+def time_embedding(
+    backbone: Backbone, items: Sequence[Item], root: Path, *, sample: int = TIMING_SAMPLE, repeats: int = 3
+) -> float:
     """Milliseconds to read, decode and embed one picture, in batches, on a spread sample of the catalog.
 
     After a warm-up batch (first calls allocate and pick kernels), the best of a few repeats: on a
@@ -297,8 +310,13 @@ def _read_sources(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _run_protocols(run: ModelRun, gallery: Index | None, vectors_of: Callable[[Catalog, str], Vectors],
-                   sources: dict[str, Any], plan: Plan) -> None:
+def _run_protocols(
+    run: ModelRun,
+    gallery: Index | None,
+    vectors_of: Callable[[Catalog, str], Vectors],
+    sources: dict[str, Any],
+    plan: Plan,
+) -> None:
     embedded: dict[str, Vectors] = {}
 
     def get(catalog: Catalog, name: str) -> Vectors:
@@ -313,25 +331,35 @@ def _run_protocols(run: ModelRun, gallery: Index | None, vectors_of: Callable[[C
         if plan.query_index is not None:
             other = plan.query_index
             if not other.same_vectors_as(gallery):
-                raise IndexMismatchError(f"index {other.name!r} and {gallery.name!r} were built with different "
-                                         "backbones; their vectors cannot be compared")
+                raise IndexMismatchError(
+                    f"index {other.name!r} and {gallery.name!r} were built with different "
+                    "backbones; their vectors cannot be compared"
+                )
             query_sets[other.name] = Vectors.of_index(other)
         assert g is not None
         # Folders of queries have no metadata: beyond labels, their sets are the groups.
-        group_by = plan.group_by if plan.group_by == "label" or all(
-            plan.group_by in item.metadata for v in query_sets.values() for item in v.items[:1]) else None
+        group_by = (
+            plan.group_by
+            if plan.group_by == "label"
+            or all(plan.group_by in item.metadata for v in query_sets.values() for item in v.items[:1])
+            else None
+        )
         run.sets = {name: retrieve(v, g, map_at=plan.map_at, group_by=group_by) for name, v in query_sets.items()}
         run.pooled = Evaluation.pooled(list(run.sets.values()))
         if plan.reverse:
-            run.reverse = {name: retrieve(g, v, map_at=plan.map_at, protocol="reverse")
-                           for name, v in query_sets.items()}
+            run.reverse = {
+                name: retrieve(g, v, map_at=plan.map_at, protocol="reverse") for name, v in query_sets.items()
+            }
     if gallery is not None and plan.leave_one_out:
         run.leave_one_out = evaluate_leave_one_out(gallery, map_at=plan.map_at, group_by=plan.group_by)
     if sources["pairs"] is not None:
         run.pairs = evaluate_pairs(sources["pairs"], get(sources["pairs"].catalog, "pairs"), seed=plan.seed)
     if gallery is not None and sources["outside"]:
-        run.universe = evaluate_universe(gallery, [get(c, n) for n, c in sources["inside"].items()],
-                                         [get(c, n) for n, c in sources["outside"].items()])
+        run.universe = evaluate_universe(
+            gallery,
+            [get(c, n) for n, c in sources["inside"].items()],
+            [get(c, n) for n, c in sources["outside"].items()],
+        )
 
 
 def _stamp(run: ModelRun) -> None:

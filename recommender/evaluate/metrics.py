@@ -80,4 +80,3 @@ def best_cut(inside: np.ndarray, outside: np.ndarray) -> float:
 
 def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
-

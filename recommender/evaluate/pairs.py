@@ -51,10 +51,17 @@ class PairsEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "protocol": "pairs", "source": self.source, "pairs": len(self.results), "candidates": self.candidates,
-            "seed": self.seed, "top-1": round(self.top(1), 4), "top-2": round(self.top(2), 4),
-            "chance_top-1": round(1 / self.candidates, 4), "chance_top-2": round(min(1.0, 2 / self.candidates), 4),
-            "skipped": [str(s) for s in self.skipped], "ms_per_image": rounded(self.ms_per_image, 2),
+            "protocol": "pairs",
+            "source": self.source,
+            "pairs": len(self.results),
+            "candidates": self.candidates,
+            "seed": self.seed,
+            "top-1": round(self.top(1), 4),
+            "top-2": round(self.top(2), 4),
+            "chance_top-1": round(1 / self.candidates, 4),
+            "chance_top-2": round(min(1.0, 2 / self.candidates), 4),
+            "skipped": [str(s) for s in self.skipped],
+            "ms_per_image": rounded(self.ms_per_image, 2),
             "index_mb": rounded(self.index_mb, 3),
         }
 
@@ -63,8 +70,13 @@ class PairsEvaluation:
         return sorted(self.results, key=lambda r: (-r.rank, r.score - r.foil_score))[:n]
 
     def sheet_rows(self, n: int, title: str) -> list[SheetRow]:
-        return [SheetRow(title, ((r.left, "left"), (r.foil, f"foil {r.foil_score:.2f}"),
-                                 (r.right, f"rank {r.rank}, {r.score:.2f}"))) for r in self.worst(n)]
+        return [
+            SheetRow(
+                title,
+                ((r.left, "left"), (r.foil, f"foil {r.foil_score:.2f}"), (r.right, f"rank {r.rank}, {r.score:.2f}")),
+            )
+            for r in self.worst(n)
+        ]
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,10 @@ def read_pairs(source: str | Path, *, left_column: str = "left", right_column: s
         raise CatalogError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
     header = [h.strip().lower() for h in rows[0]] if rows else []
     if left_column not in header or right_column not in header:
-        raise CatalogError(f"{path}: a pairs CSV needs the columns {left_column!r} and {right_column!r} (one "
-                           f"picture pair a row); found: {', '.join(header) or 'nothing'}")
+        raise CatalogError(
+            f"{path}: a pairs CSV needs the columns {left_column!r} and {right_column!r} (one "
+            f"picture pair a row); found: {', '.join(header) or 'nothing'}"
+        )
     li, ri = header.index(left_column), header.index(right_column)
     root = path.resolve().parent
     skipped: list[Skip] = []
@@ -145,14 +159,29 @@ def evaluate_pairs(pairs: Pairs, vectors: Vectors, *, seed: int = 0, foils: int 
         foil_scores = scores[p, drawn]
         rank = int(pair_ranks(scores[p, [own]], foil_scores[None, :])[0])
         best = int(drawn[np.argmax(foil_scores)])
-        results.append(PairResult(left=vectors.path(row_of[left]), right=vectors.path(row_of[right]), rank=rank,
-                                  score=float(scores[p, own]), foil=vectors.path(row_of[rights[best]]),
-                                  foil_score=float(scores[p, best])))
+        results.append(
+            PairResult(
+                left=vectors.path(row_of[left]),
+                right=vectors.path(row_of[right]),
+                rank=rank,
+                score=float(scores[p, own]),
+                foil=vectors.path(row_of[rights[best]]),
+                foil_score=float(scores[p, best]),
+            )
+        )
     missing = len(pairs.pairs) - len(usable)
-    skipped = pairs.catalog.skipped + ([Skip(str(pairs.catalog.source), f"{missing} pairs with a picture that "
-                                             "could not be embedded")] if missing else [])
+    skipped = pairs.catalog.skipped + (
+        [Skip(str(pairs.catalog.source), f"{missing} pairs with a picture that could not be embedded")]
+        if missing
+        else []
+    )
     ms = 1000 * vectors.seconds / len(vectors.items) if vectors.seconds else None
-    return PairsEvaluation(source=str(pairs.catalog.source), results=results, candidates=n_foils + 1, seed=seed,
-                           skipped=skipped, ms_per_image=ms,
-                           index_mb=vectors.index.size_bytes / 1e6 if vectors.index is not None else None)
-
+    return PairsEvaluation(
+        source=str(pairs.catalog.source),
+        results=results,
+        candidates=n_foils + 1,
+        seed=seed,
+        skipped=skipped,
+        ms_per_image=ms,
+        index_mb=vectors.index.size_bytes / 1e6 if vectors.index is not None else None,
+    )

@@ -48,8 +48,11 @@ class ModelRun:
             out |= self.pooled.to_dict()
             if len(self.sets) > 1:
                 out["sets"] = {name: e.to_dict() for name, e in self.sets.items()}
-        out |= {"index": self.index, "index_mb": rounded(self.index_mb, 3),
-                "ms_per_image": rounded(self.ms_per_image, 2)}
+        out |= {
+            "index": self.index,
+            "index_mb": rounded(self.index_mb, 3),
+            "ms_per_image": rounded(self.ms_per_image, 2),
+        }
         if self.reverse:
             out["reverse"] = {name: e.to_dict() for name, e in self.reverse.items()}
         if self.leave_one_out is not None:
@@ -65,13 +68,13 @@ class ModelRun:
         if self.pooled is not None:
             rows += self.pooled.sheet_rows(n, f"{self.model}: worst queries (query | top match | a correct item)")
         if self.leave_one_out is not None:
-            rows += self.leave_one_out.sheet_rows(n, f"{self.model}: leave-one-out (query | top match | a correct "
-                                                     "item)")
+            rows += self.leave_one_out.sheet_rows(
+                n, f"{self.model}: leave-one-out (query | top match | a correct item)"
+            )
         if self.pairs is not None:
             rows += self.pairs.sheet_rows(n, f"{self.model}: pairs (left | best foil | true right)")
         if self.universe is not None:
-            rows += self.universe.sheet_rows(n, f"{self.model}: another universe, worst decisions (query | top "
-                                                "match)")
+            rows += self.universe.sheet_rows(n, f"{self.model}: another universe, worst decisions (query | top match)")
         return rows
 
 
@@ -94,8 +97,11 @@ class Report:
     def to_text(self, *, worst: int = 0) -> str:
         """Plain lines for the simplest run (one index, one query set), else the Markdown tables."""
         run = self.runs[0]
-        simple = len(self.runs) == 1 and len(run.sets) == 1 and not (
-            run.reverse or run.leave_one_out or run.pairs or run.universe)
+        simple = (
+            len(self.runs) == 1
+            and len(run.sets) == 1
+            and not (run.reverse or run.leave_one_out or run.pairs or run.universe)
+        )
         if not simple or run.pooled is None:
             return self.to_markdown(worst=worst)
         e = run.pooled
@@ -103,8 +109,11 @@ class Report:
         lines += [f"  {key:<10} {value:.3f}" for key, value in e.metrics().items()]
         ms = f"{run.ms_per_image:.1f} ms an image, " if run.ms_per_image is not None else ""
         lines.append(f"  {ms}{1000 * e.seconds_per_query:.1f} ms a query, index {run.index_mb or 0:.1f} MB")
-        lines += [f"{r.path}: {r.label}, named {r.predicted} ({r.score:.2f}), rank {r.rank or '-'}"
-                  for r in e.worst(worst)] if worst else []
+        lines += (
+            [f"{r.path}: {r.label}, named {r.predicted} ({r.score:.2f}), rank {r.rank or '-'}" for r in e.worst(worst)]
+            if worst
+            else []
+        )
         return "\n".join(lines)
 
     def write_sheet(self, path: str | Path, *, worst: int = 10) -> list[Path]:
@@ -132,8 +141,10 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _cost(run: ModelRun) -> list[Any]:
-    return [None if run.index_mb is None else f"{run.index_mb:.2f}",
-            None if run.ms_per_image is None else f"{run.ms_per_image:.1f}"]
+    return [
+        None if run.index_mb is None else f"{run.index_mb:.2f}",
+        None if run.ms_per_image is None else f"{run.ms_per_image:.1f}",
+    ]
 
 
 def _markdown(report: Report, worst: int) -> str:
@@ -160,8 +171,10 @@ class _Page:
 
     def model_rows(self, pick: Callable[[ModelRun], list[Any]], width: int) -> list[list[Any]]:
         """One row per model: its name and cost, then `pick(run)`, or why it did not run."""
-        return [[run.model, *_cost(run), *pick(run)] if run.ok else [run.model, run.status, *[""] * (width + 1)]
-                for run in self.runs]
+        return [
+            [run.model, *_cost(run), *pick(run)] if run.ok else [run.model, run.status, *[""] * (width + 1)]
+            for run in self.runs
+        ]
 
     def heading(self) -> list[str]:
         if self.single:
@@ -169,8 +182,10 @@ class _Page:
             size = f"{run.index_mb:.2f} MB" if run.index_mb is not None else "no index"
             ms = f"{run.ms_per_image:.1f} ms an image" if run.ms_per_image is not None else "embedding time unknown"
             return [f"## `{run.index or self.report.gallery}` ({run.model}): index {size}, {ms}"]
-        return [f"## {len(self.runs)} backbones on `{self.report.gallery or self.plan.pairs}`",
-                "MB: the gallery index on disk; ms/img: reading, decoding and embedding one picture here."]
+        return [
+            f"## {len(self.runs)} backbones on `{self.report.gallery or self.plan.pairs}`",
+            "MB: the gallery index on disk; ms/img: reading, decoding and embedding one picture here.",
+        ]
 
     def query_sets(self) -> list[str]:
         pooled = [run for run in self.done if run.pooled]
@@ -204,15 +219,25 @@ class _Page:
         runs = [run for run in self.done if run.reverse]
         if not runs:
             return []
-        out = ["### Reverse: gallery items as queries against each query set (items whose label the set "
-               "lacks are left out)"]
+        out = [
+            "### Reverse: gallery items as queries against each query set (items whose label the set "
+            "lacks are left out)"
+        ]
         names = list(runs[0].reverse)
         if self.single:
-            out.append(_md_table(["gallery", "queries", *self.metrics],
-                                 [[n, e.queries, *e.metrics().values()] for n, e in runs[0].reverse.items()]))
+            out.append(
+                _md_table(
+                    ["gallery", "queries", *self.metrics],
+                    [[n, e.queries, *e.metrics().values()] for n, e in runs[0].reverse.items()],
+                )
+            )
         else:
-            out.append(_md_table(["model", *self.cost, *(f"{n} R@1" for n in names)],
-                                 self.model_rows(lambda r: [r.reverse[n].recall[1] for n in names], len(names))))
+            out.append(
+                _md_table(
+                    ["model", *self.cost, *(f"{n} R@1" for n in names)],
+                    self.model_rows(lambda r: [r.reverse[n].recall[1] for n in names], len(names)),
+                )
+            )
         return out
 
     def leave_one_out(self) -> list[str]:
@@ -220,24 +245,37 @@ class _Page:
         if not found:
             return []
         e0, group_by = found[0], self.plan.group_by
-        title = (f"Leave-one-out{f' by {group_by}' if group_by else ''}: each item queries the rest "
-                 f"({e0.queries} queries; {e0.left_out} items alone in their label left out)")
+        title = (
+            f"Leave-one-out{f' by {group_by}' if group_by else ''}: each item queries the rest "
+            f"({e0.queries} queries; {e0.left_out} items alone in their label left out)"
+        )
         if group_by:
             return _group_tables(self.runs, lambda r: r.leave_one_out, title, self.k)
         if self.single:
             return [f"### {title}", _md_table(["queries", *self.metrics], [[e0.queries, *e0.metrics().values()]])]
-        return [f"### {title}", _md_table(["model", *self.cost, *self.metrics], self.model_rows(
-            lambda r: list(r.leave_one_out.metrics().values()) if r.leave_one_out else [], len(self.metrics)))]
+        return [
+            f"### {title}",
+            _md_table(
+                ["model", *self.cost, *self.metrics],
+                self.model_rows(
+                    lambda r: list(r.leave_one_out.metrics().values()) if r.leave_one_out else [], len(self.metrics)
+                ),
+            ),
+        ]
 
     def pairs(self) -> list[str]:
         found = [run.pairs for run in self.done if run.pairs]
         if not found:
             return []
         p0 = found[0]
-        return [f"### Pairs: the true right picture among {p0.candidates} ({len(p0.results)} pairs, seed "
-                f"{p0.seed}; chance top-1 {1 / p0.candidates:.3f}, top-2 {min(1, 2 / p0.candidates):.3f})",
-                _md_table(["model", *self.cost, "top-1", "top-2"], self.model_rows(
-                    lambda r: [r.pairs.top(1), r.pairs.top(2)] if r.pairs else [], 2))]
+        return [
+            f"### Pairs: the true right picture among {p0.candidates} ({len(p0.results)} pairs, seed "
+            f"{p0.seed}; chance top-1 {1 / p0.candidates:.3f}, top-2 {min(1, 2 / p0.candidates):.3f})",
+            _md_table(
+                ["model", *self.cost, "top-1", "top-2"],
+                self.model_rows(lambda r: [r.pairs.top(1), r.pairs.top(2)] if r.pairs else [], 2),
+            ),
+        ]
 
     def universe(self) -> list[str]:
         found = [run.universe for run in self.done if run.universe]
@@ -245,16 +283,33 @@ class _Page:
             return []
         u0 = found[0]
         n_in = sum(d.inside for d in u0.decisions)
-        out = [f"### Another universe: {n_in} pictures from the catalog's universe vs {len(u0.decisions) - n_in} "
-               "from outside (positive: refused as another universe)"]
+        out = [
+            f"### Another universe: {n_in} pictures from the catalog's universe vs {len(u0.decisions) - n_in} "
+            "from outside (positive: refused as another universe)"
+        ]
         columns = ["threshold", "kept", "refused", "precision", "recall", "accuracy", "balanced_accuracy"]
         if self.single:
-            out.append(_md_table(["rule", *columns], [[rule["rule"], *(rule[c] for c in columns)]
-                                                      for rule in u0.rules]))
+            out.append(
+                _md_table(["rule", *columns], [[rule["rule"], *(rule[c] for c in columns)] for rule in u0.rules])
+            )
         else:
-            out.append(_md_table(["model", *self.cost, *columns, "best cut", "its balanced acc."], self.model_rows(
-                lambda r: [*(r.universe.rules[0][c] for c in columns), r.universe.rules[-1]["threshold"],
-                           r.universe.rules[-1]["balanced_accuracy"]] if r.universe else [], len(columns) + 2)))
+            out.append(
+                _md_table(
+                    ["model", *self.cost, *columns, "best cut", "its balanced acc."],
+                    self.model_rows(
+                        lambda r: (
+                            [
+                                *(r.universe.rules[0][c] for c in columns),
+                                r.universe.rules[-1]["threshold"],
+                                r.universe.rules[-1]["balanced_accuracy"],
+                            ]
+                            if r.universe
+                            else []
+                        ),
+                        len(columns) + 2,
+                    ),
+                )
+            )
         return out
 
     def worst(self, worst: int) -> list[str]:
@@ -263,44 +318,69 @@ class _Page:
             rows = run.sheet_rows(worst)
             if rows:
                 out.append(f"### Worst {worst}: {run.model}")
-                out.append(_md_table(["protocol", "picture", "top match", "correct"], [
-                    [r.section.split(": ", 1)[-1].split(" (")[0], *(f"{_short(p)} {c}".strip() for p, c in r.cells)]
-                    for r in rows]))
+                out.append(
+                    _md_table(
+                        ["protocol", "picture", "top match", "correct"],
+                        [
+                            [
+                                r.section.split(": ", 1)[-1].split(" (")[0],
+                                *(f"{_short(p)} {c}".strip() for p, c in r.cells),
+                            ]
+                            for r in rows
+                        ],
+                    )
+                )
         return out
 
 
-def _group_tables(runs: list[ModelRun], pick: Callable[[ModelRun], Evaluation | None], title: str,
-                  k: int) -> list[str]:
+def _group_tables(runs: list[ModelRun], pick: Callable[[ModelRun], Evaluation | None], title: str, k: int) -> list[str]:
     done = [r for r in runs if r.ok and pick(r) is not None]
     if not done:
         return []
     first = pick(done[0])
     assert first is not None
     if len(runs) == 1:
-        rows = [[g["group"], g["items"], f"{100 * g['share']:.1f}%" if g["share"] is not None else None,
-                 g["queries"], g["recall@1"], g[f"mAP@{k}"]] for g in first.groups()]
+        rows = [
+            [
+                g["group"],
+                g["items"],
+                f"{100 * g['share']:.1f}%" if g["share"] is not None else None,
+                g["queries"],
+                g["recall@1"],
+                g[f"mAP@{k}"],
+            ]
+            for g in first.groups()
+        ]
         rows.append(["all", sum(first.distribution.values()), "100%", first.queries, first.recall[1], first.mean_ap])
         return [f"### {title}", _md_table(["group", "items", "share", "queries", "recall@1", f"mAP@{k}"], rows)]
     groups = [g["group"] for g in first.groups()][:12]  # the largest; every group is in --json
     shares = {g["group"]: g for g in first.groups()}
     header = ["model", "MB", "ms/img", "all R@1", f"all mAP@{k}", *(f"{g} mAP@{k}" for g in groups)]
-    rows = [["items (share)", "", "", "", sum(first.distribution.values()),
-             *(f"{shares[g]['items']} ({100 * (shares[g]['share'] or 0):.0f}%)" for g in groups)]]
+    rows = [
+        [
+            "items (share)",
+            "",
+            "",
+            "",
+            sum(first.distribution.values()),
+            *(f"{shares[g]['items']} ({100 * (shares[g]['share'] or 0):.0f}%)" for g in groups),
+        ]
+    ]
     for run in runs:
         e = pick(run) if run.ok else None
         if e is None:
             rows.append([run.model, run.status])
             continue
         mine = {g["group"]: g for g in e.groups()}
-        rows.append([run.model, *_cost(run), e.recall[1], e.mean_ap,
-                     *(mine.get(g, {}).get(f"mAP@{k}") for g in groups)])
+        rows.append(
+            [run.model, *_cost(run), e.recall[1], e.mean_ap, *(mine.get(g, {}).get(f"mAP@{k}") for g in groups)]
+        )
     more = f" ({len(shares) - len(groups)} more groups in --json)" if len(shares) > len(groups) else ""
     return [f"### {title}{more}", _md_table(header, rows)]
 
 
 def _short(path: Path | None) -> str:
     return "" if path is None else "/".join(Path(path).parts[-2:])
-
 
 
 def slug(text: str, size: int = 24) -> str:

@@ -89,13 +89,22 @@ class Evaluation:
         for group in sorted(members, key=lambda g: (-self.distribution.get(g, 0), -len(members[g]), g)):
             part = Evaluation(self.index, members[group], map_at=self.map_at)
             items = self.distribution.get(group, 0)
-            rows.append({"group": group, "items": items, "share": round(items / total, 4) if total else None,
-                         "queries": part.queries, **part.metrics()})
+            rows.append(
+                {
+                    "group": group,
+                    "items": items,
+                    "share": round(items / total, 4) if total else None,
+                    "queries": part.queries,
+                    **part.metrics(),
+                }
+            )
         return rows
 
     def metrics(self) -> dict[str, float]:
-        return {**{f"recall@{k}": round(v, 4) for k, v in self.recall.items()},
-                f"mAP@{self.map_at}": round(self.mean_ap, 4)}
+        return {
+            **{f"recall@{k}": round(v, 4) for k, v in self.recall.items()},
+            f"mAP@{self.map_at}": round(self.mean_ap, 4),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         extra = {} if self.ann_recall is None else {"ann_recall@10": round(self.ann_recall, 4)}
@@ -127,11 +136,16 @@ class Evaluation:
         for r in self.worst(n):
             rank = f"rank {r.rank}" if r.rank else "not in the index"
             where = r.group if r.group and r.group != r.label else r.set if self.protocol == "queries" else None
-            rows.append(SheetRow(title, (
-                (r.path, f"{where}: {r.label}" if where else r.label),
-                (r.top, f"{r.predicted} {r.score:.2f}"),
-                (r.correct, f"{rank}, {r.correct_score:.2f}" if r.correct_score is not None else rank),
-            )))
+            rows.append(
+                SheetRow(
+                    title,
+                    (
+                        (r.path, f"{where}: {r.label}" if where else r.label),
+                        (r.top, f"{r.predicted} {r.score:.2f}"),
+                        (r.correct, f"{rank}, {r.correct_score:.2f}" if r.correct_score is not None else rank),
+                    ),
+                )
+            )
         return rows
 
     @classmethod
@@ -140,15 +154,30 @@ class Evaluation:
         first = parts[0]
         results = [r for p in parts for r in p.results]
         seconds = sum(p.seconds_per_query * p.queries for p in parts) / max(1, len(results))
-        return cls(first.index, results, map_at=first.map_at, protocol=protocol,
-                   unknown_labels=sorted({u for p in parts for u in p.unknown_labels}),
-                   skipped=[s for p in parts for s in p.skipped], seconds_per_query=seconds,
-                   index_mb=first.index_mb, ms_per_image=first.ms_per_image, group_by=first.group_by,
-                   distribution=first.distribution)
+        return cls(
+            first.index,
+            results,
+            map_at=first.map_at,
+            protocol=protocol,
+            unknown_labels=sorted({u for p in parts for u in p.unknown_labels}),
+            skipped=[s for p in parts for s in p.skipped],
+            seconds_per_query=seconds,
+            index_mb=first.index_mb,
+            ms_per_image=first.ms_per_image,
+            group_by=first.group_by,
+            distribution=first.distribution,
+        )
 
 
-def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_one_out: bool = False,
-             group_by: str | None = None, protocol: str = "queries") -> Evaluation:
+def retrieve(
+    queries: Vectors,
+    gallery: Vectors,
+    *,
+    map_at: int = MAP_AT,
+    leave_one_out: bool = False,
+    group_by: str | None = None,
+    protocol: str = "queries",
+) -> Evaluation:
     """Score labeled queries against a labeled gallery: the core of the query-set and leave-one-out protocols.
 
     `leave_one_out`: queries and gallery are the same pictures; each leaves itself out, and items
@@ -159,8 +188,10 @@ def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_
     if not gallery.labeled:
         raise CatalogError(f"index {gallery.name!r} has no labels: naming cannot be evaluated against it")
     if not queries.labeled:
-        raise CatalogError(f"{queries.name}: the queries have no labels (use class sub-folders named by label "
-                           "or a CSV with a label column)")
+        raise CatalogError(
+            f"{queries.name}: the queries have no labels (use class sub-folders named by label "
+            "or a CSV with a label column)"
+        )
     started = time.perf_counter()
     labels = gallery.labels
     names, g_codes, counts = labels.names, labels.codes, labels.counts
@@ -192,11 +223,21 @@ def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_
                 own = labels.members(qc[i])
                 j = int(own[np.argmax(scores[i, own])])
                 correct, correct_score = gallery.path(j), float(scores[i, j])
-            results.append(QueryResult(
-                path=queries.path(row), label=queries.items[row].label or "", predicted=names[best[i]],
-                score=float(per_label[i, best[i]]), rank=int(ranks[i]) or None, ap=float(aps[i]),
-                top=gallery.path(int(top[i, 0])), correct=correct, correct_score=correct_score, group=groups[row],
-                set=queries.name))
+            results.append(
+                QueryResult(
+                    path=queries.path(row),
+                    label=queries.items[row].label or "",
+                    predicted=names[best[i]],
+                    score=float(per_label[i, best[i]]),
+                    rank=int(ranks[i]) or None,
+                    ap=float(aps[i]),
+                    top=gallery.path(int(top[i, 0])),
+                    correct=correct,
+                    correct_score=correct_score,
+                    group=groups[row],
+                    set=queries.name,
+                )
+            )
     seconds = (time.perf_counter() - started + queries.seconds) / max(1, len(results))
     known = set(names)
     unknown = sorted({item.label for item in queries.items if item.label is not None and item.label not in known})
@@ -207,9 +248,21 @@ def retrieve(queries: Vectors, gallery: Vectors, *, map_at: int = MAP_AT, leave_
     if gallery.index is not None and not gallery.index.store.exact and len(rows):
         # An approximate store (Milvus): how much of exact search its own top 10 finds, on these queries.
         ann = gallery.index.ann_recall(queries.block(rows[:_BLOCK]), 10)
-    return Evaluation(index=gallery.name, results=results, map_at=map_at, protocol=protocol, unknown_labels=unknown,
-                      skipped=list(queries.skipped), seconds_per_query=seconds, index_mb=index_mb, ms_per_image=ms,
-                      group_by=group_by, distribution=distribution, left_out=left_out, ann_recall=ann)
+    return Evaluation(
+        index=gallery.name,
+        results=results,
+        map_at=map_at,
+        protocol=protocol,
+        unknown_labels=unknown,
+        skipped=list(queries.skipped),
+        seconds_per_query=seconds,
+        index_mb=index_mb,
+        ms_per_image=ms,
+        group_by=group_by,
+        distribution=distribution,
+        left_out=left_out,
+        ann_recall=ann,
+    )
 
 
 def evaluate_queries(
@@ -234,8 +287,9 @@ def evaluate_queries(
     check_group_by(index.items, group_by, index.name)
     backbone = backbone or index.backbone()
     index.check_backbone(backbone)
-    return retrieve(embed_catalog(catalog, backbone, progress=progress), Vectors.of_index(index), map_at=map_at,
-                    group_by=group_by)
+    return retrieve(
+        embed_catalog(catalog, backbone, progress=progress), Vectors.of_index(index), map_at=map_at, group_by=group_by
+    )
 
 
 def evaluate_leave_one_out(index: Index, *, map_at: int = MAP_AT, group_by: str | None = None) -> Evaluation:
@@ -249,8 +303,10 @@ def read_query_set(source: str | Path) -> Catalog:
     """A labeled set of query pictures: class sub-folders named by label, or a CSV with a label column."""
     catalog = read_catalog(source)
     if catalog.kind == "flat" or not catalog.labeled:
-        raise CatalogError(f"{source}: queries must be class sub-folders named by label (or a CSV with a label "
-                           f"column); found a {'flat folder' if catalog.kind == 'flat' else 'CSV without labels'}")
+        raise CatalogError(
+            f"{source}: queries must be class sub-folders named by label (or a CSV with a label "
+            f"column); found a {'flat folder' if catalog.kind == 'flat' else 'CSV without labels'}"
+        )
     return catalog
 
 

@@ -66,4 +66,3 @@ def _fit_text(draw: Any, text: str, font: Any, width: int) -> str:
     while text and draw.textlength(text, font=font) > width:
         text = text[:-2] + "…"
     return text
-

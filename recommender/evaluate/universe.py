@@ -48,24 +48,37 @@ class UniverseEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "protocol": "another-universe", "index": self.index,
-            "inside": sum(d.inside for d in self.decisions), "outside": sum(not d.inside for d in self.decisions),
-            **self.rules[0], "rules": self.rules, "skipped": [str(s) for s in self.skipped],
-            "ms_per_image": rounded(self.ms_per_image, 2), "index_mb": round(self.index_mb, 3),
+            "protocol": "another-universe",
+            "index": self.index,
+            "inside": sum(d.inside for d in self.decisions),
+            "outside": sum(not d.inside for d in self.decisions),
+            **self.rules[0],
+            "rules": self.rules,
+            "skipped": [str(s) for s in self.skipped],
+            "ms_per_image": rounded(self.ms_per_image, 2),
+            "index_mb": round(self.index_mb, 3),
         }
 
     def worst(self, n: int = 10) -> list[Decision]:
         """Wrong decisions first, the most confident first: refused catalog pictures, accepted outsiders."""
-        return sorted(self.decisions, key=lambda d: -((self.threshold - d.score) if d.inside
-                                                      else (d.score - self.threshold)))[:n]
+        return sorted(
+            self.decisions, key=lambda d: -((self.threshold - d.score) if d.inside else (d.score - self.threshold))
+        )[:n]
 
     def sheet_rows(self, n: int, title: str) -> list[SheetRow]:
         rows = []
         for d in self.worst(n):
             verdict = "kept" if d.score >= self.threshold else "refused"
             sign = ">=" if d.score >= self.threshold else "<"
-            rows.append(SheetRow(title, ((d.path, f"{d.set}: {verdict}"),
-                                         (d.top, f"{d.label or ''} {d.score:.2f} {sign} {self.threshold:.2f}"))))
+            rows.append(
+                SheetRow(
+                    title,
+                    (
+                        (d.path, f"{d.set}: {verdict}"),
+                        (d.top, f"{d.label or ''} {d.score:.2f} {sign} {self.threshold:.2f}"),
+                    ),
+                )
+            )
         return rows
 
 
@@ -85,14 +98,22 @@ def evaluate_universe(index: Index, inside: Sequence[Vectors], outside: Sequence
                 rows = np.arange(start, min(start + _BLOCK, len(vectors.items)))
                 scores = gallery.scores(vectors.block(rows))
                 best = scores.argmax(axis=1)
-                decisions += [Decision(vectors.path(r), is_inside, float(scores[i, best[i]]), gallery.path(best[i]),
-                                       index.items[best[i]].label, vectors.name) for i, r in enumerate(rows)]
+                decisions += [
+                    Decision(
+                        vectors.path(r),
+                        is_inside,
+                        float(scores[i, best[i]]),
+                        gallery.path(best[i]),
+                        index.items[best[i]].label,
+                        vectors.name,
+                    )
+                    for i, r in enumerate(rows)
+                ]
     ins = np.array([d.score for d in decisions if d.inside])
     outs = np.array([d.score for d in decisions if not d.inside])
     calibration = index.calibration
     threshold = calibration.threshold
-    rules = [{"rule": f"index calibration ({calibration.method})",
-              **decision_metrics(ins, outs, threshold)}]
+    rules = [{"rule": f"index calibration ({calibration.method})", **decision_metrics(ins, outs, threshold)}]
     embeddings, labels = np.asarray(index.embeddings), [item.label for item in index.items]
     for q in RULE_QUANTILES:
         other = calibrate(embeddings, labels, quantile=q)
@@ -100,7 +121,12 @@ def evaluate_universe(index: Index, inside: Sequence[Vectors], outside: Sequence
     rules.append({"rule": "best cut on these pictures (oracle)", **decision_metrics(ins, outs, best_cut(ins, outs))})
     embedded = [v for v in (*inside, *outside) if v.seconds]
     ms = 1000 * sum(v.seconds for v in embedded) / sum(len(v.items) for v in embedded) if embedded else None
-    return UniverseEvaluation(index=index.name, threshold=threshold, decisions=decisions, rules=rules,
-                              skipped=[s for v in (*inside, *outside) for s in v.skipped], ms_per_image=ms,
-                              index_mb=index.size_bytes / 1e6)
-
+    return UniverseEvaluation(
+        index=index.name,
+        threshold=threshold,
+        decisions=decisions,
+        rules=rules,
+        skipped=[s for v in (*inside, *outside) for s in v.skipped],
+        ms_per_image=ms,
+        index_mb=index.size_bytes / 1e6,
+    )

@@ -59,16 +59,20 @@ class Vectors:
 def embed_catalog(catalog: Catalog, backbone: Backbone, *, name: str | None = None, progress: bool = True) -> Vectors:
     """Read and embed every picture of a catalog now (nothing cached); unreadable ones are skipped."""
     started = time.perf_counter()
-    embedded = embed_items(catalog.items, catalog.root, backbone, progress=progress,
-                           desc=f"embedding {name or catalog.source}")
+    embedded = embed_items(
+        catalog.items, catalog.root, backbone, progress=progress, desc=f"embedding {name or catalog.source}"
+    )
     if not embedded.items:
         first = f" ({embedded.skipped[0]})" if embedded.skipped else ""
         raise CatalogError(f"{catalog.source}: none of its pictures could be read{first}")
-    return Vectors(name=name or source_name(catalog.source), items=embedded.items, vectors=embedded.vectors,
-                   root=catalog.root, skipped=catalog.skipped + embedded.skipped,
-                   seconds=time.perf_counter() - started)
-
-
+    return Vectors(
+        name=name or source_name(catalog.source),
+        items=embedded.items,
+        vectors=embedded.vectors,
+        root=catalog.root,
+        skipped=catalog.skipped + embedded.skipped,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def source_name(source: str | Path) -> str:

@@ -66,8 +66,9 @@ def catalog_map(index: Index, *, runtime: Runtime | None = None) -> CatalogMap:
     path = index.derived_file("map", ".npz")
     try:
         with np.load(path, allow_pickle=False) as data:
-            found = CatalogMap(coords=data["coords"], mean=data["mean"], axes=data["axes"],
-                               explained=float(data["explained"]))
+            found = CatalogMap(
+                coords=data["coords"], mean=data["mean"], axes=data["axes"], explained=float(data["explained"])
+            )
         if found.coords.shape == (len(index), 2) and found.mean.shape == (index.dim,):
             return found
     except (OSError, KeyError, ValueError):
@@ -108,8 +109,15 @@ def _thumbnail_uri(index: Index, i: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def map_figure(index: Index, *, color_by: str = "label", query: np.ndarray | None = None,
-               query_name: str = "your picture", thumbnails: bool = True, runtime: Runtime | None = None) -> Any:
+def map_figure(
+    index: Index,
+    *,
+    color_by: str = "label",
+    query: np.ndarray | None = None,
+    query_name: str = "your picture",
+    thumbnails: bool = True,
+    runtime: Runtime | None = None,
+) -> Any:
     """An interactive plotly scatter of the catalog map, points coloured by label or a metadata column.
 
     Coordinates go in as plain lists: the plotly.js bundled with Gradio may predate plotly.py's
@@ -129,40 +137,75 @@ def map_figure(index: Index, *, color_by: str = "label", query: np.ndarray | Non
     if len(names) <= _LEGEND_LIMIT:
         for name in names:
             rows = [i for i, g in enumerate(groups) if g == name]
-            fig.add_trace(go.Scattergl(
-                x=cmap.coords[rows, 0].tolist(), y=cmap.coords[rows, 1].tolist(), mode="markers", name=name,
-                marker={"size": 7, "opacity": 0.8}, text=[hover[i] for i in rows], hoverinfo="text",
-                customdata=[pictures[i] for i in rows] if pictures else None))
+            fig.add_trace(
+                go.Scattergl(
+                    x=cmap.coords[rows, 0].tolist(),
+                    y=cmap.coords[rows, 1].tolist(),
+                    mode="markers",
+                    name=name,
+                    marker={"size": 7, "opacity": 0.8},
+                    text=[hover[i] for i in rows],
+                    hoverinfo="text",
+                    customdata=[pictures[i] for i in rows] if pictures else None,
+                )
+            )
     else:
         code = {name: i for i, name in enumerate(names)}
-        fig.add_trace(go.Scattergl(
-            x=cmap.coords[:, 0].tolist(), y=cmap.coords[:, 1].tolist(), mode="markers", name=color_by,
-            showlegend=False,
-            marker={"size": 6, "opacity": 0.75, "color": [code[g] for g in groups], "colorscale": "Turbo"},
-            text=hover, hoverinfo="text", customdata=pictures))
+        fig.add_trace(
+            go.Scattergl(
+                x=cmap.coords[:, 0].tolist(),
+                y=cmap.coords[:, 1].tolist(),
+                mode="markers",
+                name=color_by,
+                showlegend=False,
+                marker={"size": 6, "opacity": 0.75, "color": [code[g] for g in groups], "colorscale": "Turbo"},
+                text=hover,
+                hoverinfo="text",
+                customdata=pictures,
+            )
+        )
     if query is not None:
         x, y = cmap.project(query)
-        fig.add_trace(go.Scatter(x=[float(x)], y=[float(y)], mode="markers+text", name=query_name, text=[query_name],
-                                 textposition="top center", hoverinfo="name",
-                                 marker={"symbol": "star", "size": 20, "color": "black",
-                                         "line": {"color": "white", "width": 1.5}}))
+        fig.add_trace(
+            go.Scatter(
+                x=[float(x)],
+                y=[float(y)],
+                mode="markers+text",
+                name=query_name,
+                text=[query_name],
+                textposition="top center",
+                hoverinfo="name",
+                marker={"symbol": "star", "size": 20, "color": "black", "line": {"color": "white", "width": 1.5}},
+            )
+        )
     fig.update_layout(
         title=f"{index.name}: {len(index)} items on the first two principal axes "
-              f"({cmap.explained:.0%} of the variance), coloured by {color_by}",
-        xaxis_title="first principal axis", yaxis_title="second principal axis", height=620,
-        margin={"l": 40, "r": 20, "t": 60, "b": 40}, template="plotly_white", hovermode="closest")
+        f"({cmap.explained:.0%} of the variance), coloured by {color_by}",
+        xaxis_title="first principal axis",
+        yaxis_title="second principal axis",
+        height=620,
+        margin={"l": 40, "r": 20, "t": 60, "b": 40},
+        template="plotly_white",
+        hovermode="closest",
+    )
     return fig
 
 
-def write_map(index: Index, out: str | os.PathLike, *, color_by: str = "label",
-              query: np.ndarray | None = None) -> Path:
+def write_map(
+    index: Index, out: str | os.PathLike, *, color_by: str = "label", query: np.ndarray | None = None
+) -> Path:
     """Write the map as a self-contained HTML page (works offline, thumbnails on hover) or as a PNG."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".html", ".htm"):
         fig = map_figure(index, color_by=color_by, query=query)
-        fig.write_html(path, include_plotlyjs=True, full_html=True, div_id="catalog-map",
-                       post_script=HOVER_SCRIPT.replace("ROOT", json.dumps("body")))
+        fig.write_html(
+            path,
+            include_plotlyjs=True,
+            full_html=True,
+            div_id="catalog-map",
+            post_script=HOVER_SCRIPT.replace("ROOT", json.dumps("body")),
+        )
         return path
     if path.suffix.lower() != ".png":
         raise RecommenderError(f"{path.name}: write the map as .html (interactive) or .png")
@@ -182,18 +225,24 @@ def _draw_png(index: Index, path: Path, *, color_by: str, query: np.ndarray | No
     code = np.array([names.index(g) for g in groups])
     fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
     try:
-        scatter = ax.scatter(cmap.coords[:, 0], cmap.coords[:, 1], c=code, s=9, alpha=0.75,
-                             cmap="tab20" if len(names) <= 20 else "turbo")
+        scatter = ax.scatter(
+            cmap.coords[:, 0], cmap.coords[:, 1], c=code, s=9, alpha=0.75, cmap="tab20" if len(names) <= 20 else "turbo"
+        )
         if len(names) <= 20:
-            handles = [plt.Line2D([], [], marker="o", linestyle="", color=scatter.cmap(scatter.norm(i)), label=n)
-                       for i, n in enumerate(names)]
+            handles = [
+                plt.Line2D([], [], marker="o", linestyle="", color=scatter.cmap(scatter.norm(i)), label=n)
+                for i, n in enumerate(names)
+            ]
             ax.legend(handles=handles, fontsize=7, loc="best", frameon=False)
         if query is not None:
             x, y = cmap.project(query)
             ax.scatter([x], [y], marker="*", s=320, c="black", edgecolors="white", linewidths=1.2, zorder=5)
             ax.annotate("your picture", (x, y), textcoords="offset points", xytext=(8, 8), fontsize=9)
-        ax.set_title(f"{index.name}: {len(index)} items, first two principal axes ({cmap.explained:.0%} of the "
-                     f"variance), coloured by {color_by}", fontsize=10)
+        ax.set_title(
+            f"{index.name}: {len(index)} items, first two principal axes ({cmap.explained:.0%} of the "
+            f"variance), coloured by {color_by}",
+            fontsize=10,
+        )
         ax.set_xlabel("first principal axis")
         ax.set_ylabel("second principal axis")
         fig.tight_layout()

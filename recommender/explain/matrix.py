@@ -88,8 +88,9 @@ def parse_features(features: int | str | None) -> int | None:
     try:
         k = int(features)
     except (TypeError, ValueError):
-        raise RecommenderError(f"features must be a positive number of principal components or 'all', "
-                               f"not {features!r}") from None
+        raise RecommenderError(
+            f"features must be a positive number of principal components or 'all', not {features!r}"
+        ) from None
     if k < 1:
         raise RecommenderError(f"features must be at least 1 (or 'all'), not {k}")
     return k
@@ -174,8 +175,17 @@ def catalog_heatmap(  # noqa: PLR0913  # keyword-only options of a public call
 
     `out` also writes the PNG there. Options are those of `similarity_matrix`.
     """
-    sim = similarity_matrix(index, features=features, labels=labels, ids=ids, query=query, limit=limit,
-                            cluster=cluster, backbone=backbone, runtime=runtime)
+    sim = similarity_matrix(
+        index,
+        features=features,
+        labels=labels,
+        ids=ids,
+        query=query,
+        limit=limit,
+        cluster=cluster,
+        backbone=backbone,
+        runtime=runtime,
+    )
     image = draw_similarity(sim, title=title, out=out)
     return replace(sim, image=image)
 
@@ -198,8 +208,9 @@ def cluster_order(matrix: np.ndarray) -> np.ndarray:
     return leaves_list(tree).astype(np.int64)
 
 
-def draw_similarity(sim: SimilarityMatrix, *, title: str | None = None,
-                    out: str | os.PathLike | None = None) -> Image.Image:
+def draw_similarity(
+    sim: SimilarityMatrix, *, title: str | None = None, out: str | os.PathLike | None = None
+) -> Image.Image:
     """Draw a `SimilarityMatrix` as a heatmap (matplotlib, no display needed); returns RGB, writes `out`."""
     from matplotlib.figure import Figure  # Figure without pyplot: no global state, safe in app threads
 
@@ -263,8 +274,9 @@ def _query_vector(query: ImageSource | np.ndarray, index: Index, backbone: Backb
 # ------------------------------------------------------------------------------- choosing items
 
 
-def _select(index: Index, *, labels: Sequence[str] | None, ids: Sequence[str] | None, query: np.ndarray | None,
-            limit: int) -> np.ndarray:
+def _select(
+    index: Index, *, labels: Sequence[str] | None, ids: Sequence[str] | None, query: np.ndarray | None, limit: int
+) -> np.ndarray:
     """(M,) rows of the index to show, M <= limit (see `similarity_matrix` for the rules)."""
     if ids:
         rows = np.array([index.position(i) for i in dict.fromkeys(ids)], dtype=np.int64)
@@ -312,8 +324,9 @@ def _resolve_labels(index: Index, labels: Sequence[str]) -> list[str]:
         hints = [h for u in unknown for h in difflib.get_close_matches(u, known, n=2)]
         hint = f"; did you mean {', '.join(dict.fromkeys(hints))}?" if hints else ""
         sample = ", ".join(known[:10]) + (f", ... ({len(known)} in all)" if len(known) > 10 else "")
-        raise RecommenderError(f"unknown label(s) {', '.join(map(repr, unknown))} in index {index.name!r}{hint} "
-                               f"(labels: {sample})")
+        raise RecommenderError(
+            f"unknown label(s) {', '.join(map(repr, unknown))} in index {index.name!r}{hint} (labels: {sample})"
+        )
     if not chosen:
         raise RecommenderError("no labels given")
     return list(dict.fromkeys(chosen))
@@ -361,4 +374,3 @@ def _groups(index: Index, limit: int) -> np.ndarray:
         closest = np.maximum(closest, vectors @ vectors[nxt])
         anchors.append(nxt)
     return np.array(list(picked), dtype=np.int64)
-

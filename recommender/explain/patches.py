@@ -28,8 +28,16 @@ _ON_OBJECT = 0.25
 # Under the overlay the picture keeps this much of its colour, so that the heat's colours read clearly.
 _KEEP_COLOUR = 0.35
 # Pair lines and dots: a qualitative palette, so that each pair can be followed across (no grey, no yellow).
-_PAIR_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-                 (227, 119, 194), (23, 190, 207))
+_PAIR_COLOURS = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+)
 # A plain background: pixels within this of its colour (per channel, 0-255), a colour at least this light.
 _BACKGROUND_TOLERANCE = 24
 _LIGHT = 200
@@ -82,8 +90,14 @@ class Explanation:
             "label": self.item.label if self.item else None,
             "score": None if self.score is None else round(self.score, 6),
             "peak": round(self.peak, 6),
-            "pairs": [{"query_xy": [round(v, 1) for v in p.query_xy], "match_xy": [round(v, 1) for v in p.match_xy],
-                       "similarity": round(p.similarity, 4)} for p in self.pairs],
+            "pairs": [
+                {
+                    "query_xy": [round(v, 1) for v in p.query_xy],
+                    "match_xy": [round(v, 1) for v in p.match_xy],
+                    "similarity": round(p.similarity, 4),
+                }
+                for p in self.pairs
+            ],
         }
 
 
@@ -159,23 +173,40 @@ def explain(  # noqa: PLR0913  # keyword-only options of a public call
     q_map, m_map, peak, sim = matched.q_map, matched.m_map, matched.peak, matched.sim
     found = _mutual_pairs(sim, matched.base_q, matched.base_m, q_share, m_share, pairs)
     pair_list = [
-        PatchPair(query_xy=q_view.patch_centre(i, fq.shape[:2]), match_xy=m_view.patch_centre(j, fm.shape[:2]),
-                  similarity=float(sim[i, j]))
+        PatchPair(
+            query_xy=q_view.patch_centre(i, fq.shape[:2]),
+            match_xy=m_view.patch_centre(j, fm.shape[:2]),
+            similarity=float(sim[i, j]),
+        )
         for i, j in found
     ]
 
     lut = _colour_table(cmap)
-    q_panel, q_heat = _overlay(query_img, q_map, q_view, size, lut, alpha, cache,
-                               mask=q_id if mask_background else None)
-    m_panel, m_heat = _overlay(match_img, m_map, m_view, size, lut, alpha, cache,
-                               mask=m_id if mask_background else None)
+    q_panel, q_heat = _overlay(
+        query_img, q_map, q_view, size, lut, alpha, cache, mask=q_id if mask_background else None
+    )
+    m_panel, m_heat = _overlay(
+        match_img, m_map, m_view, size, lut, alpha, cache, mask=m_id if mask_background else None
+    )
     title = f"#{rank} " if rank else ""
     title += tick_label(item, 40) + (f"   cosine {score:.3f}" if score is not None else "")
-    image = _compose(q_panel, m_panel, pair_list, query_img.size, match_img.size, lut, "query", title,
-                     Path(part.name).name)  # a model folder's path would crowd the legend
-    result = Explanation(image=image, query_overlay=q_panel, match_overlay=m_panel, query_map=q_map, match_map=m_map,
-                         query_heat=q_heat, match_heat=m_heat, peak=peak, pairs=pair_list, item=item, rank=rank,
-                         score=score)
+    image = _compose(
+        q_panel, m_panel, pair_list, query_img.size, match_img.size, lut, "query", title, Path(part.name).name
+    )  # a model folder's path would crowd the legend
+    result = Explanation(
+        image=image,
+        query_overlay=q_panel,
+        match_overlay=m_panel,
+        query_map=q_map,
+        match_map=m_map,
+        query_heat=q_heat,
+        match_heat=m_heat,
+        peak=peak,
+        pairs=pair_list,
+        item=item,
+        rank=rank,
+        score=score,
+    )
     if out is not None:
         result.save(out)
     return result
@@ -193,8 +224,16 @@ class _Matched:
     peak: float  # the gain that 1 stands for: the best on the objects
 
     @classmethod
-    def of(cls, fq: np.ndarray, fm: np.ndarray, ref: np.ndarray, q_valid: np.ndarray, m_valid: np.ndarray,
-           q_share: np.ndarray, m_share: np.ndarray) -> _Matched:
+    def of(
+        cls,
+        fq: np.ndarray,
+        fm: np.ndarray,
+        ref: np.ndarray,
+        q_valid: np.ndarray,
+        m_valid: np.ndarray,
+        q_share: np.ndarray,
+        m_share: np.ndarray,
+    ) -> _Matched:
         a = fq.reshape(-1, fq.shape[-1])  # (Pq, C) unit rows
         b = fm.reshape(-1, fm.shape[-1])  # (Pm, C)
         sim = np.clip(a @ b.T, -1.0, 1.0)  # (Pq, Pm) patch-to-patch cosines (float16 storage can overshoot 1)
@@ -206,8 +245,9 @@ class _Matched:
         gain_q = np.where(q_valid.ravel(), np.clip(best_q - base_q, 0.0, None), 0.0)
         gain_m = np.where(m_valid.ravel(), np.clip(best_m - base_m, 0.0, None), 0.0)
         # The scale is set on the objects, so that a stray background patch cannot wash the overlays out.
-        peak = float(max(gain_q[q_share >= _ON_OBJECT].max(initial=0.0),
-                         gain_m[m_share >= _ON_OBJECT].max(initial=0.0)))
+        peak = float(
+            max(gain_q[q_share >= _ON_OBJECT].max(initial=0.0), gain_m[m_share >= _ON_OBJECT].max(initial=0.0))
+        )
         scale = peak if peak > 1e-6 else 1.0
         q_map = np.clip(gain_q / scale, 0.0, 1.0).reshape(fq.shape[:2]).astype(np.float32)
         m_map = np.clip(gain_m / scale, 0.0, 1.0).reshape(fm.shape[:2]).astype(np.float32)
@@ -248,9 +288,18 @@ def _background_colour(image: Image.Image) -> tuple[int, int, int]:
     return tuple(c if c < 248 else 255 for c in colour)  # type: ignore[return-value]
 
 
-def _features(part: Backbone, index: Index, item: Item, query: Image.Image, match: Image.Image,
-              q_id: tuple[str, ...], m_id: tuple[str, ...], cache: ByteLRU, *, disk_cache: bool
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _features(
+    part: Backbone,
+    index: Index,
+    item: Item,
+    query: Image.Image,
+    match: Image.Image,
+    q_id: tuple[str, ...],
+    m_id: tuple[str, ...],
+    cache: ByteLRU,
+    *,
+    disk_cache: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Hq, Wq, C) query, (Hm, Wm, C) item and (R, C) plain-background patch features, float32.
 
     Whatever is not cached is computed in one model call.
@@ -312,8 +361,9 @@ def _write_npy(path: Path, grid: np.ndarray) -> None:
     write_cache(path, buffer.getvalue())  # readers see the old file or the whole new one
 
 
-def _mutual_pairs(sim: np.ndarray, base_q: np.ndarray, base_m: np.ndarray, share_q: np.ndarray,
-                  share_m: np.ndarray, count: int) -> list[tuple[int, int]]:
+def _mutual_pairs(
+    sim: np.ndarray, base_q: np.ndarray, base_m: np.ndarray, share_q: np.ndarray, share_m: np.ndarray, count: int
+) -> list[tuple[int, int]]:
     """Up to `count` (query patch, item patch) pairs that are each other's nearest, on the objects first.
 
     `share_*` (P,) say how much of each patch shows the object; pairs need half of each patch on it.
@@ -354,8 +404,9 @@ def _foreground(image: Image.Image) -> np.ndarray | None:
     return ~np.isin(regions, touching[touching > 0])
 
 
-def _foreground_share(image: Image.Image, image_id: tuple[str, ...], view: _View, grid: tuple[int, int],
-                      part: Backbone, cache: ByteLRU) -> np.ndarray | None:
+def _foreground_share(
+    image: Image.Image, image_id: tuple[str, ...], view: _View, grid: tuple[int, int], part: Backbone, cache: ByteLRU
+) -> np.ndarray | None:
     """(H, W) share of each patch of the model's input that shows the object, or None (no plain background)."""
     fit = part.fit
 
@@ -426,8 +477,17 @@ class _View:
         return max(16, round(h * aspect)), h
 
 
-def _overlay(image: Image.Image, grid_map: np.ndarray, view: _View, height: int, lut: np.ndarray,
-             alpha: float, cache: ByteLRU, *, mask: tuple[str, ...] | None) -> tuple[Image.Image, np.ndarray]:
+def _overlay(
+    image: Image.Image,
+    grid_map: np.ndarray,
+    view: _View,
+    height: int,
+    lut: np.ndarray,
+    alpha: float,
+    cache: ByteLRU,
+    *,
+    mask: tuple[str, ...] | None,
+) -> tuple[Image.Image, np.ndarray]:
     """The picture at panel size with the map upsampled smoothly onto it; returns (panel, (h, w) heat).
 
     With `mask` (the picture's cache name), the heat is cut to the object where the picture has a
@@ -488,8 +548,17 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _compose(q_panel: Image.Image, m_panel: Image.Image, pairs: list[PatchPair], q_size: tuple[int, int],
-             m_size: tuple[int, int], lut: np.ndarray, q_title: str, m_title: str, backbone_name: str) -> Image.Image:
+def _compose(
+    q_panel: Image.Image,
+    m_panel: Image.Image,
+    pairs: list[PatchPair],
+    q_size: tuple[int, int],
+    m_size: tuple[int, int],
+    lut: np.ndarray,
+    q_title: str,
+    m_title: str,
+    backbone_name: str,
+) -> Image.Image:
     """query | match side by side, titles above, mutual pairs as lines, a legend below."""
     gap, top, bottom, margin = 24, 26, 44, 8
     width = margin * 2 + q_panel.width + gap + m_panel.width

@@ -53,8 +53,10 @@ def principal_components(index: Index, *, runtime: Runtime | None = None) -> Pri
     keep = variance > max(float(variance.max()), 1e-30) * 1e-9  # drop axes with no variance at all
     if not keep.any():
         raise RecommenderError(f"index {index.name!r}: all embeddings are identical, nothing to decompose")
-    pca = PrincipalComponents(mean=mean.astype(np.float32),
-                              components=np.ascontiguousarray(axes[keep], dtype=np.float32), variance=variance[keep])
+    pca = PrincipalComponents(
+        mean=mean.astype(np.float32),
+        components=np.ascontiguousarray(axes[keep], dtype=np.float32),
+        variance=variance[keep],
+    )
     cache.put(key, pca, nbytes=pca.components.nbytes)
     return pca
-

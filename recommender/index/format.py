@@ -31,8 +31,10 @@ def safetensors_bytes(key: str, array: np.ndarray) -> bytes:
     """A safetensors file holding one tensor (the format is a JSON header then raw little-endian data)."""
     dtype = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}[array.dtype]
     raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    header = {key: {"dtype": dtype, "shape": list(array.shape), "data_offsets": [0, len(raw)]},
-              "__metadata__": {"format": "recommender-index", "version": str(FORMAT_VERSION)}}
+    header = {
+        key: {"dtype": dtype, "shape": list(array.shape), "data_offsets": [0, len(raw)]},
+        "__metadata__": {"format": "recommender-index", "version": str(FORMAT_VERSION)},
+    }
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # keep the data 8-byte aligned
     return struct.pack("<Q", len(head)) + head + raw
@@ -62,11 +64,12 @@ def open_safetensors(path: Path, key: str, shape: tuple[int, int], label: str) -
         raise IndexLoadError(f"{bad} has a malformed header (data_offsets); {rebuild_hint(label)}")
     start, end = offsets
     if entry.get("shape") != list(shape):
-        raise IndexLoadError(f"{bad} holds shape {str(entry.get('shape'))[:40]} but the manifest says {list(shape)}; "
-                             f"{rebuild_hint(label)}")
+        raise IndexLoadError(
+            f"{bad} holds shape {str(entry.get('shape'))[:40]} but the manifest says {list(shape)}; "
+            f"{rebuild_hint(label)}"
+        )
     if end - start != shape[0] * shape[1] * dtype.itemsize or 8 + head_len + end != size:
-        raise IndexLoadError(f"{bad} is truncated ({size} bytes, expected {8 + head_len + end}); "
-                             f"{rebuild_hint(label)}")
+        raise IndexLoadError(f"{bad} is truncated ({size} bytes, expected {8 + head_len + end}); {rebuild_hint(label)}")
     if shape[0] == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=8 + head_len + start, shape=shape)
@@ -85,8 +88,13 @@ def encode_items(items: Sequence[Item]) -> dict[str, Any]:
 
 def _plain_relative(path: str) -> bool:
     """True for a path like `a/b.png`: relative, '/'-separated, no '', '.' or '..' part, no backslash or NUL."""
-    return (bool(path) and "\\" not in path and "\0" not in path and not re.match(r"^[A-Za-z]:", path)
-            and not any(part in ("", ".", "..") for part in path.split("/")))
+    return (
+        bool(path)
+        and "\\" not in path
+        and "\0" not in path
+        and not re.match(r"^[A-Za-z]:", path)
+        and not any(part in ("", ".", "..") for part in path.split("/"))
+    )
 
 
 def _first_not_plain(paths: list[str]) -> int | None:
@@ -122,11 +130,17 @@ def decode_items(data: Any, count: int, label: str) -> list[Item]:
     if bad is not None:
         raise IndexLoadError(
             f"index {label!r} is refused: item {bad} has the path {paths[bad][:80]!r}, which is not a plain "
-            f"relative path inside its catalog folder (absolute, '..', or empty); {rebuild_hint(label)}")
+            f"relative path inside its catalog folder (absolute, '..', or empty); {rebuild_hint(label)}"
+        )
     names = list(meta)
     return [
-        Item(id=ids[i], path=paths[i], label=labels[i], sha256=hashes[i],
-             metadata={c: meta[c][i] for c in names if meta[c][i] is not None})
+        Item(
+            id=ids[i],
+            path=paths[i],
+            label=labels[i],
+            sha256=hashes[i],
+            metadata={c: meta[c][i] for c in names if meta[c][i] is not None},
+        )
         for i in range(count)
     ]
 
@@ -137,8 +151,10 @@ def read_json(path: Path, label: str, *, limit: int) -> Any:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise IndexLoadError(f"{corrupt} is {size / 1e6:,.1f} MB, more than the {limit / 1e6:,.1f} MB it may be; "
-                                 f"{rebuild_hint(label)}")
+            raise IndexLoadError(
+                f"{corrupt} is {size / 1e6:,.1f} MB, more than the {limit / 1e6:,.1f} MB it may be; "
+                f"{rebuild_hint(label)}"
+            )
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise IndexLoadError(f"{corrupt} is missing; {rebuild_hint(label)}") from None

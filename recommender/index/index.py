@@ -90,8 +90,9 @@ def list_indexes(index_dir: str | Path | None = None) -> list[str]:
 class Index:
     """A loaded index: its manifest, items and the store of its vectors; searched with `search`."""
 
-    def __init__(self, folder: Path, manifest: Manifest, store: Store | np.ndarray,
-                 items: list[Item] | Callable[[], list[Item]]) -> None:
+    def __init__(
+        self, folder: Path, manifest: Manifest, store: Store | np.ndarray, items: list[Item] | Callable[[], list[Item]]
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
         # Items, or a function that reads them: a big index's items are only parsed when first needed.
@@ -99,8 +100,9 @@ class Index:
         self._read_items = None if isinstance(items, list) else items
         self._items_lock = threading.Lock()
         # An array is the local store's memory-mapped (N, D) unit rows.
-        self.store = LocalStore(store, lambda: self.items, label=folder.name) if isinstance(store, np.ndarray) \
-            else store
+        self.store = (
+            LocalStore(store, lambda: self.items, label=folder.name) if isinstance(store, np.ndarray) else store
+        )
         self._positions: dict[str, int] | None = None
         self._backbones: dict[str | None, Backbone] = {}  # by device, loaded on first use
         self._backbone_lock = threading.Lock()
@@ -125,8 +127,14 @@ class Index:
     # ----------------------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, name: str | Path, *, index_dir: str | Path | None = None, verify: bool | None = None,
-             runtime: Runtime | None = None) -> Index:
+    def load(
+        cls,
+        name: str | Path,
+        *,
+        index_dir: str | Path | None = None,
+        verify: bool | None = None,
+        runtime: Runtime | None = None,
+    ) -> Index:
         """Open the index called `name` (or the folder, when given a `Path`), checking format, shapes and checksums.
 
         Raises `IndexNotFoundError`, `IndexLoadError` (corrupt or truncated) or
@@ -267,8 +275,10 @@ class Index:
         return Path(os.path.normpath(path))
 
     def _outside(self, item: Item) -> IndexLoadError:
-        return IndexLoadError(f"index {self.name!r}: the picture of item {item.id[:80]!r} is a link to a file outside "
-                              f"its catalog folder, which is refused; remove the link or {rebuild_hint(self.name)}")
+        return IndexLoadError(
+            f"index {self.name!r}: the picture of item {item.id[:80]!r} is a link to a file outside "
+            f"its catalog folder, which is refused; remove the link or {rebuild_hint(self.name)}"
+        )
 
     def position(self, item_id: str) -> int:
         """The row of the item with this id, or a clear error."""
@@ -327,8 +337,10 @@ class Index:
                 f"({self.manifest.weights}, now {backbone.identity}); {rebuild_hint(self.name, backbone.spec)}"
             )
         if backbone.dim != self.dim:
-            raise IndexMismatchError(f"index {self.name!r} holds {self.dim}-d vectors but {backbone.name} gives "
-                                     f"{backbone.dim}-d; {rebuild_hint(self.name, backbone.spec)}")
+            raise IndexMismatchError(
+                f"index {self.name!r} holds {self.dim}-d vectors but {backbone.name} gives "
+                f"{backbone.dim}-d; {rebuild_hint(self.name, backbone.spec)}"
+            )
 
     # ----------------------------------------------------------------------------- search
 
@@ -355,8 +367,10 @@ class Index:
                 "embed queries with the backbone the index was built with"
             )
         if not np.isfinite(q).all():  # NaN would score nothing and return no match, silently
-            raise RecommenderError(f"a query vector is not a number (NaN or infinite), so index {self.name!r} "
-                                   "cannot be searched with it; the backbone gave no usable vector")
+            raise RecommenderError(
+                f"a query vector is not a number (NaN or infinite), so index {self.name!r} "
+                "cannot be searched with it; the backbone gave no usable vector"
+            )
         return q
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
@@ -392,8 +406,10 @@ class Index:
         q = self._queries(queries)
         found = self.store.search(q, k, where=self.filters(where), exclude=[self.position(i) for i in exclude])
         return [
-            [Match(rank=r, score=float(s), item=self.items[i], path=self.path_of(self.items[i]))
-             for r, (i, s) in enumerate(zip(rows.tolist(), scores), start=1)]
+            [
+                Match(rank=r, score=float(s), item=self.items[i], path=self.path_of(self.items[i]))
+                for r, (i, s) in enumerate(zip(rows.tolist(), scores), start=1)
+            ]
             for rows, scores in found
         ]
 
@@ -402,8 +418,10 @@ class Index:
         return self.store.recall(self._queries(queries), k)
 
     def __repr__(self) -> str:
-        return (f"<Index {self.name} {len(self)} items, {self.dim}-d, {self.manifest.backbone.model}, "
-                f"{self.store.kind} store>")
+        return (
+            f"<Index {self.name} {len(self)} items, {self.dim}-d, {self.manifest.backbone.model}, "
+            f"{self.store.kind} store>"
+        )
 
 
 def _inside(path: str, root: str) -> bool:

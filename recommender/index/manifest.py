@@ -55,9 +55,17 @@ class CatalogInfo:
     fingerprint: str | None = None  # the source's identity when built (see `catalog.Catalog.fingerprint`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "root": self.root, "kind": self.kind, "labeled": self.labeled,
-                "labels": self.labels, "columns": dict(self.columns), "limit": self.limit, "domain": self.domain,
-                "fingerprint": self.fingerprint}
+        return {
+            "source": self.source,
+            "root": self.root,
+            "kind": self.kind,
+            "labeled": self.labeled,
+            "labels": self.labels,
+            "columns": dict(self.columns),
+            "limit": self.limit,
+            "domain": self.domain,
+            "fingerprint": self.fingerprint,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], label: str) -> CatalogInfo:
@@ -66,13 +74,24 @@ class CatalogInfo:
         text = {key: data.get(key) for key in ("domain", "fingerprint")}
         columns = data.get("columns") or {}
         limit = data.get("limit")
-        if not (all(v is None or isinstance(v, str) for v in text.values()) and isinstance(columns, dict)
-                and all(isinstance(v, (str, type(None))) for v in columns.values())
-                and (limit is None or _is_int(limit)) and _is_int(data.get("labels", 0))):
+        if not (
+            all(v is None or isinstance(v, str) for v in text.values())
+            and isinstance(columns, dict)
+            and all(isinstance(v, (str, type(None))) for v in columns.values())
+            and (limit is None or _is_int(limit))
+            and _is_int(data.get("labels", 0))
+        ):
             raise ValueError("bad 'catalog'")
-        return cls(root=str(root), source=str(data.get("source", "")), kind=str(data.get("kind", "")),
-                   labeled=bool(data.get("labeled")), labels=int(data.get("labels", 0)), columns=dict(columns),
-                   limit=limit, **text)
+        return cls(
+            root=str(root),
+            source=str(data.get("source", "")),
+            kind=str(data.get("kind", "")),
+            labeled=bool(data.get("labeled")),
+            labels=int(data.get("labels", 0)),
+            columns=dict(columns),
+            limit=limit,
+            **text,
+        )
 
 
 @dataclass(frozen=True)
@@ -90,8 +109,7 @@ class DataFiles:
         return self.items.removeprefix("items-").removesuffix(".json")
 
     def to_json(self) -> dict[str, Any]:
-        local = {"embeddings": self.embeddings, "embeddings_sha256": self.embeddings_sha256} if self.embeddings \
-            else {}
+        local = {"embeddings": self.embeddings, "embeddings_sha256": self.embeddings_sha256} if self.embeddings else {}
         return {**local, "items": self.items, "items_sha256": self.items_sha256}
 
     @classmethod
@@ -104,9 +122,12 @@ class DataFiles:
             digest = data.get(key)
             if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
                 raise ValueError(f"bad {key!r}")
-        return cls(items=data["items"], items_sha256=data.get("items_sha256"),
-                   embeddings=data.get("embeddings") if local else None,
-                   embeddings_sha256=data.get("embeddings_sha256") if local else None)
+        return cls(
+            items=data["items"],
+            items_sha256=data.get("items_sha256"),
+            embeddings=data.get("embeddings") if local else None,
+            embeddings_sha256=data.get("embeddings_sha256") if local else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -124,9 +145,16 @@ class BuildStats:
     forward: str | None = None  # which forward pass computed the vectors (e.g. lean-bf16)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"embedded": self.embedded, "reused": self.reused, "resumed": self.resumed,
-                               "skipped": self.skipped, "removed": self.removed, "seconds": round(self.seconds, 3),
-                               "precision": self.precision, "ray": self.ray}
+        out: dict[str, Any] = {
+            "embedded": self.embedded,
+            "reused": self.reused,
+            "resumed": self.resumed,
+            "skipped": self.skipped,
+            "removed": self.removed,
+            "seconds": round(self.seconds, 3),
+            "precision": self.precision,
+            "ray": self.ray,
+        }
         if self.forward is not None:
             out["forward"] = self.forward
         return out
@@ -138,8 +166,13 @@ class BuildStats:
         if not all(_is_int(v) for v in counts.values()) or not isinstance(seconds, (int, float)):
             raise ValueError("bad 'stats'")
         forward = data.get("forward")
-        return cls(**counts, seconds=float(seconds), precision=str(data.get("precision", "fp32")),
-                   ray=bool(data.get("ray")), forward=forward if isinstance(forward, str) else None)
+        return cls(
+            **counts,
+            seconds=float(seconds),
+            precision=str(data.get("precision", "fp32")),
+            ray=bool(data.get("ray")),
+            forward=forward if isinstance(forward, str) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -239,25 +272,37 @@ def _parse(data: dict[str, Any], label: str) -> Manifest:
         raise ValueError("bad 'store'") from None
     calibration = Calibration.from_json(data["calibration"]) if data.get("calibration") else None
     return Manifest(
-        backbone=backbone, weights=data["weights"], dim=data["dim"], count=data["count"],
+        backbone=backbone,
+        weights=data["weights"],
+        dim=data["dim"],
+        count=data["count"],
         catalog=CatalogInfo.from_json(data["catalog"], label),
-        files=DataFiles.from_json(data["files"], local=store.local), store=store,
+        files=DataFiles.from_json(data["files"], local=store.local),
+        store=store,
         dtype=data["dtype"] if data.get("dtype") in ("float16", "float32") else "float16",
-        backbone_name=str(data.get("backbone_name") or backbone.model), name=label,
-        created=str(data.get("created", "")), library_version=str(data.get("library_version", "")),
-        stats=BuildStats.from_json(data.get("stats") or {}), calibration=calibration)
+        backbone_name=str(data.get("backbone_name") or backbone.model),
+        name=label,
+        created=str(data.get("created", "")),
+        library_version=str(data.get("library_version", "")),
+        stats=BuildStats.from_json(data.get("stats") or {}),
+        calibration=calibration,
+    )
 
 
 def _check_root(root: Any, label: str) -> None:
     """The catalog root must be an absolute folder other than the file system's root (links followed)."""
     if not isinstance(root, str) or "\0" in root or not os.path.isabs(root):
-        raise IndexLoadError(f"index {label!r} is refused: its catalog root {str(root)[:120]!r} is not an absolute "
-                             f"folder; {rebuild_hint(label)}")
+        raise IndexLoadError(
+            f"index {label!r} is refused: its catalog root {str(root)[:120]!r} is not an absolute "
+            f"folder; {rebuild_hint(label)}"
+        )
     for path in (Path(os.path.normpath(root)), Path(os.path.realpath(root))):
         if path == path.parent:
-            raise IndexLoadError(f"index {label!r} is refused: its catalog root is {root[:120]!r}, the file "
-                                 f"system's root; an index may only name pictures in its catalog's folder; "
-                                 f"{rebuild_hint(label)}")
+            raise IndexLoadError(
+                f"index {label!r} is refused: its catalog root is {root[:120]!r}, the file "
+                f"system's root; an index may only name pictures in its catalog's folder; "
+                f"{rebuild_hint(label)}"
+            )
 
 
 def _depth(value: Any, limit: int) -> bool:

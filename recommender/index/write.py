@@ -60,15 +60,29 @@ def write_index(
             location = StoreLocation()
             emb_sha = write_atomic(folder / emb_name, safetensors_bytes("embeddings", data))
         else:
-            location, emb_name, emb_sha = MilvusStore.write(config, folder=folder, tag=tag, vectors=data,
-                                                            items=items), "", None
+            location, emb_name, emb_sha = (
+                MilvusStore.write(config, folder=folder, tag=tag, vectors=data, items=items),
+                "",
+                None,
+            )
         items_sha = write_atomic(folder / items_name, json.dumps(encode_items(items), ensure_ascii=False).encode())
         manifest = Manifest(
-            backbone=backbone.spec, weights=backbone.identity, dim=backbone.dim, count=len(items), catalog=catalog,
-            files=DataFiles(items=items_name, items_sha256=items_sha, embeddings=emb_name or None,
-                            embeddings_sha256=emb_sha),
-            store=location, dtype=dtype, backbone_name=backbone.name, name=folder.name,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), stats=stats or BuildStats(), calibration=calibration)
+            backbone=backbone.spec,
+            weights=backbone.identity,
+            dim=backbone.dim,
+            count=len(items),
+            catalog=catalog,
+            files=DataFiles(
+                items=items_name, items_sha256=items_sha, embeddings=emb_name or None, embeddings_sha256=emb_sha
+            ),
+            store=location,
+            dtype=dtype,
+            backbone_name=backbone.name,
+            name=folder.name,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            stats=stats or BuildStats(),
+            calibration=calibration,
+        )
         write_atomic(folder / MANIFEST, json.dumps(manifest.to_json(), indent=2, ensure_ascii=False).encode())
         fsync_dir(folder)
         _remove_stale(folder, keep={MANIFEST, emb_name, items_name, ".lock"})
@@ -83,7 +97,8 @@ def _check_numbers(data: np.ndarray, items: Sequence[Item], backbone: Backbone) 
         named = ", ".join(items[int(i)].path for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise RecommenderError(
             f"{backbone.name} gave vectors that are not numbers (NaN or infinite) for {len(bad)} of {len(items)} "
-            f"pictures ({named}); nothing was written: check the model's weights, or leave those pictures out")
+            f"pictures ({named}); nothing was written: check the model's weights, or leave those pictures out"
+        )
 
 
 def _previous_location(folder: Path) -> StoreLocation | None:
@@ -98,8 +113,10 @@ def _previous_location(folder: Path) -> StoreLocation | None:
 def _remove_stale(folder: Path, keep: set[str]) -> None:
     # Files of earlier versions and temporaries of crashed builds; a concurrent build holds the lock.
     for path in folder.iterdir():
-        if path.is_file() and path.name not in keep and (
-            path.name.startswith(("embeddings-", "items-", "derived-")) or path.name.endswith(".tmp")
+        if (
+            path.is_file()
+            and path.name not in keep
+            and (path.name.startswith(("embeddings-", "items-", "derived-")) or path.name.endswith(".tmp"))
         ):
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -98,8 +98,14 @@ class StoreLocation:
     def to_json(self) -> dict[str, Any]:
         if self.local:
             return {"kind": "local"}
-        return {"kind": self.kind, "uri": self.uri, "collection": self.collection, "index": dict(self.index),
-                "search_params": dict(self.search_params), "columns": list(self.columns)}
+        return {
+            "kind": self.kind,
+            "uri": self.uri,
+            "collection": self.collection,
+            "index": dict(self.index),
+            "search_params": dict(self.search_params),
+            "columns": list(self.columns),
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> StoreLocation:
@@ -111,11 +117,17 @@ class StoreLocation:
         if data["kind"] == "local":
             return cls()
         uri, params, columns = data.get("uri"), data.get("search_params") or {}, data.get("columns")
-        if not (isinstance(uri, str) and "\0" not in uri and isinstance(data.get("collection"), str)
-                and _COLLECTION.match(data["collection"]) and isinstance(columns, list)
-                and all(isinstance(c, str) for c in columns) and isinstance(data.get("index", {}), dict)
-                and isinstance(params, dict)
-                and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20 for v in params.values())):
+        if not (
+            isinstance(uri, str)
+            and "\0" not in uri
+            and isinstance(data.get("collection"), str)
+            and _COLLECTION.match(data["collection"])
+            and isinstance(columns, list)
+            and all(isinstance(c, str) for c in columns)
+            and isinstance(data.get("index", {}), dict)
+            and isinstance(params, dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20 for v in params.values())
+        ):
             raise ValueError("malformed store")
         return cls(data["kind"], uri, data["collection"], dict(data.get("index") or {}), dict(params), tuple(columns))
 
@@ -123,8 +135,10 @@ class StoreLocation:
         """One line for `info`: where the vectors live and how they are searched."""
         if self.local:
             return "local (memory-mapped safetensors, exact search)"
-        return (f"{self.kind} {self.uri} collection {self.collection} ({self.index.get('index_type')}, "
-                f"{self.index.get('metric_type')}, search {dict(self.search_params)})")
+        return (
+            f"{self.kind} {self.uri} collection {self.collection} ({self.index.get('index_type')}, "
+            f"{self.index.get('metric_type')}, search {dict(self.search_params)})"
+        )
 
 
 # --------------------------------------------------------------------------------- filters
@@ -213,8 +227,9 @@ class Store(ABC):
         """(Q, N) float32 cosine of (Q, D) unit queries to every item (ANN stores: candidates only, others -inf)."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, *, where: Filters | None = None,
-               exclude: Sequence[int] = ()) -> Found:
+    def search(
+        self, queries: np.ndarray, k: int, *, where: Filters | None = None, exclude: Sequence[int] = ()
+    ) -> Found:
         """The k best rows for each of (Q, D) unit queries that pass `where`, leaving out `exclude`d rows."""
 
     def recall(self, queries: np.ndarray, k: int = 10) -> float:
@@ -229,8 +244,9 @@ class Store(ABC):
         k = min(k, self.count)
         exact = scores_of(q, self.vectors())  # (Q, N)
         kth = -np.partition(-exact, k - 1, axis=1)[:, k - 1]  # (Q,)
-        hits = sum(min(k, int((row[rows] >= bar - 1e-6).sum()))
-                   for row, bar, (rows, _) in zip(exact, kth, self.search(q, k)))
+        hits = sum(
+            min(k, int((row[rows] >= bar - 1e-6).sum())) for row, bar, (rows, _) in zip(exact, kth, self.search(q, k))
+        )
         return hits / (k * len(q))
 
 
@@ -260,8 +276,10 @@ def check_finite(vectors: np.ndarray, label: str, *, first_row: int = 0) -> None
 
 def not_a_number(label: str, row: int) -> IndexLoadError:
     """The error for an index whose vector `row` holds a NaN or an infinity."""
-    return IndexLoadError(f"index {label!r} is corrupt: its vector {row} is not a number (NaN or infinite); "
-                          f"rebuild it with `python -m recommender index SOURCE --name {label}`")
+    return IndexLoadError(
+        f"index {label!r} is corrupt: its vector {row} is not a number (NaN or infinite); "
+        f"rebuild it with `python -m recommender index SOURCE --name {label}`"
+    )
 
 
 def product(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:

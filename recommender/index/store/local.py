@@ -26,8 +26,9 @@ class LocalStore(Store):
     kind = "local"
     exact = True
 
-    def __init__(self, embeddings: np.ndarray, items: Sequence[Item] | Callable[[], Sequence[Item]], *,
-                 label: str = "") -> None:
+    def __init__(
+        self, embeddings: np.ndarray, items: Sequence[Item] | Callable[[], Sequence[Item]], *, label: str = ""
+    ) -> None:
         super().__init__(*embeddings.shape)
         self.embeddings = embeddings  # (N, D), memory-mapped, unit rows
         # For filters, evaluated on the items themselves; a function when the index reads them lazily.
@@ -73,8 +74,9 @@ class LocalStore(Store):
             coarse[start : start + len(block)] = torch.from_numpy(block).to(torch.bfloat16)
         return coarse
 
-    def search(self, queries: np.ndarray, k: int, *, where: Filters | None = None,
-               exclude: Sequence[int] = ()) -> Found:
+    def search(
+        self, queries: np.ndarray, k: int, *, where: Filters | None = None, exclude: Sequence[int] = ()
+    ) -> Found:
         if self._coarse is not None:
             return self._search_two_pass(np.atleast_2d(np.asarray(queries, dtype=np.float32)), k, where, exclude)
         scores = self.scores(queries)  # (Q, N)
@@ -92,8 +94,9 @@ class LocalStore(Store):
         """Exact top k of a large index: bf16 scores for everything, exact float32 ones near the top."""
         import torch
 
-        coarse = check_scores((torch.from_numpy(queries).to(torch.bfloat16) @ self._coarse.T).float().numpy(),
-                              self.label)  # (Q, N)
+        coarse = check_scores(
+            (torch.from_numpy(queries).to(torch.bfloat16) @ self._coarse.T).float().numpy(), self.label
+        )  # (Q, N)
         if where is not None:
             coarse[:, ~where.mask(self.items)] = -np.inf
         if len(exclude):
@@ -108,5 +111,3 @@ class LocalStore(Store):
             best = np.argsort(-exact, kind="stable")[:k]
             found.append((candidates[best], exact[best]))
         return found
-
-

@@ -39,7 +39,6 @@ _HNSW_EF = 128
 _PIP = "pip install pymilvus milvus-lite  (or: pip install -r requirements-scale.txt)"
 
 
-
 def _pymilvus(what: str) -> Any:
     """The pymilvus module, or a clear error saying what to install."""
     try:
@@ -47,7 +46,6 @@ def _pymilvus(what: str) -> Any:
     except ImportError:
         raise RecommenderError(f"{what} needs Milvus's client, which is not installed: {_PIP}") from None
     return pymilvus
-
 
 
 def _client(kind: str, uri: str, *, create: bool = False, runtime: Runtime | None = None) -> Any:
@@ -66,8 +64,7 @@ def _connect(kind: str, uri: str, create: bool) -> Any:
         try:
             import milvus_lite  # noqa: F401  # pymilvus opens .db paths through it
         except ImportError:
-            raise RecommenderError(f"the Milvus Lite store needs milvus-lite, which is not installed: {_PIP}") \
-                from None
+            raise RecommenderError(f"the Milvus Lite store needs milvus-lite, which is not installed: {_PIP}") from None
         if create:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
     token = os.environ.get("RECOMMENDER_MILVUS_TOKEN", "") if kind == "milvus" else ""
@@ -88,6 +85,8 @@ def close_clients(runtime: Runtime | None = None) -> None:
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(uri)
+
+
 @contextlib.contextmanager
 def _milvus_errors(what: str, error: type[RecommenderError] = RecommenderError) -> Iterator[None]:
     try:
@@ -146,26 +145,32 @@ class MilvusStore(Store):
         return self._location
 
     @classmethod
-    def open(cls, location: StoreLocation, *, uri: str, count: int, dim: int, label: str,
-             runtime: Runtime | None = None) -> MilvusStore:
+    def open(
+        cls, location: StoreLocation, *, uri: str, count: int, dim: int, label: str, runtime: Runtime | None = None
+    ) -> MilvusStore:
         """The store a manifest points at (at `uri`, see `opened_uri`), checked to hold the manifest's vectors."""
         client = _client(location.kind, uri, runtime=runtime)
         collection = str(location.collection)
         rebuild = f"rebuild it with `python -m recommender index SOURCE --name {label} --store ...`"
         with _milvus_errors(f"open collection {collection}", IndexLoadError):
             if not client.has_collection(collection):
-                raise IndexLoadError(f"index {label!r} is incomplete: its collection {collection} is missing from "
-                                     f"{location.kind} {location.uri}; {rebuild}")
+                raise IndexLoadError(
+                    f"index {label!r} is incomplete: its collection {collection} is missing from "
+                    f"{location.kind} {location.uri}; {rebuild}"
+                )
             rows = int(client.get_collection_stats(collection)["row_count"])
             if rows != count:
-                raise IndexLoadError(f"index {label!r} is corrupt: its collection {collection} holds {rows} vectors "
-                                     f"but the manifest says {count}; {rebuild}")
+                raise IndexLoadError(
+                    f"index {label!r} is corrupt: its collection {collection} holds {rows} vectors "
+                    f"but the manifest says {count}; {rebuild}"
+                )
             client.load_collection(collection)
         return cls(client, location, count, dim, label)
 
     @classmethod
-    def write(cls, config: StoreConfig, *, folder: Path, tag: str, vectors: np.ndarray,
-              items: Sequence[Item]) -> StoreLocation:
+    def write(
+        cls, config: StoreConfig, *, folder: Path, tag: str, vectors: np.ndarray, items: Sequence[Item]
+    ) -> StoreLocation:
         """Create a new collection holding `vectors` and the items' filter tags; return its location."""
         pymilvus = _pymilvus(f"the {config.kind} store")
         if config.kind == "milvus-lite":
@@ -183,23 +188,34 @@ class MilvusStore(Store):
             schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("row", pymilvus.DataType.INT64, is_primary=True)
             schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=dim)
-            schema.add_field("tags", pymilvus.DataType.ARRAY, element_type=pymilvus.DataType.VARCHAR,
-                             max_capacity=len(columns), max_length=min(65535, max(64, longest)))
+            schema.add_field(
+                "tags",
+                pymilvus.DataType.ARRAY,
+                element_type=pymilvus.DataType.VARCHAR,
+                max_capacity=len(columns),
+                max_length=min(65535, max(64, longest)),
+            )
             client.create_collection(collection, schema=schema)
             for start in range(0, count, _MILVUS_ROWS):
                 block = np.asarray(vectors[start : start + _MILVUS_ROWS], dtype=np.float32)
-                client.insert(collection, [{"row": start + i, "vector": v, "tags": tags[start + i]}
-                                           for i, v in enumerate(block)])
+                client.insert(
+                    collection, [{"row": start + i, "vector": v, "tags": tags[start + i]} for i, v in enumerate(block)]
+                )
             client.flush(collection)  # sealed segments get the ANN index; growing ones are brute-forced
             params = client.prepare_index_params()
-            params.add_index(field_name="vector", index_type=index["index_type"], metric_type="IP",
-                             params=index["params"])
+            params.add_index(
+                field_name="vector", index_type=index["index_type"], metric_type="IP", params=index["params"]
+            )
             _create_index(client, collection, params, index["index_type"], sync=config.kind == "milvus")
             client.load_collection(collection)
         return StoreLocation(
-            kind=config.kind, uri=recorded, collection=collection,
+            kind=config.kind,
+            uri=recorded,
+            collection=collection,
             index={"index_type": index["index_type"], "metric_type": "IP", "params": index["params"]},
-            search_params=index["search"], columns=tuple(columns))
+            search_params=index["search"],
+            columns=tuple(columns),
+        )
 
     def vectors(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         if rows is None:
@@ -211,8 +227,9 @@ class MilvusStore(Store):
         for start in range(0, len(rows), _MILVUS_ROWS):
             chunk = rows[start : start + _MILVUS_ROWS]
             with _milvus_errors("fetch vectors"):
-                got = self.client.query(self.collection, filter=f"row in [{', '.join(map(str, chunk))}]",
-                                        output_fields=["row", "vector"])
+                got = self.client.query(
+                    self.collection, filter=f"row in [{', '.join(map(str, chunk))}]", output_fields=["row", "vector"]
+                )
             by_row = {int(r["row"]): r["vector"] for r in got}
             missing = [int(r) for r in chunk if int(r) not in by_row]
             if missing:
@@ -225,8 +242,11 @@ class MilvusStore(Store):
         seen = 0
         for start in starts:
             with _milvus_errors("fetch vectors"):
-                got = self.client.query(self.collection, filter=f"row >= {start} and row < {start + starts.step}",
-                                        output_fields=["row", "vector"])
+                got = self.client.query(
+                    self.collection,
+                    filter=f"row >= {start} and row < {start + starts.step}",
+                    output_fields=["row", "vector"],
+                )
             for r in got:
                 out[int(r["row"])] = r["vector"]
             seen += len(got)
@@ -242,8 +262,9 @@ class MilvusStore(Store):
             out[i, rows] = scores
         return out
 
-    def search(self, queries: np.ndarray, k: int, *, where: Filters | None = None,
-               exclude: Sequence[int] = ()) -> Found:
+    def search(
+        self, queries: np.ndarray, k: int, *, where: Filters | None = None, exclude: Sequence[int] = ()
+    ) -> Found:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         limit = min(k, self.count, MILVUS_TOPK_LIMIT)
         conditions = [where.expression(self.columns)] if where is not None else []
@@ -254,8 +275,14 @@ class MilvusStore(Store):
         if "ef" in params:  # HNSW returns at most ef neighbours
             params["ef"] = max(int(params["ef"]), limit)
         with _milvus_errors("search"):
-            hits = self.client.search(self.collection, data=list(q), limit=limit, filter=expression,
-                                      search_params={"metric_type": "IP", "params": params}, output_fields=["row"])
+            hits = self.client.search(
+                self.collection,
+                data=list(q),
+                limit=limit,
+                filter=expression,
+                search_params={"metric_type": "IP", "params": params},
+                output_fields=["row"],
+            )
         found = []
         for per_query in hits:
             rows = np.fromiter((h["entity"]["row"] for h in per_query), dtype=np.int64, count=len(per_query))
@@ -281,8 +308,10 @@ def _create_index(client: Any, collection: str, params: Any, index_type: str, *,
     try:
         client.create_index(collection, params, sync=sync)
     except Exception as exc:
-        if "already exists" not in str(exc) or client.describe_index(collection, "vector").get(
-                "index_type") != index_type:
+        if (
+            "already exists" not in str(exc)
+            or client.describe_index(collection, "vector").get("index_type") != index_type
+        ):
             raise
 
 
@@ -297,8 +326,9 @@ def _index_params(kind: str, count: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- opening and cleaning up
 
 
-def open_store(location: StoreLocation, *, folder: Path, count: int, dim: int, label: str,
-               runtime: Runtime | None = None) -> Store:
+def open_store(
+    location: StoreLocation, *, folder: Path, count: int, dim: int, label: str, runtime: Runtime | None = None
+) -> Store:
     """The Milvus store a manifest points at (the local one is opened by `index`, which owns the files)."""
     uri = opened_uri(location, folder, label)  # before anything is imported, opened or contacted
     if location.kind == "milvus-lite":
@@ -306,8 +336,9 @@ def open_store(location: StoreLocation, *, folder: Path, count: int, dim: int, l
             import milvus_lite  # noqa: F401
         except ImportError:
             _pymilvus(f"index {label!r} (vectors in Milvus Lite)")
-            raise RecommenderError(f"index {label!r} keeps its vectors in Milvus Lite, which is not installed: "
-                                   f"{_PIP}") from None
+            raise RecommenderError(
+                f"index {label!r} keeps its vectors in Milvus Lite, which is not installed: {_PIP}"
+            ) from None
     _pymilvus(f"index {label!r} (vectors in {location.kind})")
     return MilvusStore.open(location, uri=uri, count=count, dim=dim, label=label, runtime=runtime)
 
@@ -324,16 +355,19 @@ def opened_uri(location: StoreLocation, folder: Path, label: str) -> str:
     uri = str(location.uri)
 
     def refuse(why: str) -> IndexLoadError:
-        return IndexLoadError(f"index {label!r} is refused: {why}; rebuild it with "
-                              f"`python -m recommender index SOURCE --name {label}`")
+        return IndexLoadError(
+            f"index {label!r} is refused: {why}; rebuild it with `python -m recommender index SOURCE --name {label}`"
+        )
 
     if location.kind == "milvus":
         configured = StoreConfig.parse(settings.store())
         if not (configured.kind == "milvus" and configured.uri == uri):
             server = uri.replace("http://", "milvus://", 1)[:120]
-            raise refuse(f"it keeps its vectors on the Milvus server {server}, which is not the store this machine "
-                         f"is set to use ({settings.ENV_STORE}={str(configured)[:60]}), and an index does not choose "
-                         f"which servers we contact: set {settings.ENV_STORE}={server} to trust it")
+            raise refuse(
+                f"it keeps its vectors on the Milvus server {server}, which is not the store this machine "
+                f"is set to use ({settings.ENV_STORE}={str(configured)[:60]}), and an index does not choose "
+                f"which servers we contact: set {settings.ENV_STORE}={server} to trust it"
+            )
         return uri
     uri_text = f"its Milvus Lite database {uri[:120]!r}"
 
@@ -349,8 +383,9 @@ def opened_uri(location: StoreLocation, folder: Path, label: str) -> str:
     return path
 
 
-def drop_stale(folder: Path, current: StoreLocation, previous: StoreLocation | None,
-               runtime: Runtime | None = None) -> None:
+def drop_stale(
+    folder: Path, current: StoreLocation, previous: StoreLocation | None, runtime: Runtime | None = None
+) -> None:
     """After a commit: drop the previous build's collection and those of builds that crashed before theirs.
 
     Best effort: a server that cannot be reached now only keeps an unused collection.
@@ -358,8 +393,9 @@ def drop_stale(folder: Path, current: StoreLocation, previous: StoreLocation | N
     places: list[tuple[str, str]] = []
     if not current.local:  # where this build has just written
         uri = str(current.uri)
-        places.append((current.kind, str(folder / uri) if current.kind == "milvus-lite" and not os.path.isabs(uri)
-                       else uri))
+        places.append(
+            (current.kind, str(folder / uri) if current.kind == "milvus-lite" and not os.path.isabs(uri) else uri)
+        )
     if previous is not None and not previous.local:
         # The previous manifest is as untrusted as any: a place it may not name is left alone.
         with contextlib.suppress(IndexLoadError, RecommenderError):
