@@ -59,7 +59,9 @@ def raw_uploads(image: gr.Image) -> gr.Image:
 
     Gradio's own preprocessing opens the file with Pillow and fails with a generic message on
     garbage; the library's loader says what is wrong instead. (Overriding on the instance, not
-    in a subclass: Gradio writes a .pyi stub beside every component subclass.)
+    in a subclass: Gradio writes a .pyi stub beside every component subclass. An event that returns
+    an update for such a component, gr.update or gr.skip, makes Gradio rebuild it for that session
+    from its constructor, without this override: no event does.)
     """
 
     def preprocess(payload: Any) -> str | bytes | None:
@@ -373,8 +375,10 @@ def related(visit: Visit, request: gr.Request) -> str:
 
 
 def to_editor(visit: Visit, request: gr.Request) -> Image.Image | None:
+    # None, never gr.skip(): an update makes Gradio rebuild the editor for this session from its
+    # constructor, without raw_crops' bounded preprocessing.
     if visit.query is None:
-        return gr.skip()
+        return None
     return service_of(request).picture(visit.query, max_side=1024)
 
 

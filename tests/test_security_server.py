@@ -187,11 +187,44 @@ def test_paths_a_client_names_are_refused_alike_through_every_event(app_url, app
         groups = [set(seen.values())]
         if meta:
             groups = [{v for k, v in seen.items() if k in in_cache}, {v for k, v in seen.items() if k not in in_cache}]
-        assert all(len(group) == 1 for group in groups), (fn_index, position, meta, json.dumps(seen, indent=1))
+        answers = [{v[:300]: sorted(k for k in seen if seen[k] == v) for v in group} for group in groups]
+        assert all(len(group) == 1 for group in groups), (fn_index, position, meta, answers)
         kind = [components[i]["type"] for i in config["dependencies"][fn_index]["inputs"]][position]
         if kind == "image":  # the app's own refusal, for everything Gradio lets through
             assert all(NOT_UPLOADED in v for k, v in seen.items() if not meta or k in in_cache), seen
     assert app_server.process.poll() is None
+
+
+def test_no_event_undoes_the_bounded_preprocessing_of_a_session(app_url, config):
+    """After any event, the picture inputs of that session still refuse what Gradio did not store.
+
+    An event that returns an update for a component (gr.update, gr.skip) makes Gradio rebuild it
+    for the session from its constructor, without the app's own preprocessing: the editor then
+    decoded with Pillow, unbounded, and answered a missing file unlike any other.
+    """
+    from gradio.utils import get_upload_folder
+
+    components = {c["id"]: c for c in config["components"]}
+    missing = str(Path(get_upload_folder()) / ("0" * 64) / "x.png")
+    kinds_of = {d["id"]: [components[i]["type"] for i in d["inputs"]] for d in config["dependencies"]}
+    probes = [
+        (d["id"], k.index(kind))
+        for d, k in ((d, kinds_of[d["id"]]) for d in config["dependencies"])
+        for kind in ("image", "imageeditor")
+        if kind in k and d.get("queue", True)
+    ]
+    assert {kinds_of[fn][position] for fn, position in probes} == {"image", "imageeditor"}
+    for dep in config["dependencies"]:
+        if not dep.get("queue", True):
+            continue
+        session = uuid.uuid4().hex
+        outcome(app_url, dep["id"], [sample(kind) for kind in kinds_of[dep["id"]]], session=session)
+        for fn, position in probes:
+            kinds = kinds_of[fn]
+            file = carrying(kinds[position], {"path": missing, "meta": META})
+            data = [file if i == position else sample(kind) for i, kind in enumerate(kinds)]
+            status, output = outcome(app_url, fn, data, session=session)
+            assert status == 200 and NOT_UPLOADED in json.dumps(output), (dep.get("api_name"), fn, output)
 
 
 def test_endless_and_huge_files_are_never_read(app_url, app_server, config, tmp_path):
