@@ -53,7 +53,7 @@ class UploadLimits:
             pictures=int(number(settings.ENV_UPLOAD_PICTURES, d.pictures, minimum=1)),
             rows=int(number(settings.ENV_UPLOAD_ROWS, d.rows, minimum=1)),
             seconds=number(settings.ENV_UPLOAD_SECONDS, d.seconds, minimum=1),
-            upload_bytes=int(number(settings.ENV_UPLOAD_MB, d.upload_bytes / MB, minimum=0.001) * MB),
+            upload_bytes=int(number(settings.ENV_UNPACKED_MB, d.upload_bytes / MB, minimum=0.001) * MB),
             session_bytes=int(number(settings.ENV_SESSION_MB, d.session_bytes / MB, minimum=0.001) * MB),
             total_bytes=int(number(settings.ENV_UPLOADS_TOTAL_MB, d.total_bytes / MB, minimum=0.001) * MB),
             ttl=number(settings.ENV_UPLOAD_TTL, d.ttl, minimum=1),

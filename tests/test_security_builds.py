@@ -284,7 +284,8 @@ def test_a_page_closed_during_its_build_loses_its_uploads_once_the_build_ends(se
 
 def test_upload_limits_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("RECOMMENDER_UPLOAD_PICTURES", "40")
-    monkeypatch.setenv("RECOMMENDER_UPLOAD_MB", "2.5")
+    monkeypatch.setenv("RECOMMENDER_UNPACKED_MB", "2.5")
+    monkeypatch.setenv("RECOMMENDER_UPLOAD_MB", "7")  # one uploaded file, the guard's: not the unpacked bytes
     monkeypatch.setenv("RECOMMENDER_UPLOAD_SECONDS", "30")
     limits = UploadLimits.from_env()
     assert (limits.pictures, limits.upload_bytes, limits.seconds, limits.rows) == (40, 2_500_000, 30, 10_000)
@@ -343,6 +344,7 @@ def builds_server(tmp_path_factory, tiny_model, app_folder) -> Iterator[BuildsSe
             "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
             "RECOMMENDER_UPLOAD_PICTURES": str(PICTURES),
             "RECOMMENDER_UPLOAD_MB": str(UPLOAD_MB),
+            "RECOMMENDER_UNPACKED_MB": str(UPLOAD_MB),
             "RECOMMENDER_UPLOAD_SECONDS": "120",
             "RECOMMENDER_BUILD_THREADS": "1",
             "RECOMMENDER_GRADIO_CACHE_TTL": str(CACHE_SECONDS),
