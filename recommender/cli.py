@@ -691,5 +691,6 @@ def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: in
     click.echo(f"wrote {out}: query vs #{match.rank} {match.label or match.id} (cosine {match.score:.3f})")
 
 
-def main() -> None:
-    cli(prog_name="python -m recommender")
+def main(prog_name: str = "recommender") -> None:
+    """The `recommender` command (`python -m recommender` passes its own name for the usage lines)."""
+    cli(prog_name=prog_name)

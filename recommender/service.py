@@ -26,7 +26,7 @@ from .archive import extract_archive, prune_catalog, unpacked_size
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, LocalExecutor, build_index
 from .catalog import Skip, read_catalog
-from .errors import IndexLoadError, LimitExceeded, ModelError, RecommenderError
+from .errors import IndexLoadError, IndexNotFoundError, LimitExceeded, ModelError, RecommenderError
 from .explain import SimilarityMatrix, catalog_heatmap, explain, map_figure
 from .images import ImageSource, load_image
 from .index import MANIFEST, Index, check_name, list_indexes
@@ -124,7 +124,12 @@ def default_index(
     try:
         return Index.load(settings.DEFAULT_INDEX, index_dir=index_dir)
     except IndexLoadError:
-        pass
+        if not DEFAULT_CATALOG.is_file():
+            raise IndexNotFoundError(
+                f"no index {settings.DEFAULT_INDEX!r} in {settings.index_dir(index_dir)}, and the Pokémon catalog "
+                "it is built from ships with the source repository, not the package: build an index of your own "
+                "(recommender index FOLDER --name NAME, then --index NAME), or run from a clone of the repository"
+            ) from None
     choice = choose_backbone()
     if notify:
         notify(

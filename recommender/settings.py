@@ -36,8 +36,11 @@ DEFAULT_INDEX = "pokemon"
 #: decoded whole 190, a 9400x9400 lossless WebP 1,450 (refused).
 DEFAULT_MAX_DECODE_MB = 512
 
-#: The repository root (the folder holding app.py, assets/ and index/).
+#: The repository root (the folder holding app.py, assets/ and index/) when running from a checkout.
 ROOT = Path(__file__).resolve().parent.parent
+#: Whether the package runs from a source checkout (`pip install -e .` or in place), not from an
+#: installed wheel: only a checkout has the app, the embedded catalog and its own `index/` folder.
+IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "app.py").is_file()
 
 
 def _pick(flag: str | None, env: str, default: str) -> str:
@@ -47,8 +50,13 @@ def _pick(flag: str | None, env: str, default: str) -> str:
 
 
 def index_dir(flag: str | Path | None = None) -> Path:
-    """The folder that holds one sub-folder per built index."""
-    return Path(_pick(str(flag) if flag else None, ENV_INDEX_DIR, str(ROOT / "index")))
+    """The folder that holds one sub-folder per built index.
+
+    By default the checkout's `index/`, or, for an installed package, `index/` in the user's data
+    folder: never inside site-packages.
+    """
+    default = ROOT / "index" if IN_CHECKOUT else data_dir() / "index"
+    return Path(_pick(str(flag) if flag else None, ENV_INDEX_DIR, str(default)))
 
 
 def cache_dir(flag: str | Path | None = None) -> Path:
