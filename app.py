@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
 #: Layers an editor value may have (ours has none; Gradio would grow a list to any index a client names).
 EDITOR_LAYERS = 4
+#: The most look-alikes one answer shows or the API returns (a client may send any number).
+MAX_K = 24
 log = logging.getLogger("recommender.app")
 
 
@@ -293,7 +295,8 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
     service = service_of(request)
     query = visit.query
     assert query is not None
-    visit, result = service.ask(visit, session=request.session_hash, k=int(k), name=upload_name(query))
+    k = max(1, min(MAX_K, int(k)))
+    visit, result = service.ask(visit, session=request.session_hash, k=k, name=upload_name(query))
     index = service.index(visit.index, session=request.session_hash)
     another = service.thumbnail(result.another_image) if result.another_image else None
     gallery = [(service.thumbnail(m.path), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
@@ -450,6 +453,24 @@ def identify_api(image: str | None, request: gr.Request) -> str:
     return service_of(request).identify(image, name=upload_name(image)).message
 
 
+@user_errors
+def identify_json(image: str | None, request: gr.Request) -> dict[str, Any]:
+    """Which item of the default catalog the picture is: label, score, decision, another picture, look-alikes."""
+    if not image:
+        raise gr.Error("No picture given.")
+    return service_of(request).answer(image, session=request.session_hash, name=upload_name(image))
+
+
+@user_errors
+def search_json(image: str | None, k: int, index: str | None, request: gr.Request) -> list[dict[str, Any]]:
+    """The k catalog items that look most like the picture, in `index` (empty: the default catalog)."""
+    if not image:
+        raise gr.Error("No picture given.")
+    service = service_of(request)
+    count = max(1, min(MAX_K, int(k or 8)))
+    return service.search(image, index=index or None, session=request.session_hash, k=count, name=upload_name(image))
+
+
 # ===================================================================================== layout
 
 
@@ -471,7 +492,7 @@ def query_column(page: Page, examples: list[str]) -> None:
             elem_id="query",
         )
     )
-    k = gr.Slider(1, 24, value=8, step=1, label="How many look-alikes")
+    k = gr.Slider(1, MAX_K, value=8, step=1, label="How many look-alikes")
     search = gr.Button("Find look-alikes", variant="primary", elem_id="search")
     with gr.Accordion("Search a part of the picture", open=False):
         # Filled with the query after each answer; no uploads here, so it only holds good pictures.
@@ -640,6 +661,21 @@ def wire_catalogs(page: Page) -> None:
     )
 
 
+def named_api() -> None:
+    """The named API (hidden from the page): `identify` and `search` answer JSON; `identify_text` as before.
+
+    `identify_text` is the first API's text answer, kept for scripts written against it (its
+    first words name what the picture is).
+    """
+    image = raw_uploads(gr.Image(type="filepath", visible=False))
+    k = gr.Number(value=8, precision=0, minimum=1, maximum=MAX_K, label="k (API)", visible=False)
+    index = gr.Textbox(value="", label="Index name (API)", visible=False)
+    answer, matches, text = gr.JSON(visible=False), gr.JSON(visible=False), gr.Textbox(visible=False)
+    image.change(identify_json, inputs=image, outputs=answer, api_name="identify")
+    image.change(search_json, inputs=[image, k, index], outputs=matches, api_name="search")
+    image.change(identify_api, inputs=image, outputs=text, api_name="identify_text")
+
+
 def build_ui(service: Service) -> gr.Blocks:
     """The page: query and answer, look-alikes, the catalog, and the user's own catalogs."""
     examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
@@ -668,10 +704,7 @@ def build_ui(service: Service) -> gr.Blocks:
         wire_searches(page)
         wire_catalogs(page)
         demo.unload(closed)
-        # The named API: one picture in, the answer's text out (its first words name what it is).
-        api_image = raw_uploads(gr.Image(type="filepath", visible=False))
-        api_text = gr.Textbox(visible=False)
-        api_image.change(identify_api, inputs=api_image, outputs=api_text, api_name="identify")
+        named_api()
     demo.service = service  # type: ignore[attr-defined]  # what `service_of` finds for every request
     return refuse_url_inputs(demo)
 

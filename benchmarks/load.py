@@ -201,9 +201,9 @@ def _predict(client: Any, payload: Any) -> tuple[Any, bool]:
     such requests are counted and reported, and a second failure is a failure.
     """
     try:
-        return client.predict(payload, api_name="/identify"), False
+        return client.predict(payload, api_name="/identify_text"), False
     except concurrent.futures.CancelledError:
-        return client.predict(payload, api_name="/identify"), True
+        return client.predict(payload, api_name="/identify_text"), True
 
 
 def drive(

@@ -29,8 +29,8 @@ from .catalog import Skip, read_catalog
 from .errors import IndexLoadError, IndexNotFoundError, LimitExceeded, ModelError, RecommenderError
 from .explain import SimilarityMatrix, catalog_heatmap, explain, map_figure
 from .images import ImageSource, load_image
-from .index import MANIFEST, Index, check_name, list_indexes
-from .recommend import Identification, embed_query, identify
+from .index import MANIFEST, Index, Match, check_name, list_indexes
+from .recommend import Identification, embed_query, identify, look_alikes
 from .runtime import Runtime, default_runtime
 from .session import Visit
 from .uploads import UPLOAD, UploadLimits, Uploads, stop_check
@@ -147,6 +147,29 @@ def default_index(
     return index
 
 
+def public_match(match: Match) -> dict[str, Any]:
+    """A look-alike as the public API gives it: its catalog id, label, score, rank and metadata, no server path."""
+    data = match.to_dict()
+    del data["path"]
+    return data
+
+
+def public_answer(result: Identification, index: Index) -> dict[str, Any]:
+    """An answer as the public API gives it: pictures named by their catalog ids, never by paths on this server."""
+    another = result.another_image
+    if another is not None:
+        another = another.relative_to(index.root).as_posix() if another.is_relative_to(index.root) else None
+    return {
+        "label": result.label,
+        "score": round(result.score, 6),
+        "in_catalog": result.in_catalog,
+        "threshold": round(result.threshold, 6),
+        "message": result.message,
+        "another_image": another,
+        "matches": [public_match(match) for match in result.matches],
+    }
+
+
 class Service:
     """One per app process: shared, read-mostly state that every session's requests use.
 
@@ -250,6 +273,34 @@ class Service:
         return identify(
             image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked, disliked=disliked
         )
+
+    def answer(
+        self,
+        image: ImageSource,
+        *,
+        index: str | None = None,
+        session: str | None = None,
+        k: int = 8,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """The public API's `identify`: the answer as JSON data (see `public_answer`)."""
+        result = self.identify(image, index=index, session=session, k=k, name=name)
+        return public_answer(result, self.index(index, session=session))
+
+    def search(
+        self,
+        image: ImageSource,
+        *,
+        index: str | None = None,
+        session: str | None = None,
+        k: int = 8,
+        name: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The public API's `search`: the `k` look-alikes in an index `session` may see, as JSON data."""
+        chosen = self.index(index, session=session)
+        picture = load_image(image, name=name)  # refused with its own name before the backbone runs
+        found = look_alikes(picture, chosen, k=k, backbone=self.backbone_for(chosen))
+        return [public_match(match) for match in found]
 
     def ask(
         self,

@@ -83,11 +83,55 @@ def test_garbage_gets_a_one_line_error_and_the_next_picture_still_works(page, tm
 
 
 def test_the_named_api_answers_gradio_clients(app_url):
+    """identify and search answer JSON with named, typed parameters; no server path in any answer."""
+    import json
+
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     client = Client(app_url, verbose=False)
-    text = client.predict(handle_file(str(PIKACHU)), api_name="/identify")
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/identify"]["parameters"]] == ["image"]
+    assert [(p["parameter_name"], p["python_type"]["type"]) for p in api["/search"]["parameters"]] == [
+        ("image", "filepath"),
+        ("k", "int"),
+        ("index", "str"),
+    ]
+    answer = client.predict(handle_file(str(PIKACHU)), api_name="/identify")
+    assert set(answer) == {"label", "score", "in_catalog", "threshold", "message", "another_image", "matches"}
+    assert answer["label"] == "Pikachu" and answer["in_catalog"] and answer["message"].startswith("This is Pikachu")
+    assert answer["score"] > answer["threshold"] and answer["matches"][0]["label"] == "Pikachu"
+    assert answer["another_image"] is None or not answer["another_image"].startswith("/")
+    matches = client.predict(handle_file(str(PIKACHU)), 3, "", api_name="/search")
+    assert [m["rank"] for m in matches] == [1, 2, 3] and matches[0]["label"] == "Pikachu"
+    assert set(matches[0]) == {"rank", "id", "label", "score", "metadata"}
+    assert str(ROOT) not in json.dumps([answer, matches])  # ids, never where the catalog lies on the server
+    with pytest.raises(AppError, match="greater than maximum value 24"):  # bounded
+        client.predict(handle_file(str(PIKACHU)), 10_000, "", api_name="/search")
+    with pytest.raises(AppError, match="no uploaded index named .someone-elses. in this session"):
+        client.predict(handle_file(str(PIKACHU)), 3, "upload:someone-elses", api_name="/search")
+    text = client.predict(handle_file(str(PIKACHU)), api_name="/identify_text")  # the first API, kept
     assert text.startswith("This is Pikachu")
+
+
+def test_the_javascript_client_identifies_a_picture(app_url):
+    """The README's `@gradio/client` example under node: the same JSON answer as from Python."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    js = ROOT / "tests" / "js"
+    if shutil.which("node") is None or not (js / "node_modules" / "@gradio" / "client").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node and @gradio/client are needed in CI (.ci/run: npm ci --prefix tests/js)")
+        pytest.skip("node or @gradio/client missing: npm ci --prefix tests/js")
+    run = subprocess.run(
+        ["node", "identify.mjs", app_url, str(PIKACHU)], cwd=js, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert answer["label"] == "Pikachu" and answer["message"].startswith("This is Pikachu") and answer["matches"]
 
 
 def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tiny_model, browser, app_url, app_folder):

@@ -115,7 +115,7 @@ def test_urls_are_never_fetched_by_the_server(client, app_url):
     try:
         for url in (f"http://127.0.0.1:{port}/pikachu.png", "https://pics.example.org/pikachu.png"):
             with pytest.raises(AppError, match="never fetched from a URL"):
-                client.predict({"path": url, "meta": {"_type": "gradio.FileData"}}, api_name="/identify")
+                client.predict({"path": url, "meta": {"_type": "gradio.FileData"}}, api_name="/identify_text")
         for url in (f"https://127.0.0.1:{port}/x.png", "http://[::1]/x.png"):  # the raw HTTP API too
             answer = call_raw(app_url, {"path": url, "meta": {"_type": "gradio.FileData"}})
             assert "event: error" in answer and "never fetched from a URL" in answer, answer
@@ -146,11 +146,14 @@ def test_the_page_offers_no_url_input(app_url):
         "radio",
         "file",
         "textbox",
+        "number",
         "gallery",
         "dataset",
     }
     texts = [components[i]["props"].get("label") for i in inputs if components[i]["type"] == "textbox"]
-    assert texts == ["Name of the new index"]  # becomes a folder name through service._safe_name, nothing more
+    # The new index's name becomes a folder name through service._safe_name; the API's index name is
+    # only looked up (a shipped index, or one of this session's uploads), never opened as a path.
+    assert sorted(texts) == ["Index name (API)", "Name of the new index"]
     for i in inputs:
         props = components[i]["props"]
         assert "url" not in (props.get("sources") or []) and "url" not in str(props.get("label", "")).lower()

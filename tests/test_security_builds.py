@@ -426,7 +426,7 @@ def test_server_answers_searches_while_a_build_runs(builds_server, long_zip, rec
     from gradio_client import Client, handle_file
 
     searcher = Client(builds_server.url, verbose=False)
-    searcher.predict(handle_file(str(PIKACHU)), api_name="/identify")  # warm
+    searcher.predict(handle_file(str(PIKACHU)), api_name="/identify_text")  # warm
     builder = visitor(builds_server)
     builder.join("build_upload", [builder.upload(long_zip), "long"])
     with builder.messages() as stream:
@@ -434,7 +434,7 @@ def test_server_answers_searches_while_a_build_runs(builds_server, long_zip, rec
         seconds = []
         for _ in range(8):
             started = time.perf_counter()
-            assert searcher.predict(handle_file(str(PIKACHU)), api_name="/identify").startswith("This is Pikachu")
+            assert searcher.predict(handle_file(str(PIKACHU)), api_name="/identify_text").startswith("This is Pikachu")
             seconds.append(time.perf_counter() - started)
         folder = builds_server.session_folder(builder)  # the build still runs: the searches did not wait for it
         assert (folder / "catalogs" / "long").exists() and not (folder / "index" / "long" / "manifest.json").exists()

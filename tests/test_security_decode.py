@@ -412,11 +412,11 @@ def test_the_server_answers_bombs_in_seconds_and_stays_under_2_gb(app_server, tm
         for name, path in files.items():
             started = time.perf_counter()
             try:
-                answer = client.predict(handle_file(str(path)), api_name="/identify")
+                answer = client.predict(handle_file(str(path)), api_name="/identify_text")
             except AppError as exc:
                 answer = str(exc)
             answers[name] = (answer, time.perf_counter() - started)
-        pikachu = client.predict(handle_file(str(ROOT / "assets/pokemon/sprites/025.png")), api_name="/identify")
+        pikachu = client.predict(handle_file(str(ROOT / "assets/pokemon/sprites/025.png")), api_name="/identify_text")
     print(
         f"server RSS {before:.0f} MB before, peak {watch.peak_mb:.0f} MB;",
         {name: (answer[:90], round(seconds, 1)) for name, (answer, seconds) in answers.items()},
