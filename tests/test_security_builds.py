@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CHROMIUM, make_labeled_catalog
-from hostile import make_zip, png
+from hostile import high_ratio, make_zip, names_only, png, tiny_pngs
 from PIL import Image
 
 from recommender import build_index
@@ -33,37 +33,6 @@ from recommender.uploads import MB, UploadLimits, session_key
 ROOT = Path(__file__).resolve().parent.parent
 PIKACHU = ROOT / "assets" / "pokemon" / "sprites" / "025.png"
 DEEP = "a/" * 2000 + "deep.png"  # a member nested 2,000 folders deep
-
-
-def tiny_pngs(count: int, seed: int = 0) -> dict[str, bytes]:
-    """`count` different 8x8 PNGs: cheap to zip, each one real work for a build."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in range(count):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
-        out[f"p{i:05d}.png"] = buf.getvalue()
-    return out
-
-
-def names_only(path: Path, count: int) -> Path:
-    """A zip of `count` empty members named like pictures: tiny, and over any picture limit below `count`."""
-    with zipfile.ZipFile(path, "w") as bundle:
-        for i in range(count):
-            bundle.writestr(f"p{i:05d}.png", b"")
-    return path
-
-
-def high_ratio(path: Path, megabytes: int, *, keep: bytes | None = None) -> Path:
-    """A zip whose junk 'picture' unpacks about 185 times larger than it is packed (under the 200 zip-bomb cap)."""
-    rng = np.random.default_rng(7)
-    junk = np.zeros(megabytes << 20, dtype=np.uint8)
-    at = rng.integers(0, junk.size, junk.size // 900)  # sparse noise: deflate packs it about 185:1
-    junk[at] = rng.integers(1, 255, at.size, dtype=np.uint8)
-    members = {"junk.png": junk.tobytes()}
-    if keep is not None:
-        members["ok.png"] = keep
-    return make_zip(path, members)
 
 
 def files_under(folder: Path) -> list[Path]:
