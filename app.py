@@ -434,7 +434,7 @@ def build_upload(
         f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in {report.seconds:.1f} s."
     ]
     if report.skipped:
-        lines.append(f"\n{len(report.skipped)} skipped:")
+        lines.append(f"\n{html.escape(report.skipped_summary())}:")
         lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
         if len(report.skipped) > 20:
             lines.append(f"- ... and {len(report.skipped) - 20} more")

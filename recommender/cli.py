@@ -213,14 +213,16 @@ def index_cmd(
     for skip in report.skipped[:_SHOW_SKIPS]:
         click.echo(f"skipped {skip}", err=True)
     if len(report.skipped) > _SHOW_SKIPS:
-        click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped", err=True)
+        every = f" (every one in {report.skipped_file})" if report.skipped_file else ""
+        click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped{every}", err=True)
+    copies = f", {report.copies} the same picture as another label's" if report.copies else ""
     speed = f" ({report.images_per_second:.1f} images/s)" if report.embedded else ""
     resumed = f" ({report.resumed} from an interrupted build)" if report.resumed else ""
     where = "" if report.store == "local" else f", vectors in {report.store}"
     click.echo(
-        f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded, {report.reused} "
-        f"unchanged{resumed}, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s"
-        f"{speed}"
+        f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded{copies}, "
+        f"{report.reused} unchanged{resumed}, {report.removed} removed, {report.skipped_summary()}, in "
+        f"{report.seconds:.1f} s{speed}"
     )
 
 
@@ -546,6 +548,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
                     "size_bytes": index.size_bytes,
                     "label_names": labels,
                     "metadata_columns": columns,
+                    "skipped": [{"where": s.where, "reason": s.reason, "label": s.label} for s in index.skipped],
                 },
                 indent=2,
                 ensure_ascii=False,
@@ -566,6 +569,8 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
         ("built", f"{m.created} by recommender {m.library_version} (format {m.format_version})"),
         ("last build", ", ".join(f"{k} {v}" for k, v in m.stats.to_json().items())),
     ]
+    if index.skipped:
+        rows.append(("skipped", f"{len(index.skipped)} pictures, each with why: {index.folder / str(m.files.skipped)}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
