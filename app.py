@@ -9,6 +9,7 @@ import html
 import logging
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -282,7 +283,9 @@ def answer_text(result: Identification, visit: Visit, index_name: str, crop: Ima
         detail += f" Searched the part you cropped ({crop.width}×{crop.height} px)."
     if visit.liked or visit.disliked:
         detail += f" Steered by your feedback: {len(visit.liked)} more like, {len(visit.disliked)} less like."
-    return f"### {result.message}\n\n{detail}"
+    # Escaped: a label is any text a catalog gives (`__init__`, `*new*`, `<b>`) and must read as written.
+    message = re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", result.message)
+    return f"### {message}\n\n{detail}"
 
 
 # ===================================================================================== callbacks

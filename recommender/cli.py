@@ -312,6 +312,7 @@ def identify_cmd(
     ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int, as_json: bool
 ) -> None:
     """Say which catalog item IMAGE is, or that it comes from another universe."""
+    from .catalog import quoted
     from .recommend import identify
 
     index = _open_index(ctx, index_name)
@@ -322,10 +323,10 @@ def identify_cmd(
         return
     click.echo(answer.message)
     if answer.another_image:
-        click.echo(f"another picture of {answer.label}: {answer.another_image}")
+        click.echo(f"another picture of {quoted(answer.label or '')}: {answer.another_image}")
     click.echo(f"(in the catalog when the best score is at least {answer.threshold:.2f}, calibrated on this index)")
     if answer.labels:
-        click.echo("best labels: " + ", ".join(f"{ls.label} {ls.score:.3f}" for ls in answer.labels))
+        click.echo("best labels: " + ", ".join(f"{quoted(ls.label)} {ls.score:.3f}" for ls in answer.labels))
 
 
 @cli.command("evaluate")

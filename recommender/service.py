@@ -167,6 +167,7 @@ def public_answer(result: Identification, index: Index) -> dict[str, Any]:
         "message": result.message,
         "another_image": another,
         "matches": [public_match(match) for match in result.matches],
+        "shared_with": result.shared_with,
     }
 
 

@@ -260,7 +260,7 @@ def test_a_real_upload_is_still_searched_with_or_without_meta(app_url):
     stored = upload(app_url, PIKACHU)
     for file in ({"path": stored}, {"path": stored, "meta": META}):
         status, output = outcome(app_url, _identify(app_url), [file])
-        assert status == 200 and output["data"][0]["message"].startswith("This is Pikachu"), output
+        assert status == 200 and output["data"][0]["message"].startswith("This is “Pikachu”"), output
 
 
 def test_gradios_file_route_never_fetches_a_url(app_url):
@@ -454,7 +454,7 @@ def normal_users(url: str, *, users: int, seconds: float, apart: bool = False) -
             started = time.perf_counter()
             text = client.predict(handle_file(str(PIKACHU)), api_name="/identify_text")
             times.append(time.perf_counter() - started)
-            assert text.startswith("This is Pikachu"), text
+            assert text.startswith("This is “Pikachu”"), text
             time.sleep(0.2)
         return times
 
