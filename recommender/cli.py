@@ -489,18 +489,18 @@ def evaluate_cmd(
         for path in report.write_sheet(sheet, worst=shown):
             click.echo(f"contact sheet: {path}", err=True)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(report.to_dict(worst=worst or 0), indent=2, ensure_ascii=False))
     else:
         click.echo(report.to_markdown(worst=worst or 0) if markdown else report.to_text(worst=worst or 0))
     run = next((r for r in report.runs if r.ok), None)  # the same pictures for every model: warn once
     if run is not None:
         if run.pooled is not None and run.pooled.unknown_labels:
             click.echo(f"labels not in the gallery: {', '.join(run.pooled.unknown_labels[:10])}", err=True)
-        skipped = [s for e in (run.pooled, run.pairs, run.universe) if e is not None for s in e.skipped]
+        skipped = run.skipped()
         for skip in skipped[:_SHOW_SKIPS]:
             click.echo(f"skipped {skip}", err=True)
         if len(skipped) > _SHOW_SKIPS:
-            click.echo(f"... and {len(skipped) - _SHOW_SKIPS} more skipped", err=True)
+            click.echo(f'... and {len(skipped) - _SHOW_SKIPS} more skipped (each under "skipped" in --json)', err=True)
 
 
 @cli.command("map")
