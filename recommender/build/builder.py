@@ -177,12 +177,10 @@ def build_index(
     removed = len(set(own) - {item.sha256 for item in items}) if own else 0
     seconds = time.perf_counter() - started
     resumed = sum(item.sha256 in resumable for item in items)
+    counts = {"embedded": embedded.embedded, "reused": embedded.reused, "resumed": resumed, "removed": removed}
     stats = BuildStats(
-        embedded=embedded.embedded,
-        reused=embedded.reused,
-        resumed=resumed,
+        **counts,
         skipped=len(skipped),
-        removed=removed,
         seconds=seconds,
         precision=backbone.precision,
         ray=executor.name == "ray",
@@ -219,7 +217,7 @@ def build_index(
         forward=backbone.forward,
         copies=embedded.copies,
         labels=frozenset(item.label for item in items if item.label is not None),
-        skipped_file=folder / manifest.files.skipped if manifest.files.skipped else None,
+        skipped_file=folder / str(manifest.files.skipped),
     )
 
 
