@@ -9,6 +9,7 @@ import html
 import logging
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -282,7 +283,9 @@ def answer_text(result: Identification, visit: Visit, index_name: str, crop: Ima
         detail += f" Searched the part you cropped ({crop.width}×{crop.height} px)."
     if visit.liked or visit.disliked:
         detail += f" Steered by your feedback: {len(visit.liked)} more like, {len(visit.disliked)} less like."
-    return f"### {result.message}\n\n{detail}"
+    # Escaped: a label is any text a catalog gives (`__init__`, `*new*`, `<b>`) and must read as written.
+    message = re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", result.message)
+    return f"### {message}\n\n{detail}"
 
 
 # ===================================================================================== callbacks
@@ -434,7 +437,7 @@ def build_upload(
         f"Built **{report.name}**: {report.count} pictures ({report.embedded} embedded) in {report.seconds:.1f} s."
     ]
     if report.skipped:
-        lines.append(f"\n{len(report.skipped)} skipped:")
+        lines.append(f"\n{html.escape(report.skipped_summary())}:")
         lines += [f"- `{html.escape(s.where)}`: {html.escape(s.reason)}" for s in report.skipped[:20]]
         if len(report.skipped) > 20:
             lines.append(f"- ... and {len(report.skipped) - 20} more")

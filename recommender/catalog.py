@@ -38,10 +38,11 @@ class Item:
 
 @dataclass(frozen=True)
 class Skip:
-    """A row or file left out of a catalog, and why."""
+    """A row or file left out of a catalog, and why (and its label, where it had one)."""
 
     where: str
     reason: str
+    label: str | None = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -74,6 +75,11 @@ class Catalog:
                 when = "missing"
             digest.update(json.dumps([item.id, item.path, item.label, dict(item.metadata), when]).encode())
         return "sha256:" + digest.hexdigest()[:16]
+
+
+def quoted(text: str) -> str:
+    """A label or id as messages write it: in curly quotes, so that any label reads right ("This is “it”")."""
+    return f"“{text}”"
 
 
 def read_catalog(
@@ -215,17 +221,17 @@ def _read_csv(
                     skipped.append(Skip(where, f"has {len(row)} fields but the header has {len(header)}"))
                     continue
                 record = {h: cell.strip() for h, cell in zip(header, row)}
+                label = (record[label_col] or None) if label_col else None
                 real, why = _row_picture(record[image_col], image_col, root, confined=confined)
                 if real is None:
-                    skipped.append(Skip(where, why))
+                    skipped.append(Skip(where, why, label))
                     continue
                 rel = Path(os.path.relpath(real, root)).as_posix()
                 item_id = record[id_col] if id_col and record[id_col] else rel
                 if item_id in seen:
-                    skipped.append(Skip(where, f"repeats the id {item_id!r}"))
+                    skipped.append(Skip(where, f"repeats the id {item_id!r}", label))
                     continue
                 seen.add(item_id)
-                label = (record[label_col] or None) if label_col else None
                 metadata = {k: v for k, v in record.items() if k not in (image_col, label_col)}
                 items.append(Item(id=item_id, path=rel, label=label, metadata=metadata))
                 reals.append(real)

@@ -213,14 +213,16 @@ def index_cmd(
     for skip in report.skipped[:_SHOW_SKIPS]:
         click.echo(f"skipped {skip}", err=True)
     if len(report.skipped) > _SHOW_SKIPS:
-        click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped", err=True)
+        every = f" (every one in {report.skipped_file})" if report.skipped_file else ""
+        click.echo(f"... and {len(report.skipped) - _SHOW_SKIPS} more skipped{every}", err=True)
+    copies = f", {report.copies} the same picture as another label's" if report.copies else ""
     speed = f" ({report.images_per_second:.1f} images/s)" if report.embedded else ""
     resumed = f" ({report.resumed} from an interrupted build)" if report.resumed else ""
     where = "" if report.store == "local" else f", vectors in {report.store}"
     click.echo(
-        f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded, {report.reused} "
-        f"unchanged{resumed}, {report.removed} removed, {len(report.skipped)} skipped, in {report.seconds:.1f} s"
-        f"{speed}"
+        f"indexed {report.count} pictures into {report.folder}{where}: {report.embedded} embedded{copies}, "
+        f"{report.reused} unchanged{resumed}, {report.removed} removed, {report.skipped_summary()}, in "
+        f"{report.seconds:.1f} s{speed}"
     )
 
 
@@ -310,6 +312,7 @@ def identify_cmd(
     ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int, as_json: bool
 ) -> None:
     """Say which catalog item IMAGE is, or that it comes from another universe."""
+    from .catalog import quoted
     from .recommend import identify
 
     index = _open_index(ctx, index_name)
@@ -320,10 +323,10 @@ def identify_cmd(
         return
     click.echo(answer.message)
     if answer.another_image:
-        click.echo(f"another picture of {answer.label}: {answer.another_image}")
+        click.echo(f"another picture of {quoted(answer.label or '')}: {answer.another_image}")
     click.echo(f"(in the catalog when the best score is at least {answer.threshold:.2f}, calibrated on this index)")
     if answer.labels:
-        click.echo("best labels: " + ", ".join(f"{ls.label} {ls.score:.3f}" for ls in answer.labels))
+        click.echo("best labels: " + ", ".join(f"{quoted(ls.label)} {ls.score:.3f}" for ls in answer.labels))
 
 
 @cli.command("evaluate")
@@ -486,18 +489,18 @@ def evaluate_cmd(
         for path in report.write_sheet(sheet, worst=shown):
             click.echo(f"contact sheet: {path}", err=True)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(report.to_dict(worst=worst or 0), indent=2, ensure_ascii=False))
     else:
         click.echo(report.to_markdown(worst=worst or 0) if markdown else report.to_text(worst=worst or 0))
     run = next((r for r in report.runs if r.ok), None)  # the same pictures for every model: warn once
     if run is not None:
         if run.pooled is not None and run.pooled.unknown_labels:
             click.echo(f"labels not in the gallery: {', '.join(run.pooled.unknown_labels[:10])}", err=True)
-        skipped = [s for e in (run.pooled, run.pairs, run.universe) if e is not None for s in e.skipped]
+        skipped = run.skipped()
         for skip in skipped[:_SHOW_SKIPS]:
             click.echo(f"skipped {skip}", err=True)
         if len(skipped) > _SHOW_SKIPS:
-            click.echo(f"... and {len(skipped) - _SHOW_SKIPS} more skipped", err=True)
+            click.echo(f'... and {len(skipped) - _SHOW_SKIPS} more skipped (each under "skipped" in --json)', err=True)
 
 
 @cli.command("map")
@@ -546,6 +549,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
                     "size_bytes": index.size_bytes,
                     "label_names": labels,
                     "metadata_columns": columns,
+                    "skipped": [{"where": s.where, "reason": s.reason, "label": s.label} for s in index.skipped],
                 },
                 indent=2,
                 ensure_ascii=False,
@@ -566,6 +570,8 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
         ("built", f"{m.created} by recommender {m.library_version} (format {m.format_version})"),
         ("last build", ", ".join(f"{k} {v}" for k, v in m.stats.to_json().items())),
     ]
+    if index.skipped:
+        rows.append(("skipped", f"{len(index.skipped)} pictures, each with why: {index.folder / str(m.files.skipped)}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")

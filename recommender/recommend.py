@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import Backbone
+from .catalog import quoted
 from .errors import RecommenderError
 from .images import DECODE_MAX_SIDE, ImageSource, describe, load_image, read_bytes
 from .index import Index, Match
@@ -43,6 +44,7 @@ class Identification:
     labels: list[LabelScore] = field(default_factory=list)
     named_with: str | None = None
     named_score: float | None = None
+    shared_with: list[str] = field(default_factory=list)  # other labels whose best match is the very same picture
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class Identification:
             "labels": [{"label": ls.label, "score": round(ls.score, 6), "id": ls.best.item.id} for ls in self.labels],
             "named_with": self.named_with,
             "named_score": None if self.named_score is None else round(self.named_score, 6),
+            "shared_with": self.shared_with,
         }
 
 
@@ -166,16 +169,18 @@ def identify(
             return _unlabeled_answer(index, matches, best_score, in_catalog, threshold)
         labels = rank_labels(index, scores, top=5)
         top = labels[0]
+        shared = same_picture_labels(index, scores, top)
         another = another_picture(index, top.label, scores, exclude_sha256=digest)
         return Identification(
             label=top.label,
             score=top.score,
             in_catalog=in_catalog,
             threshold=threshold,
-            message=_message(top.label, top.score, in_catalog, index.domain),
+            message=_message([top.label, *shared], top.score, in_catalog, index.domain),
             another_image=another,
             matches=matches,
             labels=labels,
+            shared_with=shared,
         )
     if not reference.labeled:
         raise RecommenderError(f"index {reference.name!r} has no labels, so it cannot name pictures")
@@ -188,13 +193,19 @@ def identify(
         in_catalog=in_catalog,
         threshold=threshold,
         message=_message(
-            named.label, best_score, in_catalog, reference.domain, closest=closest, named_score=named.score
+            [named.label, *named.shared_with] if named.label else [],
+            best_score,
+            in_catalog,
+            reference.domain,
+            closest=closest,
+            named_score=named.score,
         ),
         another_image=named.another_image,
         matches=matches,
         labels=named.labels,
         named_with=reference.name,
         named_score=named.score,
+        shared_with=named.shared_with,
     )
 
 
@@ -216,6 +227,20 @@ def rank_labels(index: Index, scores: np.ndarray, *, top: int = 5) -> list[Label
             )
         )
     return ranked
+
+
+def same_picture_labels(index: Index, scores: np.ndarray, top: LabelScore) -> list[str]:
+    """The other labels with an item that is the very picture (same bytes) of `top`'s best match, sorted.
+
+    Two labels may share one picture (an artist drew two flags alike): the answer is then either,
+    and says so, rather than one of them picked by the order of their names. Only the items scoring
+    what that picture scores are looked at (one (N,) comparison), however many labels tie.
+    """
+    sha = top.best.item.sha256
+    if sha is None:
+        return []
+    tied = (index.items[i] for i in np.flatnonzero(scores >= top.score - 1e-6))  # the same vector scores the same
+    return sorted({item.label for item in tied if item.sha256 == sha and item.label not in (None, top.label)})
 
 
 def another_picture(index: Index, label: str, scores: np.ndarray, *, exclude_sha256: str | None = None) -> Path | None:
@@ -243,11 +268,11 @@ def _unlabeled_answer(
 ) -> Identification:
     closest = matches[0]
     if in_catalog:
-        message = f"The closest picture is {closest.item.id} ({score:.2f})"
+        message = f"The closest picture is {quoted(closest.item.id)} ({score:.2f})"
     else:
         message = (
             f"You gave a picture from another universe; the closest picture in the catalog is "
-            f"{closest.item.id} ({score:.2f})"
+            f"{quoted(closest.item.id)} ({score:.2f})"
         )
     return Identification(
         label=None,
@@ -261,7 +286,7 @@ def _unlabeled_answer(
 
 
 def _message(
-    label: str | None,
+    labels: Sequence[str],
     score: float,
     in_catalog: bool,
     domain: str | None,
@@ -269,12 +294,24 @@ def _message(
     closest: Match | None = None,
     named_score: float | None = None,
 ) -> str:
+    """The answer in words; labels are quoted so that any label reads right ("This is “it” (0.80)")."""
     thing = domain or "catalog item"
+    named = either(labels)
+    same = f": the catalog has the same picture for {'both' if len(labels) == 2 else 'each'}" if len(labels) > 1 else ""
     if closest is not None:
-        found = f"the closest picture is {closest.item.id} ({score:.2f}), which looks like {label} ({named_score:.2f})"
-        return (
-            f"{found[0].upper()}{found[1:]}" if in_catalog else (f"You gave a picture from another universe; {found}")
+        found = (
+            f"the closest picture is {quoted(closest.item.id)} ({score:.2f}), which looks like {named} "
+            f"({named_score:.2f}){same}"
         )
+        return f"{found[0].upper()}{found[1:]}" if in_catalog else f"You gave a picture from another universe; {found}"
     if in_catalog:
-        return f"This is {label} ({score:.2f})"
-    return f"You gave a picture from another universe; the {thing} that looks most like it is {label} ({score:.2f})"
+        return f"This is {named} ({score:.2f}){same}"
+    return (
+        f"You gave a picture from another universe; the {thing} that looks most like it is {named} ({score:.2f}){same}"
+    )
+
+
+def either(labels: Sequence[str]) -> str:
+    """Labels quoted and joined by "or": `“A”`, `“A” or “B”`, `“A”, “B” or “C”`."""
+    names = [quoted(label) for label in labels] or ["nothing"]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

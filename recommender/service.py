@@ -167,6 +167,7 @@ def public_answer(result: Identification, index: Index) -> dict[str, Any]:
         "message": result.message,
         "another_image": another,
         "matches": [public_match(match) for match in result.matches],
+        "shared_with": result.shared_with,
     }
 
 
@@ -419,6 +420,7 @@ class Service:
                     if on_extracted:
                         on_extracted(skipped)
                     catalog = read_catalog(source, confined=True)
+                    catalog.skipped[:0] = skipped  # what the zip held but could not give: in the build's record too
                     report = build_index(
                         catalog,
                         name=name,
@@ -447,7 +449,6 @@ class Service:
                         old.unlink(missing_ok=True)
         finally:
             self._build_lock.release()
-        report.skipped[:0] = skipped
         return report
 
     def close_session(self, session: str | None) -> None:

@@ -55,7 +55,7 @@ def ask(page: object, picture: Path) -> str:
 
 def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
     answer = ask(page, PIKACHU)
-    assert answer.startswith("This is Pikachu (1.00)")  # a catalog picture is itself
+    assert answer.startswith("This is “Pikachu” (1.00)")  # a catalog picture is itself
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
     assert "1. Pikachu" in page.inner_text("#scores")
     assert page.locator("#another img").count() == 1  # another picture of Pikachu
@@ -79,7 +79,7 @@ def test_garbage_gets_a_one_line_error_and_the_next_picture_still_works(page, tm
     page.wait_for_function(
         "[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('cut.png'))", timeout=30_000
     )
-    assert ask(page, ROOT / "assets" / "pokemon" / "sprites" / "004.png").startswith("This is Charmander")
+    assert ask(page, ROOT / "assets" / "pokemon" / "sprites" / "004.png").startswith("This is “Charmander”")
 
 
 def test_the_named_api_answers_gradio_clients(app_url):
@@ -98,8 +98,17 @@ def test_the_named_api_answers_gradio_clients(app_url):
         ("index", "str"),
     ]
     answer = client.predict(handle_file(str(PIKACHU)), api_name="/identify")
-    assert set(answer) == {"label", "score", "in_catalog", "threshold", "message", "another_image", "matches"}
-    assert answer["label"] == "Pikachu" and answer["in_catalog"] and answer["message"].startswith("This is Pikachu")
+    assert set(answer) == {
+        "label",
+        "score",
+        "in_catalog",
+        "threshold",
+        "message",
+        "another_image",
+        "matches",
+        "shared_with",
+    }
+    assert answer["label"] == "Pikachu" and answer["in_catalog"] and answer["message"].startswith("This is “Pikachu”")
     assert answer["score"] > answer["threshold"] and answer["matches"][0]["label"] == "Pikachu"
     assert answer["another_image"] is None or not answer["another_image"].startswith("/")
     matches = client.predict(handle_file(str(PIKACHU)), 3, "", api_name="/search")
@@ -111,7 +120,7 @@ def test_the_named_api_answers_gradio_clients(app_url):
     with pytest.raises(AppError, match="no uploaded index named .someone-elses. in this session"):
         client.predict(handle_file(str(PIKACHU)), 3, "upload:someone-elses", api_name="/search")
     text = client.predict(handle_file(str(PIKACHU)), api_name="/identify_text")  # the first API, kept
-    assert text.startswith("This is Pikachu")
+    assert text.startswith("This is “Pikachu”")
 
 
 def test_the_javascript_client_identifies_a_picture(app_url):
@@ -131,7 +140,7 @@ def test_the_javascript_client_identifies_a_picture(app_url):
     )
     assert run.returncode == 0, run.stderr
     answer = json.loads(run.stdout)
-    assert answer["label"] == "Pikachu" and answer["message"].startswith("This is Pikachu") and answer["matches"]
+    assert answer["label"] == "Pikachu" and answer["message"].startswith("This is “Pikachu”") and answer["matches"]
 
 
 def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tiny_model, browser, app_url, app_folder):
@@ -151,7 +160,7 @@ def test_with_the_real_web_client_offline_the_page_says_so(tmp_path_factory, tin
         page.goto(url)
         page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
         started = time.monotonic()
-        assert ask(page, PIKACHU).startswith("This is Pikachu")
+        assert ask(page, PIKACHU).startswith("This is “Pikachu”")
         page.wait_for_selector("#links-offline", timeout=30_000)
         assert time.monotonic() - started < 15
         assert "Related media unavailable: web search unavailable" in page.inner_text("#related")
@@ -172,14 +181,14 @@ def test_click_a_look_alike_then_more_like_this_and_search_a_part(page):
     picked = page.inner_text("#selected").split("·")[0].strip()
     before = page.inner_text("#answer")
     page.click("#more")
-    assert new_answer(page, before).startswith(f"This is {picked} (1.00)")  # that picture, now the query
+    assert new_answer(page, before).startswith(f"This is “{picked}” (1.00)")  # that picture, now the query
     page.click("text=Search a part of the picture")
     page.wait_for_selector("#crop canvas", timeout=30_000)
     page.click("#crop-search")
     page.wait_for_function(
         "document.querySelector('#answer').innerText.includes('the part you cropped')", timeout=60_000
     )
-    assert page.inner_text("#answer").strip().startswith(f"This is {picked} (1.00)")  # uncropped: that picture
+    assert page.inner_text("#answer").strip().startswith(f"This is “{picked}” (1.00)")  # uncropped: that picture
 
 
 def test_the_catalog_tab_draws_the_similarity_matrix(page):
@@ -201,7 +210,7 @@ def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
     page.wait_for_selector("#overlay img", timeout=30_000)
     page.click("#dislike")
     page.wait_for_function("document.querySelector('#answer').innerText.includes('1 less like')", timeout=60_000)
-    assert not page.inner_text("#answer").strip().startswith("This is Pikachu (1.00)")  # left out now
+    assert not page.inner_text("#answer").strip().startswith("This is “Pikachu” (1.00)")  # left out now
     # The gallery re-renders after the answer: a click on a picture being replaced is lost, so retry it.
     page.wait_for_function("t => document.querySelector('#gallery').innerText !== t", arg=first, timeout=30_000)
     from playwright.sync_api import TimeoutError as PlaywrightTimeout

@@ -77,7 +77,7 @@ def test_each_broken_picture_gets_its_reason_and_the_next_picture_is_answered(cl
         message = str(caught.value)
         assert re.match(rf"{re.escape(name)}: .*({reason})", message) and "\n" not in message, message
         assert "Traceback" not in message and time.perf_counter() - started < FEW_SECONDS
-        assert identify(client, PIKACHU).startswith("This is Pikachu")  # the next request still works
+        assert identify(client, PIKACHU).startswith("This is “Pikachu”")  # the next request still works
     assert app_server.process.poll() is None
 
 

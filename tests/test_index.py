@@ -120,9 +120,11 @@ def test_incremental_rebuild_embeds_only_new_and_changed(built_any, labeled_cata
         if item.id in ("red-circle/1.png", "green-square/9.png"):
             continue
         np.testing.assert_array_equal(after.vector(item.id), old[item.id])
-    # the old version's files are gone: one manifest, one embeddings file (or database), one items file
+    # the old version's files are gone: one manifest, one embeddings file (or database), one items file,
+    # one list of skipped pictures
     names = sorted(p.name for p in after.folder.iterdir() if not p.name.startswith("."))
-    assert len(names) == 3 and "manifest.json" in names
+    assert len(names) == 4 and "manifest.json" in names
+    assert [n for n in names if n.startswith("skipped-")] == [after.manifest.files.skipped]
     assert not (after.folder / ".build").exists()  # the checkpoint went with the commit
     if not after.store.exact:  # and the previous version's collection went with it
         from recommender.index.store.milvus import collection_prefix

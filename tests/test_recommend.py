@@ -139,7 +139,7 @@ def test_identify_names_a_new_picture_and_offers_another(shapes, labeled_catalog
     draw_shape("circle", (220, 30, 30), seed=4242).save(query)
     answer = identify(query, shapes)
     assert answer.label == "red-circle" and answer.in_catalog
-    assert answer.message == f"This is red-circle ({answer.score:.2f})"
+    assert answer.message == f"This is “red-circle” ({answer.score:.2f})"
     assert answer.another_image is not None and answer.another_image.parent.name == "red-circle"
     assert answer.another_image != answer.matches[0].path
     assert answer.threshold == shapes.calibration.threshold
@@ -162,7 +162,7 @@ def test_a_picture_from_another_universe(shapes, monkeypatch):
     answer = identify(draw_shape("circle", (220, 30, 30), seed=7), shapes)
     assert not answer.in_catalog and answer.label == "red-circle"
     assert answer.message.startswith(
-        "You gave a picture from another universe; the shape that looks most like it is red-circle"
+        "You gave a picture from another universe; the shape that looks most like it is “red-circle”"
     )
 
 
@@ -184,12 +184,12 @@ def test_naming_through_a_reference_index(store, tmp_path, tiny_model):
     assert not mystery.labeled and "unlabeled" in mystery.calibration.method
     alone = identify(unlabeled / "picture1.png", mystery)
     assert alone.label is None and alone.matches[0].item.id == "picture1.png" and alone.in_catalog
-    assert alone.message.startswith("The closest picture is picture1.png")
+    assert alone.message.startswith("The closest picture is “picture1.png”")
     named = identify(unlabeled / "picture1.png", mystery, reference=ref)
     assert named.label == "green-square" and named.named_with == "ref" and named.named_score > 0.5
     assert named.matches[0].item.id == "picture1.png"
     assert named.another_image is not None and named.another_image.parent.name == "green-square"
-    assert "looks like green-square" in named.message
+    assert "looks like “green-square”" in named.message
     with pytest.raises(RecommenderError, match="has no labels"):
         identify(unlabeled / "picture1.png", ref, reference=mystery)
 
@@ -228,7 +228,7 @@ def test_identify_and_evaluate_from_the_command_line(shapes, labeled_catalog, tm
     assert Path(answer["another_image"]).parent.name == "blue-triangle"
     assert answer["matches"][0]["id"] == "blue-triangle/1.png"
     text = runner.invoke(cli, ["identify", str(labeled_catalog / "blue-triangle" / "1.png"), "--index", "shapes"])
-    assert text.stdout.startswith("This is blue-triangle") and "another picture of blue-triangle" in text.stdout
+    assert text.stdout.startswith("This is “blue-triangle”") and "another picture of “blue-triangle”" in text.stdout
     evaluated = runner.invoke(cli, ["evaluate", "--index", "shapes", "--queries", str(labeled_catalog), "--json", "-q"])
     metrics = json.loads(evaluated.stdout)
     assert {"recall@1", "recall@5", "mAP@5", "queries"} <= set(metrics) and metrics["queries"] == 12

@@ -403,7 +403,9 @@ def test_server_answers_searches_while_a_build_runs(builds_server, long_zip, rec
         seconds = []
         for _ in range(8):
             started = time.perf_counter()
-            assert searcher.predict(handle_file(str(PIKACHU)), api_name="/identify_text").startswith("This is Pikachu")
+            assert searcher.predict(handle_file(str(PIKACHU)), api_name="/identify_text").startswith(
+                "This is “Pikachu”"
+            )
             seconds.append(time.perf_counter() - started)
         folder = builds_server.session_folder(builder)  # the build still runs: the searches did not wait for it
         assert (folder / "catalogs" / "long").exists() and not (folder / "index" / "long" / "manifest.json").exists()

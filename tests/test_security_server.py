@@ -198,7 +198,7 @@ def test_a_real_upload_is_still_searched_with_or_without_meta(app_url):
     stored = upload(app_url, PIKACHU)
     for file in ({"path": stored}, {"path": stored, "meta": META}):
         status, output = outcome(app_url, api_fn(app_url), [file])
-        assert status == 200 and output["data"][0]["message"].startswith("This is Pikachu"), output
+        assert status == 200 and output["data"][0]["message"].startswith("This is “Pikachu”"), output
 
 
 def test_gradios_file_route_never_fetches_a_url(app_url):

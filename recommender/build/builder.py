@@ -21,7 +21,7 @@ import numpy as np
 from .. import settings
 from ..backbones import Backbone, load_backbone
 from ..calibration import calibrate
-from ..catalog import Catalog, Item, Skip, read_catalog
+from ..catalog import Catalog, Item, Skip, quoted, read_catalog
 from ..errors import CatalogError, RecommenderError
 from ..index import BuildStats, CatalogInfo, Index, StoreConfig, index_folder, write_index
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint
@@ -40,7 +40,8 @@ class BuildConfig:
     (`LocalExecutor` by default, `RayExecutor` for a cluster), `batch_size`, a `progress` bar,
     checkpoints every `checkpoint_seconds`, and `should_stop`, asked before each picture: its
     answer (why) stops the build with `BuildStopped`, nothing written (bounds for builds that
-    strangers start).
+    strangers start). `dedupe` collapses pictures repeated under one label (each one skipped and
+    reported); the same picture under two labels is always indexed twice, once per label.
     """
 
     limit: int | None = None
@@ -56,6 +57,7 @@ class BuildConfig:
     progress: bool = True
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     should_stop: ShouldStop | None = None
+    dedupe: bool = True
 
     def replace(self, **changes: Any) -> BuildConfig:
         """This configuration with some fields changed; a name that is no field is a clear error."""
@@ -70,7 +72,7 @@ class BuildConfig:
 
 @dataclass
 class BuildReport:
-    """What a build did: counts, timings and every item skipped with its reason."""
+    """What a build did: counts, timings and every item skipped with its reason (also in the index's folder)."""
 
     name: str
     folder: Path
@@ -84,10 +86,37 @@ class BuildReport:
     resumed: int = 0  # of `reused`: vectors an interrupted build had embedded
     store: str = "local"
     forward: str = ""  # which forward pass computed the vectors (`Backbone.forward`)
+    copies: int = 0  # items whose picture is an earlier item's (another label's): embedded once
+    labels: frozenset[str] = frozenset()  # the labels the index holds
+    skipped_file: Path | None = None  # where every skip is listed, beside the index
 
     @property
     def images_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def skipped_labels(self) -> list[str]:
+        """The labels of which a picture was skipped, sorted."""
+        return sorted({s.label for s in self.skipped if s.label is not None})
+
+    @property
+    def lost_labels(self) -> list[str]:
+        """The labels skipped whole: every picture of theirs was left out, so the index cannot name them."""
+        return [label for label in self.skipped_labels if label not in self.labels]
+
+    def skipped_summary(self, *, names: int = 5) -> str:
+        """How many pictures were skipped and how many labels that touches, e.g. `3 skipped (2 labels affected,
+        1 of them left with no picture: “x”)`; the first `names` lost labels are named."""
+        text = f"{len(self.skipped)} skipped"
+        affected = self.skipped_labels
+        if not affected:
+            return text
+        lost = self.lost_labels
+        text += f" ({len(affected)} label{'s' if len(affected) != 1 else ''} affected"
+        if lost:
+            shown = ", ".join(quoted(label) for label in lost[:names]) + (", …" if len(lost) > names else "")
+            text += f", {len(lost)} of them left with no picture: {shown}"
+        return text + ")"
 
 
 def build_index(
@@ -131,7 +160,7 @@ def build_index(
             catalog.root,
             backbone,
             previous=previous | resumable,
-            dedupe=True,
+            dedupe=config.dedupe,
             executor=executor,
             batch_size=config.batch_size,
             progress=config.progress,
@@ -148,12 +177,10 @@ def build_index(
     removed = len(set(own) - {item.sha256 for item in items}) if own else 0
     seconds = time.perf_counter() - started
     resumed = sum(item.sha256 in resumable for item in items)
+    counts = {"embedded": embedded.embedded, "reused": embedded.reused, "resumed": resumed, "removed": removed}
     stats = BuildStats(
-        embedded=embedded.embedded,
-        reused=embedded.reused,
-        resumed=resumed,
+        **counts,
         skipped=len(skipped),
-        removed=removed,
         seconds=seconds,
         precision=backbone.precision,
         ray=executor.name == "ray",
@@ -162,7 +189,7 @@ def build_index(
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = embedded.vectors.astype(np.float16 if config.dtype == "float16" else np.float32)
     calibration = calibrate(stored, [item.label for item in items])
-    write_index(
+    manifest = write_index(
         folder,
         embeddings=embedded.vectors,
         items=items,
@@ -172,6 +199,7 @@ def build_index(
         stats=stats,
         calibration=calibration,
         store=store,
+        skipped=skipped,
     )
     checkpoint.clear()  # committed: a crash before this line only leaves shards that the next build re-uses
     return BuildReport(
@@ -187,6 +215,9 @@ def build_index(
         resumed=resumed,
         store=str(store),
         forward=backbone.forward,
+        copies=embedded.copies,
+        labels=frozenset(item.label for item in items if item.label is not None),
+        skipped_file=folder / str(manifest.files.skipped),
     )
 
 

@@ -3,9 +3,9 @@
 An executor turns catalog items into `Outcome`s, one per item (its content hash, and a fresh
 vector, or the reason it could not be read, or nothing when its vector is already known); how it
 spreads the work (threads here, tasks and model actors on Ray) is its own business. `assemble`
-then does what every build needs, in catalog order: skip what could not be read, collapse repeated
-pictures, take known vectors, and count. The executor reads every picture with `read_item`, so a
-picture is decoded the same way wherever it runs.
+then does what every build needs, in catalog order: skip what could not be read, collapse pictures
+repeated under one label, take known vectors, and count. The executor reads every picture with
+`read_item`, so a picture is decoded the same way wherever it runs.
 """
 
 from __future__ import annotations
@@ -60,13 +60,18 @@ class Outcome:
 
 @dataclass
 class Embedded:
-    """Items that could be read (with their content hashes), their (N, D) vectors, and the ones skipped."""
+    """Items that could be read (with their content hashes), their (N, D) vectors, and the ones skipped.
+
+    Every item is one of: `embedded` (a picture embedded now), `reused` (its vector was known) or
+    one of the `copies` (the same picture as an earlier item embedded now, e.g. under another label).
+    """
 
     items: list[Item]
     vectors: np.ndarray
     skipped: list[Skip]
     embedded: int
     reused: int
+    copies: int = 0
 
 
 class Executor(Protocol):
@@ -202,9 +207,9 @@ def embed_items(  # noqa: PLR0913  # keyword-only options of a public call
     """Read, hash, decode and embed catalog pictures in batches; unreadable ones are skipped with a reason.
 
     `previous` maps content hashes to vectors that need no embedding again; with `dedupe`, a
-    picture whose bytes repeat an earlier item's is skipped (a picture is never embedded twice
-    locally either way). `on_embedded` receives the content
-    hashes and (B, D) vectors of each batch embedded (a checkpoint). `should_stop` is asked before
+    picture whose bytes repeat an earlier item's of the same label is skipped (a picture is never
+    embedded twice locally either way; one under another label is kept). `on_embedded` receives the
+    content hashes and (B, D) vectors of each batch embedded (a checkpoint). `should_stop` is asked before
     each picture; what it answers (why to stop) is raised as `BuildStopped`.
     """
     previous = previous or {}
@@ -231,34 +236,39 @@ def embed_items(  # noqa: PLR0913  # keyword-only options of a public call
 def assemble(
     items: Sequence[Item], outcomes: Sequence[Outcome], previous: Mapping[str, np.ndarray], *, dedupe: bool, dim: int
 ) -> Embedded:
-    """The items in catalog order with their vectors, skips and counts, whichever executor produced the outcomes."""
+    """The items in catalog order with their vectors, skips and counts, whichever executor produced the outcomes.
+
+    With `dedupe`, a picture repeating an earlier item's bytes *under the same label* is skipped
+    (reported); under another label it stays, its own item sharing the one vector embedded.
+    """
     by_row = {outcome.row: outcome for outcome in outcomes}
     fresh = {o.sha256: o.vector for o in outcomes if o.vector is not None and o.sha256 is not None}
     kept: list[Item] = []
     vectors: list[np.ndarray] = []
     skipped: list[Skip] = []
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str | None], str] = {}  # (content hash, label) -> the first path with them
     embedded: set[str] = set()
+    copies = reused = 0
     for row, item in enumerate(items):
         outcome = by_row[row]
         if outcome.error or outcome.sha256 is None:
-            skipped.append(Skip(item.path, outcome.error or "not read"))
+            skipped.append(Skip(item.path, outcome.error or "not read", item.label))
             continue
         sha = outcome.sha256
-        if dedupe and sha in seen:
-            skipped.append(Skip(item.path, f"same picture as {seen[sha]}"))
+        if dedupe and (sha, item.label) in seen:
+            skipped.append(Skip(item.path, f"same picture as {seen[sha, item.label]}", item.label))
             continue
-        seen.setdefault(sha, item.path)
+        seen.setdefault((sha, item.label), item.path)
         kept.append(replace(item, sha256=sha))
         if sha in fresh:
             vectors.append(np.asarray(fresh[sha], dtype=np.float32))
+            copies += sha in embedded  # another item (another label's, or not collapsed) with this picture
             embedded.add(sha)
         else:
             vectors.append(np.asarray(previous[sha], dtype=np.float32))
+            reused += 1
     matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
-    return Embedded(
-        items=kept, vectors=matrix, skipped=skipped, embedded=len(embedded), reused=len(kept) - len(embedded)
-    )
+    return Embedded(items=kept, vectors=matrix, skipped=skipped, embedded=len(embedded), reused=reused, copies=copies)
 
 
 @contextlib.contextmanager

@@ -84,13 +84,17 @@ def evaluation_cache(cache_dir: str | Path | None = None) -> Path:
     return settings.cache_dir(cache_dir) / "evaluation"
 
 
-def cached_index(catalog: Catalog, backbone: Backbone, *, directory: Path, progress: bool = True) -> Index:
+def cached_index(
+    catalog: Catalog, backbone: Backbone, *, directory: Path, progress: bool = True, dedupe: bool = True
+) -> Index:
     """The index of `catalog` with `backbone`, built once and re-used while the catalog's files are unchanged.
 
     A hybrid is assembled from its parts' cached indexes (each vector scaled by the square root
     of its weight, as `Hybrid` does), so that trying several weights embeds every picture once.
+    `dedupe` collapses pictures repeated under one label, as `index` does (a gallery); without it
+    every picture is kept (query sets: each one counts, as when they are embedded on the way).
     """
-    name = _cache_name(catalog, backbone)
+    name = _cache_name(catalog, backbone, dedupe=dedupe)
     fingerprint = catalog.fingerprint()
     try:
         index = Index.load(name, index_dir=directory)
@@ -100,7 +104,7 @@ def cached_index(catalog: Catalog, backbone: Backbone, *, directory: Path, progr
     except IndexLoadError:
         pass  # absent, stale or built otherwise: (re)build below, re-using what still matches
     if len(backbone.parts) > 1:
-        reuse = _assemble(catalog, backbone, directory, progress)
+        reuse = _assemble(catalog, backbone, directory, progress, dedupe)
     else:  # the same pictures in another source (pairs of catalog pictures) are not embedded twice
         reuse = _known_vectors(directory, backbone, {item.path for item in catalog.items}, catalog.root)
     build_index(
@@ -111,12 +115,17 @@ def cached_index(catalog: Catalog, backbone: Backbone, *, directory: Path, progr
         fingerprint=fingerprint,
         reuse=reuse,
         progress=progress,
+        dedupe=dedupe,
     )
     return Index.load(name, index_dir=directory)
 
 
-def _assemble(catalog: Catalog, hybrid: Backbone, directory: Path, progress: bool) -> dict[str, np.ndarray]:
-    parts = [cached_index(catalog, part, directory=directory, progress=progress) for part in hybrid.parts]
+def _assemble(
+    catalog: Catalog, hybrid: Backbone, directory: Path, progress: bool, dedupe: bool
+) -> dict[str, np.ndarray]:
+    parts = [
+        cached_index(catalog, part, directory=directory, progress=progress, dedupe=dedupe) for part in hybrid.parts
+    ]
     rows = [{item.sha256: i for i, item in enumerate(p.items)} for p in parts]
     common = [sha for sha in rows[0] if all(sha in r for r in rows[1:])]
     pieces = [
@@ -144,11 +153,10 @@ def _known_vectors(directory: Path, backbone: Backbone, paths: set[str], root: P
     return known
 
 
-def _cache_name(catalog: Catalog, backbone: Backbone) -> str:
+def _cache_name(catalog: Catalog, backbone: Backbone, *, dedupe: bool = True) -> str:
     source = Path(catalog.source).resolve()
-    digest = hashlib.sha256(
-        json.dumps([str(source), catalog.columns, backbone.spec.to_json()], sort_keys=True, default=str).encode()
-    ).hexdigest()[:10]
+    keys = [str(source), catalog.columns, backbone.spec.to_json()] + ([] if dedupe else ["every picture"])
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:10]
     model = Path(backbone.name).name if "/" in backbone.name else backbone.name
     return f"{slug(source.stem or source.name)}-{slug(model.replace('+', '_'))}-{digest}"
 
@@ -282,7 +290,9 @@ def compare_models(
             continue
 
         def vectors_of(catalog: Catalog, name: str, backbone: Backbone = backbone) -> Vectors:
-            return Vectors.of_index(cached_index(catalog, backbone, directory=directory, progress=progress), name)
+            # Every picture of a query set counts, as on the --index path: nothing collapsed.
+            index = cached_index(catalog, backbone, directory=directory, progress=progress, dedupe=False)
+            return Vectors.of_index(index, name)
 
         gallery = cached_index(catalog, backbone, directory=directory, progress=progress) if catalog else None
         run = ModelRun(spec.label)

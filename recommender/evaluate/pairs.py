@@ -33,6 +33,16 @@ class PairResult:
     foil: Path
     foil_score: float
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "left": str(self.left),
+            "right": str(self.right),
+            "rank": self.rank,
+            "score": round(self.score, 4),
+            "foil": str(self.foil),
+            "foil_score": round(self.foil_score, 4),
+        }
+
 
 @dataclass
 class PairsEvaluation:
@@ -49,7 +59,8 @@ class PairsEvaluation:
     def top(self, k: int) -> float:
         return float(np.mean([r.rank <= k for r in self.results])) if self.results else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, worst: int = 0) -> dict[str, Any]:
+        """The accuracies, counts and skips as JSON; `worst` adds the `worst` pairs."""
         return {
             "protocol": "pairs",
             "source": self.source,
@@ -63,6 +74,7 @@ class PairsEvaluation:
             "skipped": [str(s) for s in self.skipped],
             "ms_per_image": rounded(self.ms_per_image, 2),
             "index_mb": rounded(self.index_mb, 3),
+            **({"worst": [r.to_dict() for r in self.worst(worst)]} if worst else {}),
         }
 
     def worst(self, n: int = 10) -> list[PairResult]:
@@ -170,10 +182,15 @@ def evaluate_pairs(pairs: Pairs, vectors: Vectors, *, seed: int = 0, foils: int 
             )
         )
     missing = len(pairs.pairs) - len(usable)
-    skipped = pairs.catalog.skipped + (
-        [Skip(str(pairs.catalog.source), f"{missing} pairs with a picture that could not be embedded")]
-        if missing
-        else []
+    unread = [s for s in vectors.skipped if s not in pairs.catalog.skipped]  # pictures that could not be embedded
+    skipped = (
+        pairs.catalog.skipped
+        + unread
+        + (
+            [Skip(str(pairs.catalog.source), f"{missing} pairs with a picture that could not be embedded")]
+            if missing
+            else []
+        )
     )
     ms = 1000 * vectors.seconds / len(vectors.items) if vectors.seconds else None
     return PairsEvaluation(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..catalog import Skip
 from .metrics import RECALL_AT, rounded
 from .pairs import PairsEvaluation
 from .retrieval import Evaluation
@@ -40,12 +41,13 @@ class ModelRun:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, worst: int = 0) -> dict[str, Any]:
+        """Every protocol's results as JSON; `worst` adds each one's `worst` list of that many queries."""
         out: dict[str, Any] = {"model": self.model, "status": self.status}
         if not self.ok:
             return out
         if self.pooled is not None:
-            out |= self.pooled.to_dict()
+            out |= self.pooled.to_dict(worst=worst)
             if len(self.sets) > 1:
                 out["sets"] = {name: e.to_dict() for name, e in self.sets.items()}
         out |= {
@@ -54,14 +56,19 @@ class ModelRun:
             "ms_per_image": rounded(self.ms_per_image, 2),
         }
         if self.reverse:
-            out["reverse"] = {name: e.to_dict() for name, e in self.reverse.items()}
+            out["reverse"] = {name: e.to_dict(worst=worst) for name, e in self.reverse.items()}
         if self.leave_one_out is not None:
-            out["leave_one_out"] = self.leave_one_out.to_dict()
+            out["leave_one_out"] = self.leave_one_out.to_dict(worst=worst)
         if self.pairs is not None:
-            out["pairs"] = self.pairs.to_dict()
+            out["pairs"] = self.pairs.to_dict(worst=worst)
         if self.universe is not None:
-            out["universe"] = self.universe.to_dict()
+            out["universe"] = self.universe.to_dict(worst=worst)
         return out
+
+    def skipped(self) -> list[Skip]:
+        """Every picture some protocol of this run could not use, with why; each listed once."""
+        found = (*self.sets.values(), *self.reverse.values(), self.leave_one_out, self.pairs, self.universe)
+        return list(dict.fromkeys(s for e in found if e is not None for s in e.skipped))
 
     def sheet_rows(self, n: int) -> list[SheetRow]:
         rows: list[SheetRow] = []
@@ -86,10 +93,11 @@ class Report:
     runs: list[ModelRun]
     plan: Plan
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, worst: int = 0) -> dict[str, Any]:
+        """One run's object, or the gallery and one object per model; `worst` adds the worst queries."""
         if len(self.runs) == 1:
-            return self.runs[0].to_dict()
-        return {"gallery": self.gallery, "models": [run.to_dict() for run in self.runs]}
+            return self.runs[0].to_dict(worst=worst)
+        return {"gallery": self.gallery, "models": [run.to_dict(worst=worst) for run in self.runs]}
 
     def to_markdown(self, *, worst: int = 0) -> str:
         return _markdown(self, worst)

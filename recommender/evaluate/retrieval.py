@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backbones import Backbone
-from ..catalog import Catalog, Item, Skip, read_catalog
+from ..catalog import Catalog, Item, Skip, quoted, read_catalog
 from ..errors import CatalogError
 from ..index import Index
 from ..ranking import top_k
@@ -38,6 +38,21 @@ class QueryResult:
     correct_score: float | None = None
     group: str | None = None
     set: str | None = None  # the query set's name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "label": self.label,
+            "predicted": self.predicted,
+            "score": round(self.score, 4),
+            "rank": self.rank,
+            "ap": round(self.ap, 4),
+            "top": None if self.top is None else str(self.top),
+            "correct": None if self.correct is None else str(self.correct),
+            "correct_score": rounded(self.correct_score, 4),
+            "group": self.group,
+            "set": self.set,
+        }
 
 
 @dataclass
@@ -106,7 +121,8 @@ class Evaluation:
             f"mAP@{self.map_at}": round(self.mean_ap, 4),
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, worst: int = 0) -> dict[str, Any]:
+        """The metrics, counts and skips as JSON; `worst` adds the `worst` queries (see `worst`)."""
         extra = {} if self.ann_recall is None else {"ann_recall@10": round(self.ann_recall, 4)}
         out = {
             "index": self.index,
@@ -125,6 +141,8 @@ class Evaluation:
         if self.group_by is not None:
             out["group_by"] = self.group_by
             out["groups"] = self.groups()
+        if worst:
+            out["worst"] = [r.to_dict() for r in self.worst(worst)]
         return out
 
     def worst(self, n: int = 10) -> list[QueryResult]:
@@ -197,10 +215,11 @@ def retrieve(
     names, g_codes, counts = labels.names, labels.codes, labels.counts
     q_codes = labels.code_of([item.label for item in queries.items])
     rows = np.arange(len(queries.items))
-    left_out = 0
+    left: list[Skip] = []
     if leave_one_out or protocol == "reverse":
         alone = (q_codes < 0) | (counts[np.maximum(q_codes, 0)] < (2 if leave_one_out else 1))
-        left_out, rows = int(alone.sum()), rows[~alone]
+        left = [_left_out(queries.items[row], leave_one_out=leave_one_out) for row in rows[alone]]
+        rows = rows[~alone]
     groups = [_group_value(item, group_by) for item in queries.items]
     k = max(1, min(map_at, len(gallery.items) - int(leave_one_out)))
     results: list[QueryResult] = []
@@ -238,7 +257,8 @@ def retrieve(
                     set=queries.name,
                 )
             )
-    seconds = (time.perf_counter() - started + queries.seconds) / max(1, len(results))
+    # Search only (scoring, label ranking, top-k): embedding the queries is `ms_per_image`'s, on both paths.
+    seconds = (time.perf_counter() - started) / max(1, len(results))
     known = set(names)
     unknown = sorted({item.label for item in queries.items if item.label is not None and item.label not in known})
     distribution = _distribution(gallery.items, group_by) if group_by else {}
@@ -254,13 +274,13 @@ def retrieve(
         map_at=map_at,
         protocol=protocol,
         unknown_labels=unknown,
-        skipped=list(queries.skipped),
+        skipped=[*queries.skipped, *left],
         seconds_per_query=seconds,
         index_mb=index_mb,
         ms_per_image=ms,
         group_by=group_by,
         distribution=distribution,
-        left_out=left_out,
+        left_out=len(left),
         ann_recall=ann,
     )
 
@@ -318,6 +338,15 @@ def check_group_by(items: Sequence[Item], group_by: str | None, name: str) -> No
     if group_by not in columns:
         have = f"label or one of: {', '.join(columns)}" if columns else "only label (it has no metadata columns)"
         raise CatalogError(f"cannot group by {group_by!r}: {name} has {have}")
+
+
+def _left_out(item: Item, *, leave_one_out: bool) -> Skip:
+    """Why a query of leave-one-out or of the reverse protocol cannot be used."""
+    if item.label is None:
+        return Skip(item.path, "no label")
+    if leave_one_out:
+        return Skip(item.path, f"the only picture of {quoted(item.label)}: nothing else to find", item.label)
+    return Skip(item.path, f"{quoted(item.label)} is no label of the query set", item.label)
 
 
 def _group_value(item: Item, group_by: str | None) -> str | None:

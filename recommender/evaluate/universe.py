@@ -33,6 +33,16 @@ class Decision:
     label: str | None
     set: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "inside": self.inside,
+            "score": round(self.score, 4),
+            "top": str(self.top),
+            "label": self.label,
+            "set": self.set,
+        }
+
 
 @dataclass
 class UniverseEvaluation:
@@ -46,7 +56,8 @@ class UniverseEvaluation:
     ms_per_image: float | None = None
     index_mb: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, worst: int = 0) -> dict[str, Any]:
+        """The decision's metrics and skips as JSON; `worst` adds the `worst` decisions."""
         return {
             "protocol": "another-universe",
             "index": self.index,
@@ -57,6 +68,7 @@ class UniverseEvaluation:
             "skipped": [str(s) for s in self.skipped],
             "ms_per_image": rounded(self.ms_per_image, 2),
             "index_mb": round(self.index_mb, 3),
+            **({"worst": [d.to_dict() for d in self.worst(worst)]} if worst else {}),
         }
 
     def worst(self, n: int = 10) -> list[Decision]:

@@ -31,7 +31,15 @@ class Vectors:
 
     @classmethod
     def of_index(cls, index: Index, name: str | None = None) -> Vectors:
-        return cls(name=name or index.name, items=index.items, vectors=index.embeddings, root=index.root, index=index)
+        """An index's pictures; `skipped` holds what its build left out, with why."""
+        return cls(
+            name=name or index.name,
+            items=index.items,
+            vectors=index.embeddings,
+            root=index.root,
+            skipped=list(index.skipped),
+            index=index,
+        )
 
     def path(self, row: int) -> Path:
         return (self.root / self.items[row].path).resolve()

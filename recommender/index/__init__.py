@@ -9,7 +9,8 @@ An index is a folder `<index dir>/<name>/` holding
   rows, when the vectors are stored locally (the default); with `--store milvus...` they live in
   a Milvus collection the manifest names instead (`store.milvus`);
 * `items-<stamp>.json` (`format`): the items, column by column (ids, relative paths, labels,
-  hashes, metadata).
+  hashes, metadata);
+* `skipped-<stamp>.json` (`format`): every picture the build left out, with why and its label.
 
 `index` opens one for searching; `write` commits a new version atomically. No pickle anywhere.
 """

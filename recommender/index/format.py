@@ -1,4 +1,4 @@
-"""The index's data files: one safetensors tensor of vectors, the items as JSON columns, checksums.
+"""The index's data files: one safetensors tensor of vectors, the items and skips as JSON columns, checksums.
 
 No pickle anywhere: loading an index never runs code. Every reader is bounded (sizes, header
 lengths, nesting) and says which file is wrong and how to rebuild.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalog import Item
+from ..catalog import Item, Skip
 from ..errors import IndexLoadError
 from .manifest import FORMAT_VERSION, rebuild_hint
 
@@ -84,6 +84,24 @@ def encode_items(items: Sequence[Item]) -> dict[str, Any]:
         "sha256": [i.sha256 for i in items],
         "metadata": {c: [i.metadata.get(c) for i in items] for c in columns},
     }
+
+
+def encode_skips(skips: Sequence[Skip]) -> dict[str, Any]:
+    """The skipped pictures of a build as columns, like the items: where, why, and the label."""
+    return {"where": [s.where for s in skips], "reason": [s.reason for s in skips], "label": [s.label for s in skips]}
+
+
+def decode_skips(data: Any, label: str) -> list[Skip]:
+    """The skipped pictures read back from an index folder, every cell checked to be a string (or null)."""
+    columns = [data.get(key) for key in ("where", "reason", "label")] if isinstance(data, dict) else []
+    if (
+        len(columns) != 3
+        or not all(isinstance(col, list) and len(col) == len(columns[0]) for col in columns)
+        or not set(map(type, columns[0])) | set(map(type, columns[1])) <= {str}
+        or not set(map(type, columns[2])) <= {str, type(None)}
+    ):
+        raise IndexLoadError(f"index {label!r} has a malformed list of skipped pictures; {rebuild_hint(label)}")
+    return [Skip(where, reason, tag) for where, reason, tag in zip(*columns)]
 
 
 def _plain_relative(path: str) -> bool:

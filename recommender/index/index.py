@@ -23,11 +23,11 @@ import numpy as np
 from .. import settings
 from ..backbones import Backbone, load_backbone, normalise
 from ..calibration import Calibration, calibrate
-from ..catalog import Item
+from ..catalog import Item, Skip
 from ..errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, RecommenderError
 from ..ranking import LabelGroups
 from ..runtime import Runtime
-from .format import ITEMS_MAX_BYTES, decode_items, open_safetensors, read_json, verify_hash
+from .format import ITEMS_MAX_BYTES, decode_items, decode_skips, open_safetensors, read_json, verify_hash
 from .manifest import MANIFEST, MANIFEST_MAX_BYTES, Manifest, rebuild_hint
 from .store import Filters, LocalStore, Store, check_finite
 from .store.milvus import open_store
@@ -237,6 +237,15 @@ class Index:
     def domain(self) -> str | None:
         """What the catalog's items are, for messages and web searches (e.g. "Pokémon"), if known."""
         return self.manifest.catalog.domain
+
+    @cached_property
+    def skipped(self) -> list[Skip]:
+        """Every picture the build of this version left out, with why (read when first asked; none recorded
+        by indexes written before the list was kept)."""
+        name = self.manifest.files.skipped
+        if name is None:
+            return []
+        return decode_skips(read_json(self.folder / name, self.name, limit=ITEMS_MAX_BYTES), self.name)
 
     @property
     def size_bytes(self) -> int:

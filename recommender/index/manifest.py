@@ -96,12 +96,17 @@ class CatalogInfo:
 
 @dataclass(frozen=True)
 class DataFiles:
-    """The index's data files beside the manifest, with their sha256 (the embeddings only in the local store)."""
+    """The index's data files beside the manifest, with their sha256 (the embeddings only in the local store).
+
+    `skipped` names the list of the pictures the build left out, with why (indexes written before
+    it was kept have none).
+    """
 
     items: str
     items_sha256: str | None = None
     embeddings: str | None = None
     embeddings_sha256: str | None = None
+    skipped: str | None = None
 
     @property
     def stamp(self) -> str:
@@ -110,11 +115,13 @@ class DataFiles:
 
     def to_json(self) -> dict[str, Any]:
         local = {"embeddings": self.embeddings, "embeddings_sha256": self.embeddings_sha256} if self.embeddings else {}
-        return {**local, "items": self.items, "items_sha256": self.items_sha256}
+        skipped = {"skipped": self.skipped} if self.skipped else {}
+        return {**local, "items": self.items, "items_sha256": self.items_sha256, **skipped}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, local: bool) -> DataFiles:
-        for key in ("embeddings", "items") if local else ("items",):
+        keys = ("embeddings", "items") if local else ("items",)
+        for key in (*keys, "skipped") if data.get("skipped") is not None else keys:
             name = data.get(key)
             if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
                 raise ValueError(f"bad file {str(name)[:80]!r}")
@@ -127,6 +134,7 @@ class DataFiles:
             items_sha256=data.get("items_sha256"),
             embeddings=data.get("embeddings") if local else None,
             embeddings_sha256=data.get("embeddings_sha256") if local else None,
+            skipped=data.get("skipped"),
         )
 
 

@@ -19,10 +19,10 @@ import numpy as np
 from .. import settings
 from ..backbones import Backbone
 from ..calibration import Calibration
-from ..catalog import Item
+from ..catalog import Item, Skip
 from ..errors import RecommenderError
 from ..files import fsync_dir, write_atomic
-from .format import encode_items, read_json, safetensors_bytes
+from .format import encode_items, encode_skips, read_json, safetensors_bytes
 from .manifest import MANIFEST, MANIFEST_MAX_BYTES, BuildStats, CatalogInfo, DataFiles, Manifest
 from .store import StoreConfig, StoreLocation
 from .store.milvus import MilvusStore, drop_stale
@@ -39,10 +39,12 @@ def write_index(
     stats: BuildStats | None = None,
     calibration: Calibration | None = None,
     store: StoreConfig | str | None = None,
+    skipped: Sequence[Skip] = (),
 ) -> Manifest:
     """Write an index atomically (see the module docstring) and return its manifest.
 
-    `store` says where the vectors go (default: `RECOMMENDER_STORE`, else local files).
+    `store` says where the vectors go (default: `RECOMMENDER_STORE`, else local files); `skipped`,
+    the pictures the build left out, goes to a file beside the items (`skipped-<stamp>.json`).
     """
     if dtype not in ("float16", "float32"):
         raise RecommenderError(f"dtype must be float16 or float32, not {dtype!r}")
@@ -66,6 +68,8 @@ def write_index(
                 None,
             )
         items_sha = write_atomic(folder / items_name, json.dumps(encode_items(items), ensure_ascii=False).encode())
+        skipped_name = f"skipped-{tag}.json"
+        write_atomic(folder / skipped_name, json.dumps(encode_skips(skipped), ensure_ascii=False).encode())
         manifest = Manifest(
             backbone=backbone.spec,
             weights=backbone.identity,
@@ -73,7 +77,11 @@ def write_index(
             count=len(items),
             catalog=catalog,
             files=DataFiles(
-                items=items_name, items_sha256=items_sha, embeddings=emb_name or None, embeddings_sha256=emb_sha
+                items=items_name,
+                items_sha256=items_sha,
+                embeddings=emb_name or None,
+                embeddings_sha256=emb_sha,
+                skipped=skipped_name,
             ),
             store=location,
             dtype=dtype,
@@ -85,7 +93,7 @@ def write_index(
         )
         write_atomic(folder / MANIFEST, json.dumps(manifest.to_json(), indent=2, ensure_ascii=False).encode())
         fsync_dir(folder)
-        _remove_stale(folder, keep={MANIFEST, emb_name, items_name, ".lock"})
+        _remove_stale(folder, keep={MANIFEST, emb_name, items_name, skipped_name, ".lock"})
         drop_stale(folder, location, previous)
     return manifest
 
@@ -116,7 +124,7 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
         if (
             path.is_file()
             and path.name not in keep
-            and (path.name.startswith(("embeddings-", "items-", "derived-")) or path.name.endswith(".tmp"))
+            and (path.name.startswith(("embeddings-", "items-", "skipped-", "derived-")) or path.name.endswith(".tmp"))
         ):
             with contextlib.suppress(OSError):
                 path.unlink()
