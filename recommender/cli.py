@@ -94,11 +94,15 @@ def _index_option(func: Any) -> Any:
     help=f"Backbone: {', '.join(registered_backbones())}, A+B for a hybrid, a hub id or a local folder "
     f"[env {settings.ENV_MODEL}; default: {settings.DEFAULT_MODEL}].",
 )
-@click.option("--weights", default=None, metavar="W", help="Hybrid weights, e.g. 0.7,0.3.")
 @click.option(
-    "--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True, help="DINOv2 global descriptor."
+    "--revision",
+    default=None,
+    metavar="REV",
+    help=f"Hub commit, branch or tag of the weights; the index records the commit [env {settings.ENV_MODEL_REVISION}].",
 )
-@click.option("--image-size", type=int, default=224, show_default=True, help="Model input size (multiple of 14).")
+@click.option("--weights", default=None, metavar="W", help="Hybrid weights, e.g. 0.7,0.3.")
+@click.option("--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True, help="Global descriptor.")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Input size (multiple of patch).")
 @click.option(
     "--fit",
     type=click.Choice(FITS),
@@ -160,6 +164,7 @@ def index_cmd(
     source: str,
     name: str,
     model: str | None,
+    revision: str | None,
     weights: str | None,
     pooling: str,
     image_size: int,
@@ -188,7 +193,13 @@ def index_cmd(
     if actors is not None and ray_address is None:
         raise click.BadParameter("only applies with --ray", param_hint="--actors")
     backbone = load_backbone(
-        model, weights=weights, pooling=pooling, image_size=image_size, fit=fit, precision=precision
+        model,
+        weights=weights,
+        pooling=pooling,
+        image_size=image_size,
+        fit=fit,
+        precision=precision,
+        revision=settings.model_revision(revision),
     )
     executor = RayExecutor(ray_address or None, actors=actors) if ray_address is not None else None
     report = build_index(
@@ -561,7 +572,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
         ("index", f"{index.name}  ({index.folder})"),
         ("items", f"{len(index)}  ({m.dtype}, {index.size_bytes / 1e6:.1f} MB on disk)"),
         ("backbone", f"{m.backbone_name}  {_spec_text(m.backbone.to_json())}"),
-        ("weights", m.weights),
+        ("weights", m.weights + "".join(f"  ({pin.repo} at revision {pin.revision})" for pin in m.hub)),
         ("dim", str(m.dim)),
         ("vectors", m.store.describe()),
         ("labels", shown if labels else "none (unlabeled)"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -109,15 +109,23 @@ class Runtime:
         self._shared: dict[Hashable, Any] = {}
         self._lock = threading.RLock()
 
-    def backbone(self, spec: BackboneSpec, *, device: str | None = None, precision: str | None = None) -> Backbone:
-        """The backbone `spec` describes, loaded once per spec, device and precision."""
+    def backbone(
+        self,
+        spec: BackboneSpec,
+        *,
+        device: str | None = None,
+        precision: str | None = None,
+        revision: Mapping[str, str] | None = None,
+    ) -> Backbone:
+        """The backbone `spec` describes, loaded once per spec, device, precision and pinned hub revisions."""
         from .backbones import load_backbone
 
-        key = json.dumps([spec.to_json(), device, precision], sort_keys=True, default=str)
+        key = json.dumps([spec.to_json(), device, precision, revision], sort_keys=True, default=str)
         with self._lock:
             found = self._backbones.get(key)
             if found is None:
-                found = self._backbones[key] = load_backbone(**spec.as_kwargs(), device=device, precision=precision)
+                found = load_backbone(**spec.as_kwargs(), device=device, precision=precision, revision=revision)
+                self._backbones[key] = found
             return found
 
     def one(self, key: Hashable, make: Callable[[], T]) -> T:

@@ -13,6 +13,7 @@ ENV_INDEX_DIR = "RECOMMENDER_INDEX_DIR"
 ENV_CACHE_DIR = "RECOMMENDER_CACHE_DIR"
 ENV_DATA_DIR = "RECOMMENDER_DATA_DIR"
 ENV_MODEL = "RECOMMENDER_MODEL"
+ENV_MODEL_REVISION = "RECOMMENDER_MODEL_REVISION"
 ENV_INDEX = "RECOMMENDER_INDEX"
 ENV_DEVICE = "RECOMMENDER_DEVICE"
 ENV_PRECISION = "RECOMMENDER_PRECISION"
@@ -74,6 +75,11 @@ def data_dir(flag: str | Path | None = None) -> Path:
 def model_name(flag: str | None = None) -> str:
     """The backbone to build indexes with when none is named."""
     return _pick(flag, ENV_MODEL, DEFAULT_MODEL)
+
+
+def model_revision(flag: str | None = None) -> str | None:
+    """The hub commit, branch or tag to build with (hub models only); None: what the cache or hub has now."""
+    return _pick(flag, ENV_MODEL_REVISION, "") or None
 
 
 def index_name(flag: str | None = None) -> str:

@@ -117,6 +117,7 @@ def isolated_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RECOMMENDER_DATA_DIR", str(tmp_path / "data"))
     for name in (
         "RECOMMENDER_MODEL",
+        "RECOMMENDER_MODEL_REVISION",
         "RECOMMENDER_INDEX",
         "RECOMMENDER_DEVICE",
         "RECOMMENDER_DEBUG",

@@ -11,6 +11,7 @@ from PIL import Image
 
 from recommender.backbones import (
     DINOV2_MODELS,
+    HUB_MODELS,
     Hybrid,
     load_backbone,
     parse_weights,
@@ -165,9 +166,9 @@ def test_bad_weights():
             parse_weights(bad)
 
 
-def test_folder_that_is_not_dinov2(tmp_path):
+def test_folder_of_an_unsupported_model_type(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(ModelError, match="not DINOv2"):
+    with pytest.raises(ModelError, match=r"'bert' is not supported; supported: DINOv2 .*dinov3_vit.*siglip2.*CLIP"):
         load_backbone(str(tmp_path))
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(ModelError, match="config.json"):
@@ -201,12 +202,13 @@ def test_environment_picks_the_default_model(tiny_model, monkeypatch):
 
 
 def test_every_documented_name_is_accepted_or_explains_itself():
-    assert set(DINOV2_MODELS) <= set(registered_backbones())
+    hub_names = {name for names in HUB_MODELS.values() for name in names}
+    assert set(DINOV2_MODELS) <= hub_names <= set(registered_backbones())
     for name in registered_backbones():
         try:
             load_backbone(name)
-        except ModelError as exc:  # DINOv2 names: not cached here
-            assert name in DINOV2_MODELS and "RECOMMENDER_MODEL" in str(exc)
+        except ModelError as exc:  # hub names: not cached here
+            assert name in hub_names and "RECOMMENDER_MODEL" in str(exc)
 
 
 def test_efficientnet_with_real_weights():

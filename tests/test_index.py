@@ -259,9 +259,9 @@ def test_changed_weights_in_the_model_folder_are_noticed(labeled_catalog, tiny_m
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # another model now lives in that folder
     weights.write_bytes(bytes(data))
-    from recommender.backbones.dinov2 import load_dinov2
+    from recommender.backbones.vision import load_vision
 
-    load_dinov2.cache_clear()
+    load_vision.cache_clear()
     with pytest.raises(IndexMismatchError, match="other weights"):
         Index.load("m").backbone()
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..errors import ModelError
 from ..images import Fit
+from .hub import HubRevision
 
 POOLINGS = ("cls", "mean", "cls+mean")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -88,6 +89,7 @@ class Options:
     fit: Fit = "pad"
     device: str = "cpu"
     precision: str = "auto"
+    revision: str | None = None  # the hub commit, branch or tag to load (hub models only)
 
     def shared(self) -> dict[str, Any]:
         """The options a hybrid records in its spec (the device is a property of the machine, not the index)."""
@@ -99,8 +101,8 @@ class Backbone(ABC):
 
     `prepare` is cheap CPU work on one picture (resize, pad) and may run in worker threads;
     `embed_prepared` runs the model on a batch of prepared pictures. Callers read the declared
-    capabilities (`parts`, `spatial`, `fit`, `precision`, `device`, `explain_detail`) instead of
-    probing the object's type.
+    capabilities (`parts`, `spatial`, `patch_size`, `registers`, `hub`, `fit`, `precision`,
+    `device`, `explain_detail`) instead of probing the object's type.
     """
 
     name: str
@@ -118,6 +120,12 @@ class Backbone(ABC):
     explain_detail: int = 1
     #: Which forward pass computes the vectors, for build reports (e.g. "lean-bf16" or "transformers").
     forward: str = "numpy"
+    #: The side of one patch in input pixels, for models that work on patches (None otherwise).
+    patch_size: int | None = None
+    #: Register tokens the model carries besides its patches (DINOv2/v3 with registers); never in patch features.
+    registers: int = 0
+    #: The hub repository and commit the weights were read at; None for local folders and shipped weights.
+    hub: HubRevision | None = None
 
     @property
     @abstractmethod
@@ -138,6 +146,16 @@ class Backbone(ABC):
     def part_weights(self) -> tuple[float, ...]:
         """Each part's weight in the cosine (they sum to 1)."""
         return (1.0,)
+
+    @property
+    def hub_revisions(self) -> tuple[HubRevision, ...]:
+        """Where each part's weights came from on the hub (what an index manifest pins)."""
+        return tuple(part.hub for part in self.parts if part.hub is not None)
+
+    @property
+    def revisions(self) -> dict[str, str] | None:
+        """`{repo: commit}` of the hub parts, as `load_backbone(revision=...)` takes it; None when none."""
+        return {pin.repo: pin.revision for pin in self.hub_revisions} or None
 
     @property
     def spatial_part(self) -> Backbone | None:
@@ -173,7 +191,7 @@ class Backbone(ABC):
 
     def patch_features(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, H, W, C) float32 unit-length features per patch or cell, for heatmaps (when `spatial`)."""
-        raise ModelError(f"{self.name} has no spatial features; use a DINOv2 or CNN backbone for heatmaps")
+        raise ModelError(f"{self.name} has no spatial features; use a vision transformer or CNN backbone for heatmaps")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} dim={self.dim}>"

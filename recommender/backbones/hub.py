@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from .. import settings
@@ -15,30 +19,88 @@ from ..errors import ModelError
 OFFLINE = "offline"
 
 
-def local_model_folder(source: str) -> Path:
-    """A folder holding the model's files: the source itself, the hub cache, or a fresh download."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
+#: The files a vision model needs: its config, its image processor's, and the weights (not tokenizers).
+MODEL_FILES = ["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json"]
+#: A revision as the hub names one: a commit hash, a branch or a tag.
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class HubRevision:
+    """Which hub repository a backbone's weights came from, and the commit they were read at."""
+
+    repo: str  # e.g. facebook/dinov2-small
+    revision: str  # the commit hash of the snapshot that was loaded
+
+    def to_json(self) -> dict[str, str]:
+        return {"repo": self.repo, "revision": self.revision}
+
+    @classmethod
+    def from_json(cls, data: Any) -> HubRevision:
+        """Parse a manifest's entry; `ValueError` for anything that is not a hub id and a revision."""
+        if not isinstance(data, dict) or set(data) != {"repo", "revision"}:
+            raise ValueError("not a hub revision")
+        repo, revision = data["repo"], data["revision"]
+        if not (isinstance(repo, str) and looks_like_hub_id(repo) and len(repo) <= 200):
+            raise ValueError("bad hub repo")
+        check_revision(revision)
+        return cls(repo, revision)
+
+
+#: What `load_backbone` takes as `revision`: one for every hub part, or one per hub repository.
+Revision = str | Mapping[str, str] | None
+
+
+def check_revision(revision: Any) -> str:
+    """`revision` if it looks like a commit hash, branch or tag, else `ModelError` (never a path)."""
+    if not isinstance(revision, str) or not _REVISION.match(revision) or ".." in revision:
+        raise ModelError(f"bad revision {str(revision)[:80]!r}: give a commit hash, a branch or a tag")
+    return revision
+
+
+def fetch_snapshot(repo: str, *, revision: str | None, local_only: bool) -> Path:
+    """The hub boundary: `snapshot_download` of the model's files (tests replace this one function)."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors"]
+    return Path(snapshot_download(repo, revision=revision, allow_patterns=MODEL_FILES, local_files_only=local_only))
+
+
+def local_model_folder(source: str, *, revision: str | None = None) -> Path:
+    """A folder holding the model's files: the source itself, the hub cache, or a fresh download.
+
+    `revision` (a commit hash, branch or tag; hub ids only) pins which snapshot: the one an index
+    was built with is fetched when it is not cached, or the error says plainly that it cannot be.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if revision:
+            raise ModelError(f"{source} is a local folder: a revision applies to hub models only")
+        return path
+    at = f" at revision {revision}" if revision else ""
     try:
-        return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=True))
+        return fetch_snapshot(source, revision=revision, local_only=True)
     except Exception:
         pass  # not cached: try the hub below, if it can be reached at all
+    fetch = f"`hf download {source}" + (f" --revision {revision}`" if revision else "`")
     how = (
-        f"download it on a machine with network (it is cached for later), point RECOMMENDER_MODEL at a folder "
-        f"saved with save_pretrained, or use --model {OFFLINE} (no download needed)"
+        f"download it on a machine with network ({fetch}; it is cached for later), point RECOMMENDER_MODEL at a "
+        f"folder saved with save_pretrained, or use --model {OFFLINE} (no download needed)"
     )
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
-        raise ModelError(f"{source} is not in the local cache and HF_HUB_OFFLINE is set; {how}")
+        raise ModelError(f"{source}{at} is not in the local cache and HF_HUB_OFFLINE is set; {how}")
     if not hub_reachable():
-        raise ModelError(f"{source} is not in the local cache and the Hugging Face hub cannot be reached; {how}")
+        raise ModelError(f"{source}{at} is not in the local cache and the Hugging Face hub cannot be reached; {how}")
     try:
-        return Path(snapshot_download(source, allow_patterns=patterns))
+        return fetch_snapshot(source, revision=revision, local_only=False)
     except Exception as exc:
-        raise ModelError(f"{source}: download failed ({str(exc).splitlines()[0][:200]}); {how}") from None
+        raise ModelError(f"{source}{at}: download failed ({str(exc).splitlines()[0][:200]}); {how}") from None
+
+
+def hub_revision(source: str, folder: Path) -> HubRevision | None:
+    """The repository and commit of a snapshot in the hub's cache (`.../snapshots/<commit>`); None for a folder."""
+    if Path(source).expanduser().is_dir() or folder.parent.name != "snapshots":
+        return None
+    return HubRevision(source, folder.name)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

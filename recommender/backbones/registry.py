@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from .. import settings
 from ..errors import ModelError
 from .base import DEFAULT_IMAGE_SIZE, FITS, POOLINGS, PRECISIONS, Backbone, Options
 from .cnn import CNN, EfficientNetLite0
-from .dinov2 import DINOV2_MODELS, DinoV2
+from .families import HUB_MODELS, MODEL_TYPES
 from .histogram import HISTOGRAM, ColourHistogram
-from .hub import OFFLINE, looks_like_hub_id
+from .hub import OFFLINE, Revision, check_revision, looks_like_hub_id
 from .hybrid import Hybrid
+from .vision import VisionTransformer
 
 #: `offline`: the backbone that runs with no network here, chosen by measurement (see README, "Backbones").
 OFFLINE_PARTS = (CNN, HISTOGRAM)
@@ -29,16 +31,25 @@ class Registered:
     factory: Callable[[Options], Backbone]
     description: str
     part: bool = True  # False for aliases that are hybrids themselves (`offline`)
+    repo: str | None = None  # the hub repository a short name stands for (what a revision pins)
 
 
 _REGISTRY: dict[str, Registered] = {}
 
 
 def register_backbone(
-    name: str, factory: Callable[[Options], Backbone], description: str, *, part: bool = True
+    name: str,
+    factory: Callable[[Options], Backbone],
+    description: str,
+    *,
+    part: bool = True,
+    repo: str | None = None,
 ) -> None:
-    """Make `name` loadable: `factory(options)` builds the backbone; `description` is shown in help and docs."""
-    _REGISTRY[name] = Registered(name, factory, description, part)
+    """Make `name` loadable: `factory(options)` builds the backbone; `description` is shown in help and docs.
+
+    `repo` is the hub repository the name stands for, so that `revision` can pin it.
+    """
+    _REGISTRY[name] = Registered(name, factory, description, part, repo)
 
 
 def registered_backbones() -> dict[str, str]:
@@ -55,11 +66,14 @@ def load_backbone(
     fit: str = "pad",
     device: str | None = None,
     precision: str | None = None,
+    revision: Revision = None,
 ) -> Backbone:
     """The backbone called `model` (default: `RECOMMENDER_MODEL`, else `dinov2-small`).
 
-    `model` is a registered name (`registered_backbones()`), a hub id of a DINOv2 model, a local
-    folder saved with `save_pretrained`, or parts joined with `+` (a hybrid, weighted by `weights`).
+    `model` is a registered name (`registered_backbones()`), a hub id of a DINOv2, DINOv3, SigLIP 2
+    or CLIP model, a local folder saved with `save_pretrained`, or parts joined with `+` (a hybrid,
+    weighted by `weights`). `revision` (a commit hash, branch or tag) pins the hub snapshot of every
+    hub part; a mapping `{repo: revision}` pins each repository (what an index manifest records).
     `precision` is `auto` (bf16 where the hardware computes it natively, else fp32), `bf16` or
     `fp32` (exact); it changes speed, not what the index means (cosine to fp32 above 0.999).
     Raises `ModelError` with a way out when the name is unknown or the weights cannot be had.
@@ -81,18 +95,42 @@ def load_backbone(
     )
     parsed = parse_weights(weights)
     names = [n.strip() for n in name.split("+")] if "+" in name else [name]
+    pins = _revisions(names, revision)
     if len(names) == 1:
         if parsed and name in _REGISTRY and not _REGISTRY[name].part:
             raise ModelError(f"{name!r} has fixed weights; name the parts instead, e.g. {'+'.join(OFFLINE_PARTS)}")
         if parsed:
             raise ModelError("--weights only applies to hybrids such as efficientnet-lite0+colour-histogram")
-        return _load_single(name, options)
+        return _load_single(name, dataclasses.replace(options, revision=pins[0]))
     if any(not n or (n in _REGISTRY and not _REGISTRY[n].part) for n in names):
         raise ModelError(f"bad hybrid {name!r}: join concrete backbones with '+', e.g. {'+'.join(OFFLINE_PARTS)}")
     if parsed and len(parsed) != len(names):
         raise ModelError(f"{len(names)} parts in {name!r} but {len(parsed)} weights")
-    parts = [_load_single(n, options) for n in names]
+    parts = [_load_single(n, dataclasses.replace(options, revision=pin)) for n, pin in zip(names, pins)]
     return Hybrid(parts, parsed or [1.0] * len(names), options=options.shared())
+
+
+def hub_repo(name: str) -> str | None:
+    """The hub repository a single backbone name loads from: a short name's, or a hub id itself; else None."""
+    entry = _REGISTRY.get(_SPELLINGS.get(name, name))
+    if entry is not None:
+        return entry.repo
+    if Path(name).expanduser().is_dir() or not looks_like_hub_id(name):
+        return None
+    return name
+
+
+def _revisions(names: Sequence[str], revision: Revision) -> list[str | None]:
+    """The revision each part loads at: `revision` for every hub part, or each repository's own from a mapping."""
+    repos = [hub_repo(n) for n in names]
+    if revision is None or revision == "":
+        return [None] * len(names)
+    if isinstance(revision, Mapping):
+        return [check_revision(revision[r]) if r in revision else None for r in repos]
+    check_revision(revision)
+    if not any(repos):
+        raise ModelError(f"a revision applies to hub models; {'+'.join(names)!r} loads nothing from the hub")
+    return [revision if r else None for r in repos]
 
 
 def parse_weights(weights: Sequence[float] | str | None) -> list[float]:
@@ -124,13 +162,13 @@ def _load_single(name: str, options: Options) -> Backbone:
     known = ", ".join(_REGISTRY)
     raise ModelError(
         f"unknown model {name!r}: not a known name ({known}), an existing folder, or a hub id like "
-        "facebook/dinov2-small"
+        f"facebook/dinov2-small (model types: {', '.join(MODEL_TYPES)})"
     )
 
 
 def _pretrained(name: str, source: str, options: Options) -> Backbone:
-    """A transformers vision model from a hub id or a folder (today: DINOv2, with or without registers)."""
-    return DinoV2(
+    """A transformers image tower from a hub id or a folder: DINOv2, DINOv3, SigLIP 2 or CLIP (`families`)."""
+    return VisionTransformer(
         name,
         source,
         pooling=options.pooling,
@@ -138,6 +176,7 @@ def _pretrained(name: str, source: str, options: Options) -> Backbone:
         fit=options.fit,
         device=options.device,
         precision=options.precision,
+        revision=options.revision,
     )
 
 
@@ -146,12 +185,14 @@ def _offline(options: Options) -> Backbone:
     return Hybrid(parts, OFFLINE_WEIGHTS, alias=OFFLINE, options=options.shared())
 
 
-for _name, _repo in DINOV2_MODELS.items():
-    register_backbone(
-        _name,
-        lambda o, n=_name, r=_repo: _pretrained(n, r, o),
-        f"DINOv2 ViT ({_repo}), from the hub or its local cache",
-    )
+for _family, _names in HUB_MODELS.items():
+    for _name, _repo in _names.items():
+        register_backbone(
+            _name,
+            lambda o, n=_name, r=_repo: _pretrained(n, r, o),
+            f"{_family} ({_repo}), from the hub or its local cache",
+            repo=_repo,
+        )
 register_backbone(
     CNN,
     lambda o: EfficientNetLite0(image_size=o.image_size, fit=o.fit, device=o.device, precision=o.precision),

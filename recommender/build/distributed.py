@@ -158,7 +158,8 @@ def _run(
         compute=ActorPoolStrategy(size=count),
         **resources,
         fn_constructor_kwargs={
-            "spec": backbone.spec.as_kwargs(),
+            # The driver's hub revisions: every node loads the same commit, or says why it cannot.
+            "spec": {**backbone.spec.as_kwargs(), "revision": backbone.revisions},
             "identity": backbone.identity,
             "device": device,
             "precision": None if backbone.precision == "mixed" else backbone.precision,

@@ -263,7 +263,7 @@ def _finer(part: Backbone, detail: int | None, runtime: Runtime) -> Backbone:
         return part
     size = part.image_size * detail  # still a multiple of the patch size (14) or the CNN's stride (32)
     # Built from the spec, so that the weights (hence the identity) are the index's own.
-    return runtime.backbone(part.spec.replace(image_size=size), device=part.device)
+    return runtime.backbone(part.spec.replace(image_size=size), device=part.device, revision=part.revisions)
 
 
 # ------------------------------------------------------------------------------- features and caches

@@ -2,7 +2,8 @@
 
 An index is a folder `<index dir>/<name>/` holding
 
-* `manifest.json` (`manifest`): format version, backbone spec and weights identity, dim, count,
+* `manifest.json` (`manifest`): format version, backbone spec and weights identity (with the hub
+  repository and commit of hub weights), dim, count,
   dtype, the catalog it came from, where the vectors live (`store`), the data files and their
   sha256, build statistics and the in-catalog calibration;
 * `embeddings-<stamp>.safetensors` (`format`): one `(count, dim)` float16/float32 tensor of unit

@@ -24,7 +24,7 @@ from .. import settings
 from ..backbones import Backbone, load_backbone, normalise
 from ..calibration import Calibration, calibrate
 from ..catalog import Item, Skip
-from ..errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, RecommenderError
+from ..errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, ModelError, RecommenderError
 from ..ranking import LabelGroups
 from ..runtime import Runtime
 from .format import ITEMS_MAX_BYTES, decode_items, decode_skips, open_safetensors, read_json, verify_hash
@@ -313,14 +313,21 @@ class Index:
         Taken from `runtime`'s pool when given (shared by every index built the same way), else
         loaded once for this `Index` object and device.
         """
-        spec = self.manifest.backbone
-        if runtime is not None:
-            backbone = runtime.backbone(spec, device=device)
-        else:
-            with self._backbone_lock:
-                if device not in self._backbones:
-                    self._backbones[device] = load_backbone(**spec.as_kwargs(), device=device)
-                backbone = self._backbones[device]
+        spec, pins = self.manifest.backbone, self.manifest.revisions
+        try:
+            if runtime is not None:
+                backbone = runtime.backbone(spec, device=device, revision=pins)
+            else:
+                with self._backbone_lock:
+                    if device not in self._backbones:
+                        self._backbones[device] = load_backbone(**spec.as_kwargs(), device=device, revision=pins)
+                    backbone = self._backbones[device]
+        except ModelError as exc:
+            if not pins:
+                raise
+            # The weights the index was built with, at their commit: fetched when missing, or said why not.
+            at = ", ".join(f"{repo} at revision {rev}" for repo, rev in pins.items())
+            raise ModelError(f"index {self.name!r} was built with {at}: {exc}") from None
         self.check_backbone(backbone)
         return backbone
 
@@ -339,6 +346,15 @@ class Index:
             raise IndexMismatchError(
                 f"index {self.name!r} was built with {mine.describe()}, not {backbone.spec.describe()}; "
                 f"search it with the same backbone or {rebuild_hint(self.name, backbone.spec)}"
+            )
+        pinned, now = self.manifest.revisions or {}, backbone.revisions or {}
+        moved = {repo: rev for repo, rev in pinned.items() if now.get(repo, rev) != rev}
+        if backbone.identity != self.manifest.weights and moved:
+            repo, rev = next(iter(moved.items()))
+            raise IndexMismatchError(
+                f"index {self.name!r} was built with {repo} at revision {rev}, not {now[repo]}; load that "
+                f"revision (`--revision {rev}`, or let the index load its own backbone) or "
+                f"{rebuild_hint(self.name, backbone.spec)}"
             )
         if backbone.identity != self.manifest.weights:
             raise IndexMismatchError(

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..backbones import BackboneSpec
+from ..backbones import BackboneSpec, HubRevision
 from ..calibration import Calibration
-from ..errors import IndexLoadError, IndexMismatchError
+from ..errors import IndexLoadError, IndexMismatchError, RecommenderError
 from ..version import __version__
 from .store import StoreLocation
 
@@ -201,6 +201,13 @@ class Manifest:
     library_version: str = __version__
     stats: BuildStats = field(default_factory=BuildStats)
     calibration: Calibration | None = None
+    #: The hub repository and commit of each part's weights (none for local folders and shipped weights).
+    hub: tuple[HubRevision, ...] = ()
+
+    @property
+    def revisions(self) -> dict[str, str] | None:
+        """`{repo: commit}` of the weights, as `load_backbone(revision=...)` takes it; None when nothing is pinned."""
+        return {pin.repo: pin.revision for pin in self.hub} or None
 
     @property
     def format_version(self) -> int:
@@ -223,6 +230,7 @@ class Manifest:
             "backbone": self.backbone.to_json(),
             "backbone_name": self.backbone_name,
             "weights": self.weights,
+            **({"hub": [pin.to_json() for pin in self.hub]} if self.hub else {}),
             "dim": self.dim,
             "count": self.count,
             "dtype": self.dtype,
@@ -279,6 +287,13 @@ def _parse(data: dict[str, Any], label: str) -> Manifest:
     except ValueError:
         raise ValueError("bad 'store'") from None
     calibration = Calibration.from_json(data["calibration"]) if data.get("calibration") else None
+    pins = data.get("hub", [])  # absent in manifests written before revisions were pinned
+    if not isinstance(pins, list) or len(pins) > 64:
+        raise ValueError("bad 'hub'")
+    try:
+        hub = tuple(HubRevision.from_json(pin) for pin in pins)
+    except (ValueError, RecommenderError):
+        raise ValueError("bad 'hub'") from None
     return Manifest(
         backbone=backbone,
         weights=data["weights"],
@@ -294,6 +309,7 @@ def _parse(data: dict[str, Any], label: str) -> Manifest:
         library_version=str(data.get("library_version", "")),
         stats=BuildStats.from_json(data.get("stats") or {}),
         calibration=calibration,
+        hub=hub,
     )
 
 

@@ -73,6 +73,7 @@ def write_index(
         manifest = Manifest(
             backbone=backbone.spec,
             weights=backbone.identity,
+            hub=backbone.hub_revisions,
             dim=backbone.dim,
             count=len(items),
             catalog=catalog,
