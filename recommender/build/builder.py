@@ -89,6 +89,25 @@ class BuildReport:
     def images_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON data (`recommender index --json`): counts, timings, every skip and note."""
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "store": self.store,
+            "count": self.count,
+            "embedded": self.embedded,
+            "reused": self.reused,
+            "resumed": self.resumed,
+            "removed": self.removed,
+            "skipped": len(self.skipped),
+            "skips": [{"where": s.where, "reason": s.reason} for s in self.skipped],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "forward": self.forward,
+            "notes": list(self.notes),
+        }
+
 
 def build_index(
     source: str | os.PathLike | Catalog,
