@@ -216,7 +216,7 @@ def _read(source: str | os.PathLike, config: BuildConfig) -> Catalog:
 def _catalog_info(catalog: Catalog, items: list[Item], config: BuildConfig) -> CatalogInfo:
     """What the manifest records of the catalog an index was built from (of the items kept)."""
     return CatalogInfo(
-        source=str(Path(catalog.source).resolve()),
+        source=catalog.location or str(Path(catalog.source).resolve()),
         root=str(catalog.root),
         kind=catalog.kind,
         labeled=any(item.label is not None for item in items),
