@@ -84,6 +84,55 @@ def _index_option(func: Any) -> Any:
     )(func)
 
 
+def _remember_index_dir(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # after the verb it wins over the one given before it
+        ctx.ensure_object(dict)["index_dir"] = settings.index_dir(value)
+
+
+def _index_dir_option(func: Any) -> Any:
+    """--index-dir after any verb too (`recommender search q.jpg --index-dir DIR`), not only before it."""
+    return click.option(
+        "--index-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_remember_index_dir,
+        help=f"Folder of built indexes [env {settings.ENV_INDEX_DIR}].",
+    )(func)
+
+
+def _json_option(what: str) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def _quiet_option(func: Any) -> Any:
+    return click.option(
+        "--quiet", "-q", is_flag=True, help="No progress bar (a build of the default index shows one)."
+    )(func)
+
+
+def _deprecated(new: str) -> Any:
+    """A callback for an old flag name kept as a hidden alias: it still works, with a note on stderr."""
+
+    def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
+            click.echo(f"note: {param.opts[0]} is deprecated here; use {new}", err=True)
+        return value
+
+    return warn
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _check_picture(image: str) -> bytes:
+    """The query's bytes once its header is sound: a bad file is refused before any model loads."""
+    from .images import check_image
+
+    return check_image(image)
+
+
 @cli.command("index")
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--name", required=True, help="Name of the index (a folder under the index folder).")
@@ -111,8 +160,12 @@ def _index_option(func: Any) -> Any:
     help="pad: whole picture on a white square; crop: centre square.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Index only the first N items.")
-@click.option("--image-column", default=None, metavar="C", help="CSV column with image paths.")
-@click.option("--label-column", default=None, metavar="C", help="CSV column with labels.")
+@click.option(
+    "--image-column", default=None, metavar="C", help="CSV or dataset column with the pictures [default: found]."
+)
+@click.option(
+    "--label-column", default=None, metavar="C", help="CSV or dataset column with the labels [default: found]."
+)
 @click.option(
     "--dtype",
     type=click.Choice(["float16", "float32"]),
@@ -158,6 +211,8 @@ def _index_option(func: Any) -> Any:
     help="Model replicas with --ray [default: one per GPU, else one per 4 CPUs].",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_json_option("a summary of what was written")
+@_index_dir_option
 @click.pass_context
 def index_cmd(
     ctx: click.Context,
@@ -180,10 +235,14 @@ def index_cmd(
     ray_address: str | None,
     actors: int | None,
     quiet: bool,
+    as_json: bool,
 ) -> None:
-    """Index the pictures in SOURCE: a folder of class folders, a flat folder, or a CSV.
+    """Index the pictures in SOURCE: class folders, a flat folder, a CSV, or a Hugging Face dataset.
 
-    An interrupted build picks up where it stopped when run again with the same backbone.
+    A dataset is hf://datasets/OWNER/NAME[:split] or a local folder of one (save_to_disk output,
+    an imagefolder with metadata.csv or metadata.jsonl, parquet files); `pip install
+    'recommender[hf]'`. An interrupted build picks up where it stopped when run again with the same
+    backbone.
     """
     from .backbones import load_backbone
     from .build import BuildConfig, RayExecutor, build_index
@@ -221,6 +280,9 @@ def index_cmd(
     )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
     for skip in report.skipped[:_SHOW_SKIPS]:
         click.echo(f"skipped {skip}", err=True)
     if len(report.skipped) > _SHOW_SKIPS:
@@ -244,14 +306,18 @@ def _usage(rules: list[tuple[Any, str]]) -> None:
             raise click.UsageError(message)
 
 
-def _open_index(ctx: click.Context, name: str | None) -> Any:
+def _open_index(ctx: click.Context, name: str | None, *, quiet: bool = False) -> Any:
     """The index asked for; the default Pokémon index is built on first use instead of being missing."""
     from .index import Index
     from .service import default_index
 
     chosen = settings.index_name(name)
     if chosen == settings.DEFAULT_INDEX:
-        return default_index(index_dir=ctx.obj["index_dir"], notify=lambda text: click.echo(f"note: {text}", err=True))
+        return default_index(
+            index_dir=ctx.obj["index_dir"],
+            progress=not quiet,
+            notify=lambda text: click.echo(f"note: {text}", err=True),
+        )
     return Index.load(chosen, index_dir=ctx.obj["index_dir"])
 
 
@@ -268,7 +334,7 @@ def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
 @cli.command("search")
 @click.argument("image", type=click.Path(exists=False))
 @_index_option
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of matches.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many matches to show.")
 @click.option(
     "--where",
     multiple=True,
@@ -278,6 +344,8 @@ def _parse_where(values: tuple[str, ...]) -> dict[str, list[str]]:
 @click.option("--like", multiple=True, metavar="ID", help="An item id to move the results toward (repeatable).")
 @click.option("--dislike", multiple=True, metavar="ID", help="An item id to move away from and leave out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of matches.")
+@_quiet_option
+@_index_dir_option
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -288,22 +356,25 @@ def search_cmd(
     like: tuple[str, ...],
     dislike: tuple[str, ...],
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Find the catalog items that look most like IMAGE."""
     from .recommend import look_alikes
 
     filters = _parse_where(where)
-    index = _open_index(ctx, index_name)
-    matches = look_alikes(image, index, k=k, where=filters, liked=like, disliked=dislike)
+    picture = _check_picture(image)
+    index = _open_index(ctx, index_name, quiet=quiet)
+    matches = look_alikes(picture, index, k=k, where=filters, liked=like, disliked=dislike, name=image)
     if as_json:
-        click.echo(json.dumps([m.to_dict() for m in matches], indent=2, ensure_ascii=False))
+        _echo_json([m.to_dict() for m in matches])
         return
     if not matches:
         click.echo("no matches (the filters leave no item)")
         return
-    width = max(len(m.label or "-") for m in matches)
+    width = max(len("label"), *(len(m.label or "-") for m in matches))
+    click.echo(f"{'rank':>4}  {'score':>6}  {'label':<{width}}  path")
     for m in matches:
-        click.echo(f"{m.rank:>3}  {m.score:6.3f}  {(m.label or '-'):<{width}}  {m.path}")
+        click.echo(f"{m.rank:>4}  {m.score:6.3f}  {(m.label or '-'):<{width}}  {m.path}")
 
 
 @cli.command("identify")
@@ -316,21 +387,26 @@ def search_cmd(
     metavar="REFERENCE",
     help="Name the closest picture through this labeled index (for unlabeled catalogs).",
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Matches to list.")
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many labels and matches to show."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as a JSON object.")
+@_quiet_option
+@_index_dir_option
 @click.pass_context
 def identify_cmd(
-    ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int, as_json: bool
+    ctx: click.Context, image: str, index_name: str | None, reference: str | None, k: int, as_json: bool, quiet: bool
 ) -> None:
     """Say which catalog item IMAGE is, or that it comes from another universe."""
     from .catalog import quoted
     from .recommend import identify
 
-    index = _open_index(ctx, index_name)
-    ref = _open_index(ctx, reference) if reference else None
-    answer = identify(image, index, k=k, reference=ref)
+    picture = _check_picture(image)
+    index = _open_index(ctx, index_name, quiet=quiet)
+    ref = _open_index(ctx, reference, quiet=quiet) if reference else None
+    answer = identify(picture, index, k=k, reference=ref, name=image, top_labels=k)
     if as_json:
-        click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        _echo_json(answer.to_dict())
         return
     click.echo(answer.message)
     if answer.another_image:
@@ -414,6 +490,7 @@ def identify_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as a JSON object.")
 @click.option("--markdown", is_flag=True, help="Print Markdown tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_index_dir_option
 @click.pass_context
 def evaluate_cmd(
     ctx: click.Context,
@@ -494,7 +571,7 @@ def evaluate_cmd(
             strict=not models,
         )
     else:
-        report = ev.evaluate_index(_open_index(ctx, index_name), plan, progress=not quiet)
+        report = ev.evaluate_index(_open_index(ctx, index_name, quiet=quiet), plan, progress=not quiet)
     shown = worst if worst is not None else (10 if sheet else 0)
     if sheet:
         for path in report.write_sheet(sheet, worst=shown):
@@ -527,21 +604,40 @@ def evaluate_cmd(
 @click.option(
     "--query", "query_image", type=click.Path(exists=False), default=None, help="Place this picture on the map."
 )
+@_json_option("a summary of what was written")
+@_quiet_option
+@_index_dir_option
 @click.pass_context
-def map_cmd(ctx: click.Context, index_name: str | None, out: str, color_by: str, query_image: str | None) -> None:
+def map_cmd(
+    ctx: click.Context,
+    index_name: str | None,
+    out: str,
+    color_by: str,
+    query_image: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Draw the whole catalog in 2-D (principal axes), optionally with a query placed on it."""
     from .explain import write_map
     from .recommend import embed_query
 
-    index = _open_index(ctx, index_name)
-    query = embed_query(query_image, index) if query_image else None
-    click.echo(f"wrote {write_map(index, out, color_by=color_by, query=query)}")
+    picture = _check_picture(query_image) if query_image else None
+    index = _open_index(ctx, index_name, quiet=quiet)
+    query = embed_query(picture, index, name=query_image) if picture is not None else None
+    written = write_map(index, out, color_by=color_by, query=query)
+    if as_json:
+        _echo_json(
+            {"out": str(written), "index": index.name, "items": len(index), "color_by": color_by, "query": query_image}
+        )
+        return
+    click.echo(f"wrote {written}")
 
 
 @cli.command("info")
 @_index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--verify", is_flag=True, help="Check every file's checksum, however large.")
+@_index_dir_option
 @click.pass_context
 def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: bool) -> None:
     """What an index holds: backbone, size, labels, where it came from, where its vectors live."""
@@ -597,7 +693,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
     show_default=True,
     help="What to look for on the web.",
 )
-@click.option("-k", "k", type=click.IntRange(1, 50), default=8, show_default=True, help="Number of links.")
+@click.option("-k", "k", type=click.IntRange(1, 50), default=8, show_default=True, help="How many links to show.")
 @click.option(
     "--domain",
     default=None,
@@ -612,6 +708,7 @@ def info_cmd(ctx: click.Context, index_name: str | None, as_json: bool, verify: 
     help="Total deadline of the search [env RECOMMENDER_WEB_TIMEOUT; default: 4].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of links.")
+@_index_dir_option
 def links_cmd(name: str, kind: str, k: int, domain: str | None, timeout: float | None, as_json: bool) -> None:
     """Related pages, images or videos on the web for NAME (e.g. a recognised Pokémon)."""
     from .websearch import build_query, default_search
@@ -652,8 +749,16 @@ def _spec_text(spec: dict[str, Any]) -> str:
     metavar="IMAGE",
     help="Show this picture and its nearest items instead.",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many items [default: 40].")
+@click.option(
+    "--max-items", type=click.IntRange(min=1), default=None, metavar="N", help="At most N items drawn [default: 40]."
+)
+@click.option(  # `--limit` means "the first N items of the catalog" (index); here it was --max-items
+    "--limit", "old_limit", type=click.IntRange(min=1), default=None, hidden=True, callback=_deprecated("--max-items")
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@_json_option("a summary of what was written")
+@_quiet_option
+@_index_dir_option
 @click.pass_context
 def heatmap_cmd(
     ctx: click.Context,
@@ -661,15 +766,34 @@ def heatmap_cmd(
     features: str,
     labels: str | None,
     query: str | None,
-    limit: int | None,
+    max_items: int | None,
+    old_limit: int | None,
     out: str,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Draw the cosine-similarity matrix of catalog items, clustered so look-alikes form blocks."""
     from .explain import DEFAULT_LIMIT, catalog_heatmap
 
-    index = _open_index(ctx, index_name)
+    picture = _check_picture(query) if query else None
+    index = _open_index(ctx, index_name, quiet=quiet)
     chosen = [name.strip() for name in labels.split(",") if name.strip()] if labels else None
-    sim = catalog_heatmap(index, features=features, labels=chosen, query=query, limit=limit or DEFAULT_LIMIT, out=out)
+    most = max_items or old_limit or DEFAULT_LIMIT
+    sim = catalog_heatmap(index, features=features, labels=chosen, query=picture, limit=most, out=out)
+    if as_json:
+        _echo_json(
+            {
+                "out": str(out),
+                "index": index.name,
+                "items": len(sim.labels),
+                "labels": sim.labels,
+                "ids": sim.ids,
+                "features": sim.features,
+                "explained": sim.explained,
+                "description": sim.description,
+            }
+        )
+        return
     click.echo(f"wrote {out}: {len(sim.labels)} items of {index.name!r}, {sim.description}")
 
 
@@ -680,24 +804,41 @@ def heatmap_cmd(
     "--rank", type=click.IntRange(min=1), default=1, show_default=True, help="Which match to explain (1 = the best)."
 )
 @click.option(
-    "--pairs",
+    "--lines",
     type=click.IntRange(min=0),
-    default=8,
-    show_default=True,
-    help="Mutually closest patch pairs to draw as lines.",
+    default=None,
+    metavar="N",
+    help="Mutually closest patch pairs to draw as lines [default: 8].",
+)
+@click.option(  # `--pairs` names a CSV of look-alike pairs (evaluate); here it was --lines
+    "--pairs", "old_pairs", type=click.IntRange(min=0), default=None, hidden=True, callback=_deprecated("--lines")
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@_json_option("a summary of what was written")
+@_quiet_option
+@_index_dir_option
 @click.pass_context
-def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: int, pairs: int, out: str) -> None:
+def explain_cmd(
+    ctx: click.Context,
+    image: str,
+    index_name: str | None,
+    rank: int,
+    lines: int | None,
+    old_pairs: int | None,
+    out: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Show where IMAGE and one of its matches look alike: query | match, side by side with overlays."""
     from .explain import explain
     from .images import DECODE_MAX_SIDE, load_image
     from .recommend import look_alikes
 
-    index = _open_index(ctx, index_name)
+    pairs = lines if lines is not None else old_pairs if old_pairs is not None else 8
+    # Read once for both the search and the overlays, no larger than either uses it; before the model loads.
+    picture = load_image(_check_picture(image), name=image, max_side=DECODE_MAX_SIDE)
+    index = _open_index(ctx, index_name, quiet=quiet)
     backbone = index.backbone()
-    # Read once for both the search and the overlays, no larger than either uses it.
-    picture = load_image(image, max_side=DECODE_MAX_SIDE)
     matches = look_alikes(picture, index, k=rank, backbone=backbone)
     if len(matches) < rank:
         raise RecommenderError(
@@ -705,6 +846,9 @@ def explain_cmd(ctx: click.Context, image: str, index_name: str | None, rank: in
         )
     match = matches[rank - 1]
     explain(picture, match, index, backbone=backbone, pairs=pairs, out=out)
+    if as_json:
+        _echo_json({"out": str(out), "index": index.name, "query": image, "lines": pairs, "match": match.to_dict()})
+        return
     click.echo(f"wrote {out}: query vs #{match.rank} {match.label or match.id} (cosine {match.score:.3f})")
 
 

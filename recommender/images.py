@@ -69,6 +69,18 @@ def read_bytes(source: str | os.PathLike, *, name: str | None = None) -> bytes:
         raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from None
 
 
+def check_image(source: str | os.PathLike, *, name: str | None = None) -> bytes:
+    """The bytes of a picture file once its header and length say it can be decoded (no pixels decoded yet).
+
+    For refusing a bad file before anything expensive happens (loading a model, building an index):
+    the caller decodes the bytes it gets back, so the file is read once.
+    """
+    label = name or str(source)
+    data = read_bytes(source, name=label)
+    _check_pixels(_open(data, label), label)
+    return data
+
+
 def load_image(
     source: ImageSource, *, name: str | None = None, max_side: int | None = None, fit_to: tuple[int, Fit] | None = None
 ) -> Image.Image:

@@ -71,14 +71,16 @@ def look_alikes(
     backbone: Backbone | None = None,
     liked: Sequence[str] = (),
     disliked: Sequence[str] = (),
+    name: str | None = None,
 ) -> list[Match]:
     """The k catalog items that look most like `image`, best first.
 
     The picture is embedded with the index's own backbone (loaded once and cached) unless one is
     given, in which case it must match the index's (`IndexMismatchError` otherwise). `liked` and
-    `disliked` item ids steer the ranking (see `refine`); disliked items are left out.
+    `disliked` item ids steer the ranking (see `refine`); disliked items are left out. `name` is
+    how errors call the picture (for bytes).
     """
-    query = refine(embed_query(image, index, backbone=backbone), index, liked=liked, disliked=disliked)
+    query = refine(embed_query(image, index, backbone=backbone, name=name), index, liked=liked, disliked=disliked)
     return index.search(query, k=k, where=where, exclude=disliked)
 
 
@@ -142,6 +144,7 @@ def identify(
     name: str | None = None,
     liked: Sequence[str] = (),
     disliked: Sequence[str] = (),
+    top_labels: int = 5,
 ) -> Identification:
     """Which catalog item (label) is this picture, or is it from another universe?
 
@@ -149,7 +152,8 @@ def identify(
     label, its score, the calibrated in-catalog decision and *another* picture of that label.
     Unlabeled index: the closest picture is found; with a labeled `reference` index (built
     with any backbone) that picture is named through it. `name` is how errors call the picture;
-    `liked` and `disliked` item ids refine the question (see `refine`).
+    `liked` and `disliked` item ids refine the question (see `refine`); `top_labels` is how many
+    labels the answer ranks.
     """
     name = name or describe(image)
     if isinstance(image, (str, os.PathLike)):
@@ -167,7 +171,7 @@ def identify(
     if reference is None:
         if not index.labeled:
             return _unlabeled_answer(index, matches, best_score, in_catalog, threshold)
-        labels = rank_labels(index, scores, top=5)
+        labels = rank_labels(index, scores, top=top_labels)
         top = labels[0]
         shared = same_picture_labels(index, scores, top)
         another = another_picture(index, top.label, scores, exclude_sha256=digest)
@@ -186,7 +190,7 @@ def identify(
         raise RecommenderError(f"index {reference.name!r} has no labels, so it cannot name pictures")
     # Name the closest picture of this catalog through the reference catalog.
     closest = matches[0]
-    named = identify(closest.path, reference, k=k)
+    named = identify(closest.path, reference, k=k, top_labels=top_labels)
     return Identification(
         label=named.label,
         score=best_score,

@@ -67,7 +67,7 @@ def cache_dir(flag: str | Path | None = None) -> Path:
 
 
 def data_dir(flag: str | Path | None = None) -> Path:
-    """The folder for catalogs uploaded through the app (unpacked pictures)."""
+    """The folder for catalogs uploaded through the app (unpacked pictures) and pictures taken out of datasets."""
     default = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "recommender"
     return Path(_pick(str(flag) if flag else None, ENV_DATA_DIR, str(default)))
 

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 # No test may reach the network: the hub client must answer from disk or fail at once.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"  # nor may the datasets library
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: label -> (shape, colour) of the generated labeled catalog

@@ -65,7 +65,8 @@ def test_human_readable_search_and_info(store, labeled_catalog, tiny_model):
     assert invoke("index", str(labeled_catalog), "--name", "shapes", "--model", str(tiny_model), "-q").exit_code == 0
     result = invoke("search", str(labeled_catalog / "red-circle" / "1.png"), "--index", "shapes", "-k", "2")
     assert result.exit_code == 0
-    first = result.stdout.splitlines()[0].split()
+    header, first = (line.split() for line in result.stdout.splitlines()[:2])
+    assert header == ["rank", "score", "label", "path"]
     assert first[0] == "1" and first[2] == "red-circle" and float(first[1]) == pytest.approx(1.0, abs=2e-3)
     info = invoke("info", "--index", "shapes")
     rows = {line.split()[0]: line.split()[1:] for line in info.stdout.splitlines()}
@@ -126,7 +127,7 @@ def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "bad.png").write_text("x")
     result = invoke("--debug", "search", str(tmp_path / "bad.png"), "--index", "nope")
     assert result.exit_code == 1 and result.exception is not None
-    assert type(result.exception).__name__ == "IndexNotFoundError"
+    assert type(result.exception).__name__ == "ImageError"  # the picture is checked before the index opens
 
 
 def test_skips_are_listed_then_summarised(tmp_path, tiny_model):
@@ -172,3 +173,82 @@ def test_the_default_pokemon_index_is_built_on_first_use(tiny_model, monkeypatch
     assert "artwork/025" in answer["another_image"]  # another picture of Pikachu: its artwork
     again = invoke("search", str(sprite), "--json", "-k", "1")
     assert "building" not in again.stderr and json.loads(again.stdout)[0]["label"] == "Pikachu"
+
+
+VERBS = ("index", "search", "identify", "evaluate", "map", "info", "links", "heatmap", "explain")
+
+
+def test_every_verb_takes_the_same_flags_for_the_same_things():
+    """--index-dir on every verb, --json on every verb that prints a result, -q wherever a bar can show."""
+    helped = {verb: invoke(verb, "--help").stdout for verb in VERBS}
+    for verb, text in helped.items():
+        assert "--index-dir" in text, verb
+        assert "--json" in text, verb
+        quiet = "-q, --quiet" in text
+        assert quiet == (verb not in ("info", "links")), verb  # those two never build nor show a bar
+    assert "--max-items" in helped["heatmap"] and "--limit" not in helped["heatmap"]  # --limit: index's first N
+    assert "--lines" in helped["explain"] and "--pairs" not in helped["explain"]  # --pairs: evaluate's CSV
+
+
+def test_json_summaries_of_what_was_written_and_index_dir_after_the_verb(labeled_catalog, tiny_model, tmp_path):
+    elsewhere = str(tmp_path / "elsewhere")
+    built = invoke("index", str(labeled_catalog), "--name", "s", "--model", str(tiny_model), "-q", "--json")
+    assert built.exit_code == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert summary["count"] == 12 and summary["embedded"] == 12 and summary["skipped"] == 0 and summary["skips"] == []
+    assert {"folder", "seconds", "images_per_second", "store", "forward", "notes"} <= set(summary)
+    moved = invoke(
+        "index", str(labeled_catalog), "--name", "s", "--model", str(tiny_model), "-q", "--index-dir", elsewhere
+    )
+    assert moved.exit_code == 0 and Path(elsewhere, "s", "manifest.json").is_file()
+    assert json.loads(invoke("info", "--index", "s", "--index-dir", elsewhere, "--json").stdout)["count"] == 12
+    query = str(labeled_catalog / "red-circle" / "1.png")
+    drawn = json.loads(
+        invoke("map", "--index", "s", "--out", str(tmp_path / "m.html"), "--query", query, "--json").stdout
+    )
+    assert drawn == {"out": str(tmp_path / "m.html"), "index": "s", "items": 12, "color_by": "label", "query": query}
+    heat = invoke("heatmap", "--index", "s", "--out", str(tmp_path / "h.png"), "--max-items", "4", "--json")
+    matrix = json.loads(heat.stdout)
+    assert matrix["items"] == len(matrix["labels"]) == len(matrix["ids"]) <= 4 and matrix["out"] == str(
+        tmp_path / "h.png"
+    )
+    why = json.loads(invoke("explain", query, "--index", "s", "--out", str(tmp_path / "e.png"), "--json").stdout)
+    assert why["match"]["id"] == "red-circle/1.png" and why["lines"] == 8 and (tmp_path / "e.png").is_file()
+    old = invoke("heatmap", "--index", "s", "--out", str(tmp_path / "h2.png"), "--limit", "3")
+    assert old.exit_code == 0 and "--limit is deprecated here; use --max-items" in old.stderr
+    old = invoke("explain", query, "--index", "s", "--out", str(tmp_path / "e2.png"), "--pairs", "2", "--json")
+    assert json.loads(old.stdout)["lines"] == 2 and "use --lines" in old.stderr
+
+
+def test_identify_k_is_how_many_labels(labeled_catalog, tiny_model):
+    invoke("index", str(labeled_catalog), "--name", "s", "--model", str(tiny_model), "-q")
+    query = str(labeled_catalog / "red-circle" / "1.png")
+    answer = json.loads(invoke("identify", query, "--index", "s", "-k", "2", "--json").stdout)
+    assert len(answer["labels"]) == 2 and len(answer["matches"]) == 2
+    text = invoke("identify", query, "--index", "s", "-k", "3").stdout
+    listed = next(line for line in text.splitlines() if line.startswith("best labels: "))
+    assert listed.startswith("best labels: red-circle") and listed.count(", ") == 2  # three labels listed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "{bad}", "--index", "s"],
+        ["identify", "{bad}"],
+        ["explain", "{bad}", "--out", "{out}"],
+        ["map", "--query", "{bad}", "--out", "{out}"],
+        ["heatmap", "--query", "{bad}", "--out", "{out}"],
+    ],
+)
+def test_an_unreadable_picture_is_refused_before_any_index_or_model_loads(args, tmp_path, monkeypatch):
+    from recommender.index import Index
+
+    def no(*_args, **_kwargs):
+        raise AssertionError("the index (and its model) was opened before the picture was checked")
+
+    monkeypatch.setattr(Index, "load", no)
+    (tmp_path / "bad.jpg").write_text("<p>not a picture</p>")
+    paths = {"bad": str(tmp_path / "bad.jpg"), "out": str(tmp_path / "out.png")}
+    result = invoke(*[a.format(**paths) for a in args])
+    assert result.exit_code == 1
+    assert "bad.jpg: not a recognised image format" in one_line_error(result.stderr)

@@ -36,6 +36,9 @@ def test_the_package_declares_what_requirements_txt_installs():
     scale = _requirement_names(project["optional-dependencies"]["scale"])
     assert scale == _requirement_names((ROOT / "requirements-scale.txt").read_text().splitlines())
     assert project["license"] == "MIT" and "gradio>=6.0,<7" in declared.values()
+    hf = _requirement_names(project["optional-dependencies"]["hf"])  # installed for the tests, so that they run
+    dev = _requirement_names((ROOT / "requirements-dev.txt").read_text().splitlines())
+    assert hf.items() <= dev.items() and "recommender[app,scale,hf]" in project["optional-dependencies"]["dev"]
 
 
 def test_a_wheel_installs_and_runs_from_any_folder(tmp_path, tiny_model, labeled_catalog):

@@ -118,6 +118,25 @@ class BuildReport:
             text += f", {len(lost)} of them left with no picture: {shown}"
         return text + ")"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON data (`recommender index --json`): counts, timings, every skip and note."""
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "store": self.store,
+            "count": self.count,
+            "embedded": self.embedded,
+            "reused": self.reused,
+            "resumed": self.resumed,
+            "removed": self.removed,
+            "skipped": len(self.skipped),
+            "skips": [{"where": s.where, "reason": s.reason, "label": s.label} for s in self.skipped],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "forward": self.forward,
+            "notes": list(self.notes),
+        }
+
 
 def build_index(
     source: str | os.PathLike | Catalog,
@@ -228,7 +247,7 @@ def _read(source: str | os.PathLike, config: BuildConfig) -> Catalog:
 def _catalog_info(catalog: Catalog, items: list[Item], config: BuildConfig) -> CatalogInfo:
     """What the manifest records of the catalog an index was built from (of the items kept)."""
     return CatalogInfo(
-        source=str(Path(catalog.source).resolve()),
+        source=catalog.location or str(Path(catalog.source).resolve()),
         root=str(catalog.root),
         kind=catalog.kind,
         labeled=any(item.label is not None for item in items),
