@@ -118,6 +118,9 @@ class Backbone(ABC):
     explain_detail: int = 1
     #: Which forward pass computes the vectors, for build reports (e.g. "lean-bf16" or "transformers").
     forward: str = "numpy"
+    #: The in-catalog threshold this backbone learns on the shipped Pokémon catalog (measured), a prior
+    #: for catalogs too small to place their own (`calibration.calibrate(prior=...)`); None: unmeasured.
+    threshold_prior: float | None = None
 
     @property
     @abstractmethod
@@ -138,6 +141,11 @@ class Backbone(ABC):
     def part_weights(self) -> tuple[float, ...]:
         """Each part's weight in the cosine (they sum to 1)."""
         return (1.0,)
+
+    @property
+    def adapter(self) -> Any:
+        """A catalog's `AdapterHead` its vectors pass through (`backbones.adapted`), or None (every plain backbone)."""
+        return None
 
     @property
     def spatial_part(self) -> Backbone | None:
