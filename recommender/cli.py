@@ -633,6 +633,29 @@ def map_cmd(
     click.echo(f"wrote {written}")
 
 
+@cli.command("adapt")
+@_index_option
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="Passes over the views [default: 30].")
+@click.option("--views", type=click.IntRange(1, 32), default=None, help="Augmented views of each picture [default: 2].")
+@click.option("--out", default=None, metavar="NAME", help="Name of the adapted index [default: NAME-adapted].")
+@click.pass_context
+def adapt_cmd(
+    ctx: click.Context, index_name: str | None, epochs: int | None, views: int | None, out: str | None
+) -> None:
+    """Adapt an index to its own catalog: a light head learnt from augmented views of its pictures."""
+    from .adapt import DEFAULT_EPOCHS, DEFAULT_VIEWS, adapt_index
+
+    report = adapt_index(
+        settings.index_name(index_name),
+        out=out,
+        epochs=epochs or DEFAULT_EPOCHS,
+        views=views or DEFAULT_VIEWS,
+        index_dir=ctx.obj["index_dir"],
+        progress=lambda done, what: click.echo(f"  {done:4.0%} {what}", err=True) if done >= 1 else None,
+    )
+    click.echo(report.summary())
+
+
 @cli.command("info")
 @_index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -170,7 +171,8 @@ def identify(
     in_catalog = best_score >= threshold
     if reference is None:
         if not index.labeled:
-            return _unlabeled_answer(index, matches, best_score, in_catalog, threshold)
+            answer = _unlabeled_answer(index, matches, best_score, in_catalog, threshold)
+            return dataclasses.replace(answer, message=_unsure(index, answer.message))
         labels = rank_labels(index, scores, top=top_labels)
         top = labels[0]
         shared = same_picture_labels(index, scores, top)
@@ -180,7 +182,7 @@ def identify(
             score=top.score,
             in_catalog=in_catalog,
             threshold=threshold,
-            message=_message([top.label, *shared], top.score, in_catalog, index.domain),
+            message=_unsure(index, _message([top.label, *shared], top.score, in_catalog, index.domain)),
             another_image=another,
             matches=matches,
             labels=labels,
@@ -286,6 +288,15 @@ def _unlabeled_answer(
         message=message,
         another_image=None,
         matches=matches,
+    )
+
+
+def _unsure(index: Index, message: str) -> str:
+    """The answer, and a warning when the catalog was too small to learn where its universe ends."""
+    if not index.calibration.small:
+        return message
+    return (
+        f"{message}; the catalog is too small to be sure ({len(index)} pictures): add pictures to firm up the decision"
     )
 
 

@@ -226,9 +226,14 @@ def test_efficientnet_with_real_weights():
 
 def test_offline_alias():
     offline = load_backbone("offline")
-    assert offline.name == "offline" and offline.dim == 1280 + 512
+    assert offline.name == "offline" and offline.dim == 1280 + 112 + 512
     assert offline.spec.model == "offline"
-    assert_unit_rows(offline.embed(pictures(1)[0]), 3, 1792)
+    assert_unit_rows(offline.embed(pictures(1)[0]), 3, 1904)
+    earlier = load_backbone("offline-v1")
+    assert earlier.dim == 1280 + 512 and earlier.spec.model == "offline-v1"
+    mirror = load_backbone("efficientnet-lite0-stages-mirror")
+    flipped = [im.transpose(0) for im in pictures(1)[0]]  # FLIP_LEFT_RIGHT
+    np.testing.assert_allclose(mirror.embed(pictures(1)[0]), mirror.embed(flipped), atol=1e-4)
 
 
 def test_bf16_agrees_with_fp32(tiny_model):

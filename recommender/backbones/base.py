@@ -126,6 +126,9 @@ class Backbone(ABC):
     registers: int = 0
     #: The hub repository and commit the weights were read at; None for local folders and shipped weights.
     hub: HubRevision | None = None
+    #: The in-catalog threshold this backbone learns on the shipped Pokémon catalog (measured), a prior
+    #: for catalogs too small to place their own (`calibration.calibrate(prior=...)`); None: unmeasured.
+    threshold_prior: float | None = None
 
     @property
     @abstractmethod
@@ -156,6 +159,10 @@ class Backbone(ABC):
     def revisions(self) -> dict[str, str] | None:
         """`{repo: commit}` of the hub parts, as `load_backbone(revision=...)` takes it; None when none."""
         return {pin.repo: pin.revision for pin in self.hub_revisions} or None
+
+    def adapter(self) -> Any:
+        """A catalog's `AdapterHead` its vectors pass through (`backbones.adapted`), or None (every plain backbone)."""
+        return None
 
     @property
     def spatial_part(self) -> Backbone | None:

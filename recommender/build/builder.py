@@ -207,7 +207,7 @@ def build_index(
     )
     # Calibrated on the stored precision, so that the threshold matches the scores searches will see.
     stored = embedded.vectors.astype(np.float16 if config.dtype == "float16" else np.float32)
-    calibration = calibrate(stored, [item.label for item in items])
+    calibration = calibrate(stored, [item.label for item in items], prior=backbone.threshold_prior)
     manifest = write_index(
         folder,
         embeddings=embedded.vectors,

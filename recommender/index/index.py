@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import settings
 from ..backbones import Backbone, load_backbone, normalise
+from ..backbones.adapted import Adapted, AdapterHead
 from ..calibration import Calibration, calibrate
 from ..catalog import Item, Skip
 from ..errors import IndexLoadError, IndexMismatchError, IndexNotFoundError, ModelError, RecommenderError
@@ -178,6 +179,22 @@ class Index:
             check_finite(embeddings, label)
         return cls(folder, manifest, embeddings, items)
 
+    @cached_property
+    def adapter(self) -> AdapterHead | None:
+        """The catalog adaptation's head every query passes through (`recommender.adapt`), or None.
+
+        Read on first use and always checked against the manifest's sha256 (it is small).
+        """
+        info = self.manifest.adapter
+        if info is None:
+            return None
+        path = self.folder / info.file
+        verify_hash(path, info.sha256, self.name)
+        try:
+            return AdapterHead.from_bytes(path.read_bytes(), dim=self.dim, label=f"index {self.name!r}")
+        except ModelError as exc:
+            raise IndexLoadError(f"{exc}; {rebuild_hint(self.name)}") from None
+
     # ----------------------------------------------------------------------------- facts
 
     @property
@@ -328,6 +345,9 @@ class Index:
             # The weights the index was built with, at their commit: fetched when missing, or said why not.
             at = ", ".join(f"{repo} at revision {rev}" for repo, rev in pins.items())
             raise ModelError(f"index {self.name!r} was built with {at}: {exc}") from None
+        head = self.adapter
+        if head is not None:  # queries pass through the head the catalog's vectors went through
+            backbone = Adapted(backbone, head, digest=self.manifest.adapter.sha256)  # type: ignore[union-attr]
         self.check_backbone(backbone)
         return backbone
 

@@ -184,6 +184,34 @@ class BuildStats:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """A catalog adaptation's head beside the index (`recommender.adapt`): its file, hash, and how it was learnt."""
+
+    file: str
+    sha256: str
+    rank: int
+    trained: Mapping[str, str | int | float] = field(default_factory=dict)  # base index, epochs, views, seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "rank": self.rank, "trained": dict(self.trained)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> AdapterInfo:
+        if not isinstance(data, dict):
+            raise ValueError("bad 'adapter'")
+        name, digest, rank, trained = data.get("file"), data.get("sha256"), data.get("rank"), data.get("trained") or {}
+        if not isinstance(name, str) or not name.startswith("adapter-") or "/" in name or "\\" in name:
+            raise ValueError("bad adapter file")
+        if not (isinstance(digest, str) and _SHA256.match(digest)) or not (_is_int(rank) and 0 < rank <= _MAX_DIM):
+            raise ValueError("bad adapter hash or rank")
+        if not isinstance(trained, dict) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in trained.values()
+        ):
+            raise ValueError("bad adapter notes")
+        return cls(file=name, sha256=digest, rank=rank, trained={str(k): v for k, v in trained.items()})
+
+
+@dataclass(frozen=True)
 class Manifest:
     """An index's manifest (see the module docstring); `from_json` checks everything, `to_json` writes it."""
 
@@ -208,6 +236,8 @@ class Manifest:
     def revisions(self) -> dict[str, str] | None:
         """`{repo: commit}` of the weights, as `load_backbone(revision=...)` takes it; None when nothing is pinned."""
         return {pin.repo: pin.revision for pin in self.hub} or None
+
+    adapter: AdapterInfo | None = None  # a catalog adaptation's head (absent from plain and older indexes)
 
     @property
     def format_version(self) -> int:
@@ -239,6 +269,7 @@ class Manifest:
             "files": self.files.to_json(),
             "stats": self.stats.to_json(),
             "calibration": self.calibration.to_json() if self.calibration else {},
+            **({"adapter": self.adapter.to_json()} if self.adapter else {}),
         }
 
     @classmethod
@@ -294,6 +325,7 @@ def _parse(data: dict[str, Any], label: str) -> Manifest:
         hub = tuple(HubRevision.from_json(pin) for pin in pins)
     except (ValueError, RecommenderError):
         raise ValueError("bad 'hub'") from None
+    adapter = AdapterInfo.from_json(data["adapter"]) if data.get("adapter") is not None else None
     return Manifest(
         backbone=backbone,
         weights=data["weights"],
@@ -310,6 +342,7 @@ def _parse(data: dict[str, Any], label: str) -> Manifest:
         stats=BuildStats.from_json(data.get("stats") or {}),
         calibration=calibration,
         hub=hub,
+        adapter=adapter,
     )
 
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,12 @@ from ..catalog import Item, Skip
 from ..errors import RecommenderError
 from ..files import fsync_dir, write_atomic
 from .format import encode_items, encode_skips, read_json, safetensors_bytes
-from .manifest import MANIFEST, MANIFEST_MAX_BYTES, BuildStats, CatalogInfo, DataFiles, Manifest
+from .manifest import MANIFEST, MANIFEST_MAX_BYTES, AdapterInfo, BuildStats, CatalogInfo, DataFiles, Manifest
 from .store import StoreConfig, StoreLocation
 from .store.milvus import MilvusStore, drop_stale
 
 
-def write_index(
+def write_index(  # noqa: PLR0913 (one keyword per part of an index it writes)
     folder: Path,
     *,
     embeddings: np.ndarray,
@@ -40,11 +40,14 @@ def write_index(
     calibration: Calibration | None = None,
     store: StoreConfig | str | None = None,
     skipped: Sequence[Skip] = (),
+    adapted: Mapping[str, str | int | float] | None = None,
 ) -> Manifest:
     """Write an index atomically (see the module docstring) and return its manifest.
 
     `store` says where the vectors go (default: `RECOMMENDER_STORE`, else local files); `skipped`,
-    the pictures the build left out, goes to a file beside the items (`skipped-<stamp>.json`).
+    the pictures the build left out, goes to a file beside the items (`skipped-<stamp>.json`). A
+    backbone with an `adapter` head (`backbones.adapted.Adapted`) has the head written beside the
+    vectors and recorded in the manifest, with `adapted` (how it was learnt) as its notes.
     """
     if dtype not in ("float16", "float32"):
         raise RecommenderError(f"dtype must be float16 or float32, not {dtype!r}")
@@ -70,6 +73,13 @@ def write_index(
         items_sha = write_atomic(folder / items_name, json.dumps(encode_items(items), ensure_ascii=False).encode())
         skipped_name = f"skipped-{tag}.json"
         write_atomic(folder / skipped_name, json.dumps(encode_skips(skipped), ensure_ascii=False).encode())
+        adapter = None
+        if backbone.adapter is not None:
+            head_name = f"adapter-{tag}.safetensors"
+            head_sha = write_atomic(folder / head_name, backbone.adapter.to_bytes())
+            adapter = AdapterInfo(
+                file=head_name, sha256=head_sha, rank=backbone.adapter.rank, trained=dict(adapted or {})
+            )
         manifest = Manifest(
             backbone=backbone.spec,
             weights=backbone.identity,
@@ -91,10 +101,13 @@ def write_index(
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             stats=stats or BuildStats(),
             calibration=calibration,
+            adapter=adapter,
         )
         write_atomic(folder / MANIFEST, json.dumps(manifest.to_json(), indent=2, ensure_ascii=False).encode())
         fsync_dir(folder)
-        _remove_stale(folder, keep={MANIFEST, emb_name, items_name, skipped_name, ".lock"})
+        _remove_stale(
+            folder, keep={MANIFEST, emb_name, items_name, skipped_name, ".lock", adapter.file if adapter else ""}
+        )
         drop_stale(folder, location, previous)
     return manifest
 
@@ -125,7 +138,10 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
         if (
             path.is_file()
             and path.name not in keep
-            and (path.name.startswith(("embeddings-", "items-", "skipped-", "derived-")) or path.name.endswith(".tmp"))
+            and (
+                path.name.startswith(("embeddings-", "items-", "skipped-", "derived-", "adapter-"))
+                or path.name.endswith(".tmp")
+            )
         ):
             with contextlib.suppress(OSError):
                 path.unlink()
