@@ -86,7 +86,11 @@ def run_measured(
 ) -> dict:
     """Run `script` in a fresh Python and return the JSON of its last line; fail (killed) past `limit_mb` of RSS."""
     out, err = tmp_path / "child.out", tmp_path / "child.err"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **(env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ["PYTHONPATH"]]),
+        **(env or {}),
+    }
     with open(out, "w") as stdout, open(err, "w") as stderr:
         child = subprocess.Popen(
             [sys.executable, "-c", _MEASURE + script, *map(str, args)], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
