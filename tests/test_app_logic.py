@@ -1,6 +1,6 @@
 """The app's own decisions, without a browser: the start-up model, rebuilds, reloads, other indexes, escaping.
 
-Each test here is named after a deliberate bug it is known to catch (see benchmarks/mutants.py).
+Each test here is named after a deliberate bug it is known to catch (scripts/mutants.py plants them).
 """
 
 from __future__ import annotations
