@@ -282,7 +282,7 @@ def test_a_reservation_larger_than_the_budget_is_refused_at_once():
     with pytest.raises(ImageError, match=r"a\.png: decoding this 9x9 L PNG needs about 2 MB .* 1 MB allowed"):
         with budget.reserve(2 * MB, label="a.png", what="9x9 L PNG"):
             pass
-    assert time.perf_counter() - started < 0.1 and budget.used == 0
+    assert time.perf_counter() - started < 2 and budget.used == 0  # at once: a wait would never end
 
 
 def test_threads_wait_their_turn_first_come_first_served():

@@ -128,7 +128,7 @@ def test_cli_offline_exits_non_zero_with_one_line_and_no_traceback():
         text=True,
         timeout=30,
     )
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # a fresh interpreter's imports included; ddgs would retry for minutes
     assert proc.returncode != 0
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -254,7 +254,7 @@ def test_a_blocking_provider_is_abandoned_at_the_deadline():
     start = time.monotonic()
     with pytest.raises(WebSearchUnavailable, match=r"^web search unavailable: Fake did not answer within 0.3 s$"):
         WebSearch(provider, timeout=0.3).search("q")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10  # the provider blocks for 30 s; generous for a loaded machine
     provider.released.set()
 
 
