@@ -29,7 +29,10 @@ def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
         "RECOMMENDER_CACHE_DIR": str(folder / "cache"),
         "RECOMMENDER_DATA_DIR": str(folder / "data"),
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT / "tests"),
+        "HF_HOME": str(folder / "hf"),  # no model from the developer's cache
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        # tests/ for the fake web provider; tests/hermetic (its sitecustomize) guards the network.
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "tests" / "hermetic")]),
         "PYTHONUNBUFFERED": "1",
         **env,
     }

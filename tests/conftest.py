@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +21,104 @@ from PIL import Image, ImageDraw
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"  # nor may the datasets library
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Hermetic by construction, for this process and every process the tests start (they inherit it):
+# the network guard of tests/hermetic/sitecustomize.py (loopback and Unix sockets only; attempts are
+# logged and fail the test), no Gradio analytics, a Hugging Face home of the suite's own (no DINOv2
+# from the developer's cache), and ddgs (whose HTTP client is Rust, out of the guard's reach)
+# pointed at a closed loopback port.
+HERMETIC = Path(__file__).resolve().parent / "hermetic"
+SCRATCH = Path(tempfile.mkdtemp(prefix="recommender-tests-"))
+NETLOG = SCRATCH / "network.log"
+CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there, a connection is refused
+os.environ["RECOMMENDER_TEST_NETLOG"] = str(NETLOG)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(HERMETIC), *filter(None, [os.environ.get("PYTHONPATH")])])
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HOME"] = str(SCRATCH / "hf")
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_TOKEN"):
+    os.environ.pop(_name, None)
+os.environ["DDGS_PROXY"] = CLOSED_PORT_URL
+_spec = importlib.util.spec_from_file_location("netguard", HERMETIC / "sitecustomize.py")
+netguard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(netguard)
+netguard.install()
+
+#: Skips that stay skips in CI (where $CI is set every other skip is a failure: a missing chromium,
+#: Ray, Milvus Lite or node module there means the suite did not test what it claims).
+SKIPS_ALLOWED_IN_CI = ("needs symbolic links",)
+
+
+def network_attempts(since: int) -> tuple[str, int]:
+    """What the guard logged from byte `since` on, and where the log ends now."""
+    try:
+        data = NETLOG.read_bytes()
+    except FileNotFoundError:
+        return "", 0
+    return data[since:].decode("utf-8", "replace"), len(data)
+
+
+_CHECKED = [0]  # how far the log has been checked: attempts are charged to the test that was running
+
+
+@pytest.fixture(autouse=True)
+def no_network() -> Iterator[None]:
+    """Fail a test (loudly, even when the code under test caught the error) that tried the network."""
+    before, _CHECKED[0] = network_attempts(_CHECKED[0])
+    if before:
+        pytest.fail(f"the network was tried before this test (by a session fixture or server):\n{before}")
+    yield
+    during, _CHECKED[0] = network_attempts(_CHECKED[0])
+    if during:
+        pytest.fail(f"this test tried the network:\n{during}")
+
+
+def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """In CI a skip is a failure: the suite must not pass by testing less than it claims."""
+    if not (report.skipped and os.environ.get("CI")) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not reason.removeprefix("Skipped: ").startswith(SKIPS_ALLOWED_IN_CI):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where everything the suite needs must be installed: {reason}"
+
+
+@pytest.fixture
+def network_log() -> Callable[[], str]:
+    """For the guard's own tests: what was logged since the last look, then forgotten (so it fails nothing)."""
+
+    def take() -> str:
+        found, _CHECKED[0] = network_attempts(_CHECKED[0])
+        return found
+
+    return take
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield  # a module-level importorskip (Ray, Milvus Lite) skips at collection
+    _fail_skip_in_ci(outcome.get_result())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Attempts after the last test (a server's shutdown) fail the run too; then the scratch folder goes."""
+    late, _CHECKED[0] = network_attempts(_CHECKED[0])
+    if late:
+        print(f"\nthe network was tried after the last test:\n{late}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+with contextlib.suppress(ImportError):  # hypothesis: the same examples on every CI run, none saved between
+    from hypothesis import settings as hypothesis_settings
+
+    hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 #: label -> (shape, colour) of the generated labeled catalog
 SHAPES = {
@@ -191,7 +293,15 @@ def app_url(app_server: AppServer) -> str:
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    # Hermetic: every request for another machine goes to a closed loopback port, no name resolves.
+    f"--proxy-server={CLOSED_PORT_URL}",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+]
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,19 @@
-"""Index integrity when the indexer is killed: SIGKILL at random moments of builds and incremental updates.
+"""Index integrity when the indexer is killed: SIGKILL at every file event of builds and incremental updates.
 
-Each run starts `python -m recommender index ...` in a subprocess and kills it with SIGKILL,
-either after a random delay or a random instant after it starts writing files. The index on disk
-must then be exactly the last good build (same ids, hashes and vectors) or exactly the new one,
-and load with its checksums verified. `KILL_RUNS=100 KILL_MODEL=tiny pytest tests/test_crash_safety.py`
-runs a longer campaign with the tiny DINOv2; CI uses the colour histogram, whose subprocess starts
-in half a second (torch and transformers take five of CPU to import) and whose build and write
-code is the same.
+A trace of a whole `recommender index ...` run lists its file events under the index folder
+(tests/crashpoint/sitecustomize.py): the middle of each file's first write, its close, each rename
+and each removal, for the checkpoint shard, the embeddings, the items, the manifest and the
+clean-up. The run is then repeated from the same starting state once per event and killed with
+SIGKILL exactly there. The index on disk must then be exactly the last good build (same ids,
+hashes and vectors) or exactly the new one, load with its checksums verified, switch from old to
+new at one event only, and be brought up to date by the next run, which leaves nothing over.
+Runs are forks of one warm interpreter (tests/crashpoint/zygote.py), so that every event fits
+CI's budget; CI uses the colour histogram, whose build and write code is that of every backbone.
+`KILL_MODEL=tiny pytest tests/test_crash_safety.py` does the same with the tiny DINOv2.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -19,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,7 @@ from recommender.errors import IndexLoadError
 from recommender.index import Index
 
 ROOT = Path(__file__).resolve().parent.parent
-KILLS = int(os.environ.get("KILL_RUNS", "20"))
-FIRST_BUILDS = 4  # of the kills, how many hit a first build (no previous index)
+CRASHPOINT = ROOT / "tests" / "crashpoint"
 
 
 @dataclass(frozen=True)
@@ -100,16 +100,6 @@ def tree(root: Path, *, skip: tuple[str, ...] = ()) -> list[str]:
     ]
 
 
-def _leftovers(folder: Path) -> bool:
-    """Whether the folder holds files its manifest does not name: a run was killed while writing."""
-    if not folder.exists():
-        return False
-    named = {"manifest.json", ".lock"}
-    with contextlib.suppress(OSError, ValueError):
-        named |= set(json.loads((folder / "manifest.json").read_text())["files"].values())
-    return any(p.name not in named for p in folder.iterdir())
-
-
 def reference(catalog: Path, model: str, folder: Path) -> State:
     """The index a complete run makes of the catalog as it is now, built in this process."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -119,107 +109,123 @@ def reference(catalog: Path, model: str, folder: Path) -> State:
     return result
 
 
-def run_and_kill(
-    command: list[str], env: dict[str, str], folder: Path, rng: random.Random, expected_seconds: float
-) -> tuple[bool, float]:
-    """Start the indexer and SIGKILL it; returns (killed while running, seconds it ran)."""
-    before = set(os.listdir(folder)) if folder.exists() else set()
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if rng.random() < 0.5:  # at a random moment of the whole run
-        time.sleep(rng.uniform(0.0, expected_seconds))
-    else:  # at a random instant once it writes: the data files, the manifest, the clean-up
-        while process.poll() is None and (set(os.listdir(folder)) if folder.exists() else set()) <= before:
-            time.sleep(0.0005)
-        time.sleep(rng.uniform(0.0, 0.02))
-    alive = process.poll() is None
-    if alive:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    return alive, time.perf_counter() - started
+class Indexer:
+    """`recommender index` runs in forks of one warm interpreter, each traced or killed at one file event."""
+
+    def __init__(self, tmp_path: Path, folder: Path, args: list[str]) -> None:
+        self.args, self.log = args, tmp_path / "events.log"
+        env = {
+            **os.environ,
+            "RECOMMENDER_DEVICE": "cpu",
+            "RECOMMENDER_CACHE_DIR": str(tmp_path / "cache"),
+            "RECOMMENDER_TEST_CRASH_DIR": str(folder),
+            "PYTHONPATH": os.pathsep.join([str(CRASHPOINT), str(ROOT)]),  # its sitecustomize guards the network too
+        }
+        command = [sys.executable, str(CRASHPOINT / "zygote.py")]
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, *, at: int = 0) -> tuple[int, list[str]]:
+        """One run, killed at event `at` (1, 2, ...; 0: not killed): its exit status and the events it logged."""
+        self.log.write_text("")
+        job = {
+            "args": self.args,
+            "env": {"RECOMMENDER_TEST_CRASH_AT": str(at), "RECOMMENDER_TEST_CRASH_LOG": str(self.log)},
+        }
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+        status = json.loads(self.process.stdout.readline())["status"]
+        return status, self.log.read_text().splitlines()
+
+    def close(self) -> None:
+        assert self.process.stdin
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Files in the index folder beyond the lock, the manifest and the two data files it names."""
+    named = {"manifest.json", ".lock", *json.loads((folder / "manifest.json").read_text())["files"].values()}
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.name not in named)
+
+
+def same_as_the_one_before(event: str) -> bool:
+    """Events that leave the disk as the one before: a close (then fsync) before its rename, a temporary's
+    removal after it was renamed away (a no-op). Kills there would repeat the one before."""
+    return event.startswith("closed ") or (event.startswith("before removal of ") and event.endswith(".tmp"))
+
+
+def kill_at_every_event(indexer: Indexer, index_dir: Path, good: State | None, target: State) -> dict[str, str]:
+    """Kill a run from the same starting state at each event of its trace; returns each event's outcome."""
+    before = index_dir.parent / "before"
+    shutil.rmtree(before, ignore_errors=True)
+    if index_dir.exists():
+        shutil.copytree(index_dir, before)
+    status, trace = indexer.run()
+    assert status == 0 and trace, (status, trace)
+    outcomes: dict[str, str] = {}
+    for at, event in enumerate(trace, 1):
+        if same_as_the_one_before(event):
+            continue
+        shutil.rmtree(index_dir, ignore_errors=True)
+        if before.exists():
+            shutil.copytree(before, index_dir)
+        status, killed = indexer.run(at=at)
+        assert status == -signal.SIGKILL and killed == [event], f"event {at} ({event}) was not reached: {killed}"
+        now = state(index_dir, "k")  # raises when a committed index no longer loads
+        if now is None:
+            assert good is None, f"killed at {event}: a committed index disappeared"
+            outcomes[event] = "nothing yet"
+        elif now == good:
+            outcomes[event] = "previous kept"
+        else:
+            assert now == target, f"killed at {event}: the index is neither the last good build nor the new one"
+            outcomes[event] = "new committed"
+        status, _ = indexer.run()  # a run left alone afterwards brings the index up to date
+        assert status == 0 and state(index_dir, "k") == target, f"not recovered after a kill at {event}"
+        assert leftovers(index_dir / "k") == [], f"left over after a kill at {event}: {leftovers(index_dir / 'k')}"
+    return outcomes
+
+
+def check_outcomes(outcomes: dict[str, str], *, first: bool) -> None:
+    """Every write phase was hit, and the index switched from old to new at the manifest's rename, once."""
+    events = list(outcomes)
+    for wanted in (
+        "mid-write .embeddings-T.safetensors.tmp",
+        "mid-write .items-T.json.tmp",
+        "mid-write .manifest.json.tmp",
+    ):
+        assert wanted in events, f"no {wanted!r} among the run's events: {events}"
+    commit = events.index("after rename .manifest.json.tmp -> manifest.json")
+    old = "nothing yet" if first else "previous kept"
+    assert [outcomes[e] for e in events[:commit]] == [old] * commit, outcomes
+    assert {outcomes[e] for e in events[commit:]} == {"new committed"}, outcomes
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigkill_during_builds_and_updates_never_loses_the_last_good_index(tmp_path, tiny_model):
+def test_sigkill_at_every_write_phase_keeps_the_last_good_index_or_commits_the_new_one(tmp_path, tiny_model):
     model = {"tiny": str(tiny_model), "histogram": "colour-histogram"}[os.environ.get("KILL_MODEL", "histogram")]
-    seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
-    rng = random.Random(seed)
-    print(f"KILL_SEED={seed}")
+    rng = random.Random(int(os.environ.get("KILL_SEED", "0")))  # the same catalogs, the same events, every run
     catalog = Catalog(tmp_path / "catalog", rng)
-    index_dir, folder = tmp_path / "index", tmp_path / "index" / "k"
-    env = {
-        **os.environ,
-        "RECOMMENDER_DEVICE": "cpu",
-        "RECOMMENDER_CACHE_DIR": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
+    index_dir = tmp_path / "index"
+    args = ["--index-dir", str(index_dir), "index", str(catalog.root), "--name", "k", "--model", model, "-q"]
+    outside = sorted(tree(tmp_path, skip=("index", "ref", "before", "events.log")))
+    indexer = Indexer(tmp_path, index_dir / "k", args)
+    try:
+        target = reference(catalog.root, model, tmp_path / "ref")
+        first = kill_at_every_event(indexer, index_dir, None, target)
+        check_outcomes(first, first=True)
+        good = target  # each kill's recovery run left the index at the build
+        catalog.change()  # two pictures added, one removed, one changed: an incremental update
+        target = reference(catalog.root, model, tmp_path / "ref")
+        update = kill_at_every_event(indexer, index_dir, good, target)
+        check_outcomes(update, first=False)
+    finally:
+        indexer.close()
+    assert sorted(tree(tmp_path, skip=("index", "ref", "before", "events.log"))) == outside  # nothing written beside
+    counts = {
+        phase: {o: list(found.values()).count(o) for o in set(found.values())}
+        for phase, found in (("first build", first), ("update", update))
     }
-    command = [
-        sys.executable,
-        "-m",
-        "recommender",
-        "--index-dir",
-        str(index_dir),
-        "index",
-        str(catalog.root),
-        "--name",
-        "k",
-        "--model",
-        model,
-        "-q",
-    ]
-
-    # A clean run first: how long a whole run takes here, for the random delays.
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-    expected = max(0.3, time.perf_counter() - started)
-    shutil.rmtree(index_dir)
-    outside = sorted(tree(tmp_path, skip=("index", "ref")))
-
-    kills = {"first build": 0, "update": 0}
-    outcomes = {"previous kept": 0, "new committed": 0, "nothing yet": 0, "mid-write (files left over)": 0}
-    good = None  # the last good build, as found on disk
-    target = reference(catalog.root, model, tmp_path / "ref")
-    attempts = 0
-    while sum(kills.values()) < KILLS:
-        attempts += 1
-        assert attempts < 4 * KILLS, f"only {kills} kills landed in {attempts} runs"
-        phase = "first build" if kills["first build"] < FIRST_BUILDS else "update"
-        if phase == "first build":
-            shutil.rmtree(index_dir, ignore_errors=True)
-            good = None
-        elif good is None:  # the first update needs a committed build to update
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-            good = state(index_dir, "k")
-            assert good == target
-            catalog.change()
-            target = reference(catalog.root, model, tmp_path / "ref")
-        killed, seconds = run_and_kill(command, env, folder, rng, expected)
-        now = state(index_dir, "k")
-        outcomes["mid-write (files left over)"] += killed and _leftovers(folder)
-        if now is None:
-            assert good is None, "a committed index disappeared"
-            outcomes["nothing yet"] += killed
-        elif now == good:
-            outcomes["previous kept"] += killed
-        else:
-            assert now == target, "the index on disk is neither the last good build nor the new one"
-            outcomes["new committed"] += killed
-            good = now
-            if phase == "update":
-                catalog.change()
-                target = reference(catalog.root, model, tmp_path / "ref")
-        if killed:
-            kills[phase] += 1
-        expected = max(expected, seconds) if not killed else expected
-
-    # After all that, a run that is left alone brings the index up to date, and nothing is left over.
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-    assert state(index_dir, "k") == reference(catalog.root, model, tmp_path / "ref")
-    files = sorted(p.name for p in folder.iterdir())  # temporaries and orphans of killed runs are gone
-    assert files[0] == ".lock" and files[-2] == "manifest.json" and len(files) == 5, files
-    assert files[-1].startswith("skipped-"), files  # one list of what the last build skipped
-    assert sorted(tree(tmp_path, skip=("index", "ref"))) == outside  # nothing written beside the index
-    print(f"{sum(kills.values())} kills ({kills}) in {attempts} runs: {outcomes}")
+    print(f"{len(first) + len(update)} kills, one at each event: {counts}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def local_ray() -> Iterator[None]:
                 logging_level=logging.WARNING,
                 log_to_driver=False,
                 _temp_dir=str(temp),
-                runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+                runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ["PYTHONPATH"]])}},
             )  # workers import recommender from here
             break
         except Exception as exc:  # Ray raises a bare Exception when its node times out

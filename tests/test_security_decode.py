@@ -86,7 +86,11 @@ def run_measured(
 ) -> dict:
     """Run `script` in a fresh Python and return the JSON of its last line; fail (killed) past `limit_mb` of RSS."""
     out, err = tmp_path / "child.out", tmp_path / "child.err"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **(env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ["PYTHONPATH"]]),
+        **(env or {}),
+    }
     with open(out, "w") as stdout, open(err, "w") as stderr:
         child = subprocess.Popen(
             [sys.executable, "-c", _MEASURE + script, *map(str, args)], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
@@ -278,7 +282,7 @@ def test_a_reservation_larger_than_the_budget_is_refused_at_once():
     with pytest.raises(ImageError, match=r"a\.png: decoding this 9x9 L PNG needs about 2 MB .* 1 MB allowed"):
         with budget.reserve(2 * MB, label="a.png", what="9x9 L PNG"):
             pass
-    assert time.perf_counter() - started < 0.1 and budget.used == 0
+    assert time.perf_counter() - started < 2 and budget.used == 0  # at once: a wait would never end
 
 
 def test_threads_wait_their_turn_first_come_first_served():

@@ -82,14 +82,6 @@ def clean_state(monkeypatch: pytest.MonkeyPatch):
     set_provider(None)
 
 
-def network_reachable() -> bool:
-    try:
-        socket.getaddrinfo("duckduckgo.com", 443)
-    except OSError:
-        return False
-    return True
-
-
 # --- the real ddgs client, offline ------------------------------------------------------------------------------
 
 
@@ -107,19 +99,26 @@ def test_real_client_through_a_dead_proxy_fails_fast_and_clearly(kind, monkeypat
     assert "\n" not in str(info.value) and not info.value.retryable
 
 
-def test_real_client_on_this_offline_machine_fails_fast_and_clearly():
+def test_real_client_through_a_proxy_that_never_answers_gives_up_within_its_deadline(monkeypatch):
+    # Offline on purpose: a loopback listener that takes connections and never says a word.
     pytest.importorskip("ddgs")
-    if network_reachable():
-        pytest.skip("this machine can resolve duckduckgo.com; tests must not reach the network")
-    start = time.monotonic()
-    with pytest.raises(WebSearchUnavailable, match=ONE_LINE):
-        WebSearch(DuckDuckGoProvider()).search("Pikachu Pokémon", kind="page")
-    assert time.monotonic() - start < 5
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("DDGS_PROXY", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.monotonic()
+        with pytest.raises(WebSearchUnavailable, match=ONE_LINE):
+            WebSearch(DuckDuckGoProvider(), timeout=1.0).search("Pikachu Pokémon", kind="page")
+        assert time.monotonic() - start < 10  # a 1 s deadline; generous for a loaded machine
 
 
 def test_cli_offline_exits_non_zero_with_one_line_and_no_traceback():
     pytest.importorskip("ddgs")
-    env = {**os.environ, "DDGS_PROXY": CLOSED_PROXY, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DDGS_PROXY": CLOSED_PROXY,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ["PYTHONPATH"]]),
+    }
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "recommender", "links", "Pikachu"],
@@ -129,7 +128,7 @@ def test_cli_offline_exits_non_zero_with_one_line_and_no_traceback():
         text=True,
         timeout=30,
     )
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # a fresh interpreter's imports included; ddgs would retry for minutes
     assert proc.returncode != 0
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -255,7 +254,7 @@ def test_a_blocking_provider_is_abandoned_at_the_deadline():
     start = time.monotonic()
     with pytest.raises(WebSearchUnavailable, match=r"^web search unavailable: Fake did not answer within 0.3 s$"):
         WebSearch(provider, timeout=0.3).search("q")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10  # the provider blocks for 30 s; generous for a loaded machine
     provider.released.set()
 
 
