@@ -160,6 +160,7 @@ class Backbone(ABC):
         """`{repo: commit}` of the hub parts, as `load_backbone(revision=...)` takes it; None when none."""
         return {pin.repo: pin.revision for pin in self.hub_revisions} or None
 
+    @property
     def adapter(self) -> Any:
         """A catalog's `AdapterHead` its vectors pass through (`backbones.adapted`), or None (every plain backbone)."""
         return None
