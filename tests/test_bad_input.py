@@ -78,7 +78,7 @@ def test_the_cli_refuses_each_broken_picture_with_one_line_and_searches_the_odd_
             cli, ["--index-dir", str(index_dir), "search", str(files[name]), "--index", "shapes", "-k", "2"]
         )
         assert result.exit_code == 0, (name, result.stderr)
-        assert len(result.stdout.strip().splitlines()) == 2
+        assert len(result.stdout.strip().splitlines()) == 1 + 2  # the header row, then the matches
 
 
 def test_a_huge_query_is_shrunk_on_decoding_like_catalog_pictures(shapes, tmp_path, monkeypatch):
