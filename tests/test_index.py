@@ -294,7 +294,7 @@ def test_a_crash_before_the_manifest_is_written_leaves_the_old_index(built, tiny
 
 def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
     """Large indexes score in bf16 first, then exactly near the top: the result must equal brute force."""
-    import recommender.hardware as hardware
+    import recommender.index.store.local as local
     from recommender.catalog import Item
     from recommender.index.store import Filters, LocalStore
 
@@ -305,7 +305,7 @@ def test_two_pass_bf16_search_is_exact(tmp_path, monkeypatch):
     rows = np.concatenate([base, near, base[:5]])
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
     items = [Item(id=f"i{i}", path=f"i{i}.png", label="even" if i % 2 == 0 else "odd") for i in range(len(rows))]
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(local, "cpu_has_native_bf16", lambda: True)  # the name the store calls
     two_pass = LocalStore(rows, items)
     two_pass.__dict__["_dense"] = None  # as if too large for one float32 matrix
     assert two_pass._coarse is not None
