@@ -431,12 +431,15 @@ class Service:
                         should_stop=should_stop,
                         executor=LocalExecutor(workers=limits.threads, threads=limits.threads),
                     )
-                except BaseException:
+                except BaseException as exc:
                     shutil.rmtree(target, ignore_errors=True)
                     with contextlib.suppress(OSError):
                         folder.rmdir()  # only when empty: no earlier upload of that name
                     if not existed:  # a first build's partial folder (its checkpoint) is of no use to anyone
                         shutil.rmtree(index_dir / name, ignore_errors=True)
+                    if isinstance(exc, RecommenderError) and str(target) in str(exc):
+                        # A visitor is told the names inside their upload, never where it lies on this server.
+                        raise type(exc)(str(exc).replace(f"{target}{os.sep}", "").replace(str(target), name)) from None
                     raise
                 index = Index.load(report.folder)
                 prune_catalog(target, (index.path_of(item) for item in index.items))

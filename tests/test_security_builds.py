@@ -210,6 +210,16 @@ def test_quotas_per_session_and_overall_are_kept_with_a_clear_message(service, t
         service.build_upload(keep, "two", session="C", progress=False)
 
 
+def test_a_refused_upload_never_tells_where_it_lies_on_the_server(service, tmp_path):
+    rows = b"image,label\na.png," + b"x" * 200_000 + b"\n"  # a cell over the CSV limit
+    archive = make_zip(tmp_path / "cell.zip", {"items.csv": rows, "a.png": png(1)})
+    with pytest.raises(RecommenderError) as refused:
+        service.build_upload(archive, "cell", session="s1", progress=False)
+    message = str(refused.value)
+    assert message.startswith("items.csv: row 2 has a cell longer than"), message
+    assert str(tmp_path) not in message and os.sep + "sessions" not in message
+
+
 def _bmp(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
