@@ -300,7 +300,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     # Hermetic: every request for another machine goes to a closed loopback port, no name resolves.
     f"--proxy-server={CLOSED_PORT_URL}",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 
 

@@ -83,11 +83,11 @@ def test_start_up_model_a_broken_explicit_choice_is_an_error_not_a_fallback(tmp_
 @pytest.fixture
 def no_loaded_dinov2() -> Iterator[None]:
     """Forget DINOv2 models loaded before (and by) the test: they are kept per source name."""
-    from recommender.backbones.dinov2 import load_dinov2
+    from recommender.backbones.vision import load_vision
 
-    load_dinov2.cache_clear()
+    load_vision.cache_clear()
     yield
-    load_dinov2.cache_clear()
+    load_vision.cache_clear()
 
 
 def test_start_up_model_is_the_local_dinov2_when_the_cache_has_it(tiny_model, tmp_path, monkeypatch, no_loaded_dinov2):

@@ -227,7 +227,7 @@ def test_identify_k_is_how_many_labels(labeled_catalog, tiny_model):
     assert len(answer["labels"]) == 2 and len(answer["matches"]) == 2
     text = invoke("identify", query, "--index", "s", "-k", "3").stdout
     listed = next(line for line in text.splitlines() if line.startswith("best labels: "))
-    assert listed.startswith("best labels: red-circle") and listed.count(", ") == 2  # three labels listed
+    assert listed.startswith("best labels: “red-circle”") and listed.count(", ") == 2  # three labels listed
 
 
 @pytest.mark.parametrize(
