@@ -34,6 +34,7 @@ CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens ther
 os.environ["RECOMMENDER_TEST_NETLOG"] = str(NETLOG)
 os.environ["PYTHONPATH"] = os.pathsep.join([str(HERMETIC), *filter(None, [os.environ.get("PYTHONPATH")])])
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray asks cloud metadata servers (169.254.169.254) for its usage report
 os.environ["HF_HOME"] = str(SCRATCH / "hf")
 for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_TOKEN"):
     os.environ.pop(_name, None)
