@@ -280,6 +280,7 @@ def test_the_lean_cpu_forward_matches_transformers(fixture, request):
     model = backbone.model
     assert supports(model) and backbone._lean is not None  # the path CPU embedding takes
     scales = [(layer.layer_scale1.lambda1.clone(), layer.layer_scale2.lambda1.clone()) for layer in model.encoder.layer]
+    torch.manual_seed(0)  # the same scales and pixels every run: the bf16 bound is checked, not sampled
     try:
         with torch.no_grad():  # layer scales of 1 would hide a folding mistake
             for layer in model.encoder.layer:
