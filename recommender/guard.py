@@ -61,7 +61,7 @@ class Limits:
     uploads_per_hour: int = 3600  # files one address may upload per hour (a bucket refilled continuously)
     upload_bytes_per_hour: int = 512 * MB  # bytes one address may upload per hour
     sessions: int = 2000  # sessions whose state is kept in memory (about 80 KB each), the oldest dropped
-    new_sessions_per_minute: int = 60  # sessions one address may open (a page load, an API client; refilled)
+    new_sessions_per_minute: int = 20  # sessions one address may open (a page load, an API client; refilled)
 
     @property
     def upload_request_bytes(self) -> int:

@@ -276,7 +276,14 @@ def app_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> It
 
     folder = tmp_path_factory.mktemp("app")
     process, url = start_app(
-        folder, {"RECOMMENDER_MODEL": str(tiny_model), "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider"}
+        folder,
+        {
+            "RECOMMENDER_MODEL": str(tiny_model),
+            "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
+            # Every client of the suite comes from loopback; the public default (20) is tested on a server
+            # of its own (test_security_server.public_url).
+            "RECOMMENDER_NEW_SESSIONS_PER_MINUTE": "600",
+        },
     )
     yield AppServer(process, url, folder)
     process.terminate()

@@ -295,7 +295,7 @@ def test_the_editor_keeps_a_few_layers_only(app_url, app_server, config):
 # --- one client against the others -------------------------------------------------------------------------
 
 
-def test_a_greedy_client_does_not_starve_the_others(app_url, record_property):
+def test_a_greedy_client_does_not_starve_the_others(public_url, record_property):
     """Normal users' p95 beside a client that keeps 80 events coming, with one session or many.
 
     Each normal user comes from an address of his own, as strangers do (uvicorn takes it from
@@ -304,19 +304,19 @@ def test_a_greedy_client_does_not_starve_the_others(app_url, record_property):
     visitor waiting one event). Windows with and without him alternate, so that the machine's
     other load weighs on both alike.
     """
-    fn_index = api_fn(app_url)
-    stored = upload(app_url, PIKACHU)
-    normal_users(app_url, users=3, seconds=2)  # warm
+    fn_index = api_fn(public_url)
+    stored = upload(public_url, PIKACHU)
+    normal_users(public_url, users=3, seconds=2)  # warm
     figures: dict[str, list[float]] = {"alone": []}
     for sessions, address in (("one", "127.0.0.1"), ("many", "127.0.0.2")):
         name = f"greedy, {sessions} session(s) from {address}"
         figures[name] = []
         codes: dict[int, int] = {}
         for _ in range(3):
-            figures["alone"] += normal_users(app_url, users=3, seconds=3, apart=True)
-            with Greedy(app_url, fn_index, stored, sessions=sessions, address=address) as greedy:
+            figures["alone"] += normal_users(public_url, users=3, seconds=3, apart=True)
+            with Greedy(public_url, fn_index, stored, sessions=sessions, address=address) as greedy:
                 time.sleep(0.5)  # its burst lands first
-                figures[name] += normal_users(app_url, users=3, seconds=3, apart=True)
+                figures[name] += normal_users(public_url, users=3, seconds=3, apart=True)
             for status, count in greedy.codes.items():
                 codes[status] = codes.get(status, 0) + count
         print(f"greedy client ({sessions} session(s), {address}): joins by HTTP status {codes}")
@@ -332,10 +332,27 @@ def test_a_greedy_client_does_not_starve_the_others(app_url, record_property):
         assert p95(times) <= 3 * p95(alone), (name, p95(times), p95(alone))
     # The server answers its next visitor at once, with nothing of the greedy client's left waiting.
     time.sleep(3)
-    assert normal_users(app_url, users=1, seconds=0.5)
+    assert normal_users(public_url, users=1, seconds=0.5)
 
 
 # --- a server with small limits, for what would take long to exhaust at the public defaults -------------------
+
+
+@pytest.fixture(scope="module")
+def public_url(tmp_path_factory, tiny_model, app_folder) -> Iterator[str]:
+    """An app with the public defaults for every allowance (the shared one lets the suite's loopback clients be)."""
+    folder = tmp_path_factory.mktemp("app-public")
+    process, url = start_app(
+        folder,
+        {
+            "RECOMMENDER_MODEL": str(tiny_model),
+            "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
+            "RECOMMENDER_INDEX_DIR": str(app_folder / "index"),
+        },
+    )
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
