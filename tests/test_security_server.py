@@ -328,8 +328,11 @@ def test_a_greedy_client_does_not_starve_the_others(public_url, record_property)
         )
         record_property(f"p95 {name}", round(p95(times), 3))
     alone = figures.pop("alone")
+    # Starved, they would wait behind his backlog: 80 events of ~median(alone) each, tens of seconds.
+    # Served beside him, they wait at most an event or two he already runs: a second on top of the
+    # loaded machine's threefold jitter (CI measured 1.59 s against 0.51 s alone on two busy cores).
     for name, times in figures.items():
-        assert p95(times) <= 3 * p95(alone), (name, p95(times), p95(alone))
+        assert p95(times) <= 3 * p95(alone) + 1.0, (name, p95(times), p95(alone))
     # The server answers its next visitor at once, with nothing of the greedy client's left waiting.
     time.sleep(3)
     assert normal_users(public_url, users=1, seconds=0.5)
@@ -338,42 +341,40 @@ def test_a_greedy_client_does_not_starve_the_others(public_url, record_property)
 # --- a server with small limits, for what would take long to exhaust at the public defaults -------------------
 
 
-@pytest.fixture(scope="module")
-def public_url(tmp_path_factory, tiny_model, app_folder) -> Iterator[str]:
-    """An app with the public defaults for every allowance (the shared one lets the suite's loopback clients be)."""
-    folder = tmp_path_factory.mktemp("app-public")
+def own_server(folder: Path, tiny_model: Path, app_folder: Path, **limits: str) -> Iterator[str]:
+    """An app of its own with the given allowances (environment settings); it loads the first server's index."""
     process, url = start_app(
         folder,
         {
             "RECOMMENDER_MODEL": str(tiny_model),
             "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
             "RECOMMENDER_INDEX_DIR": str(app_folder / "index"),
+            **limits,
         },
     )
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def public_url(tmp_path_factory, tiny_model, app_folder) -> Iterator[str]:
+    """An app with the public defaults for every allowance (the shared one lets the suite's loopback clients be)."""
+    yield from own_server(tmp_path_factory.mktemp("app-public"), tiny_model, app_folder)
 
 
 @pytest.fixture(scope="module")
 def strict_url(tmp_path_factory, tiny_model, app_folder) -> Iterator[str]:
-    """A second app with small upload and queue allowances; it loads the first server's index."""
-    folder = tmp_path_factory.mktemp("app-strict")
-    process, url = start_app(
-        folder,
-        {
-            "RECOMMENDER_MODEL": str(tiny_model),
-            "RECOMMENDER_WEB_PROVIDER": "fake_web:FakeProvider",
-            "RECOMMENDER_INDEX_DIR": str(app_folder / "index"),
-            "RECOMMENDER_UPLOADS_PER_HOUR": "5",
-            "RECOMMENDER_UPLOAD_MB_PER_HOUR": "1",
-            "RECOMMENDER_ADDRESS_PENDING": "3",
-            "RECOMMENDER_UPLOAD_FILES": "2",
-        },
+    """A second app with small upload and queue allowances."""
+    yield from own_server(
+        tmp_path_factory.mktemp("app-strict"),
+        tiny_model,
+        app_folder,
+        RECOMMENDER_UPLOADS_PER_HOUR="5",
+        RECOMMENDER_UPLOAD_MB_PER_HOUR="1",
+        RECOMMENDER_ADDRESS_PENDING="3",
+        RECOMMENDER_UPLOAD_FILES="2",
     )
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def test_each_address_has_an_upload_allowance_per_hour(strict_url, tmp_path):
