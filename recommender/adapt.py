@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter, ImageOps
 from .backbones import Backbone
 from .backbones.adapted import Adapted, AdapterHead
 from .calibration import calibrate
-from .errors import RecommenderError
+from .errors import BuildStopped, RecommenderError
 from .images import load_image
 from .index import BuildStats, Index, check_name, index_folder, write_index
 
@@ -34,6 +34,13 @@ DEFAULT_RANK = 256
 #: Views embedded at a time (the pictures of a batch are held in memory as PIL images).
 _CHUNK = 64
 Progress = Callable[[float, str], None]
+#: Why the work must stop now (its client went away, its time ran out), or None to go on.
+StopCheck = Callable[[], str | None]
+
+
+def _check(should_stop: StopCheck | None) -> None:
+    if should_stop is not None and (reason := should_stop()):
+        raise BuildStopped(reason)
 
 
 @dataclass(frozen=True)
@@ -111,11 +118,18 @@ def _background(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def embed_views(
-    paths: list[Path], backbone: Backbone, *, views: int, seed: int = 0, progress: Progress | None = None
+    paths: list[Path],
+    backbone: Backbone,
+    *,
+    views: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+    should_stop: StopCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, D) vectors of `views` augmented views of each picture, and (M,) the picture each view is of.
 
     Pictures that cannot be read are left out (the plain index has skipped them already).
+    `should_stop` is asked after each batch; a reason raises `BuildStopped`.
     """
     rng = np.random.default_rng(seed)
     vectors: list[np.ndarray] = []
@@ -131,6 +145,7 @@ def embed_views(
             vectors.append(backbone.embed([img for _, img in pending]))
             rows.extend(row for row, _ in pending)
             pending.clear()
+            _check(should_stop)
             if progress:
                 progress((i + 1) / len(paths), f"embedding augmented views: {i + 1}/{len(paths)} pictures")
     if pending:
@@ -141,7 +156,7 @@ def embed_views(
     return np.concatenate(vectors), np.asarray(rows, dtype=np.int64)
 
 
-def train_head(
+def train_head(  # noqa: PLR0913 (keyword-only training options)
     anchors: np.ndarray,
     views: np.ndarray,
     view_rows: np.ndarray,
@@ -150,8 +165,10 @@ def train_head(
     epochs: int = DEFAULT_EPOCHS,
     rank: int = DEFAULT_RANK,
     temperature: float = 0.05,
+    weight_decay: float = 1e-2,
     seed: int = 0,
     progress: Progress | None = None,
+    should_stop: StopCheck | None = None,
 ) -> tuple[AdapterHead, list[float]]:
     """Learn the residual head from (N, D) catalog vectors and (M, D) views of them.
 
@@ -177,7 +194,7 @@ def train_head(
     U = torch.nn.Parameter(torch.randn(d, r, generator=gen) / d**0.5)
     c = torch.nn.Parameter(torch.zeros(r))
     V = torch.nn.Parameter(torch.zeros(r, d))
-    optim = torch.optim.AdamW([U, c, V], lr=1e-3, weight_decay=1e-2)
+    optim = torch.optim.AdamW([U, c, V], lr=1e-3, weight_decay=weight_decay)
 
     def head(x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(x + torch.nn.functional.gelu(x @ U + c, approximate="tanh") @ V, dim=1)
@@ -211,6 +228,7 @@ def train_head(
             optim.step()
             total += float(loss.detach()) * len(pick)
         losses.append(total / len(queries))
+        _check(should_stop)
         if progress:
             progress((epoch + 1) / epochs, f"training the head: epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}")
     with torch.no_grad():
@@ -227,6 +245,7 @@ def adapt_index(  # keyword-only options of a public call
     seed: int = 0,
     index_dir: str | Path | None = None,
     progress: Progress | None = None,
+    should_stop: StopCheck | None = None,
 ) -> AdaptReport:
     """Adapt the index `name` to its own catalog and write the result as the index `out` (default `NAME-adapted`).
 
@@ -245,12 +264,25 @@ def adapt_index(  # keyword-only options of a public call
     items = index.items
     started = time.perf_counter()
     view_vectors, view_rows = embed_views(
-        [index.path_of(item) for item in items], base, views=views, seed=seed, progress=progress
+        [index.path_of(item) for item in items],
+        base,
+        views=views,
+        seed=seed,
+        progress=progress,
+        should_stop=should_stop,
     )
     embedded = time.perf_counter()
     anchors = np.asarray(index.embeddings, dtype=np.float32)  # (N, D)
     head, losses = train_head(
-        anchors, view_vectors, view_rows, index.label_codes, epochs=epochs, rank=rank, seed=seed, progress=progress
+        anchors,
+        view_vectors,
+        view_rows,
+        index.label_codes,
+        epochs=epochs,
+        rank=rank,
+        seed=seed,
+        progress=progress,
+        should_stop=should_stop,
     )
     trained = time.perf_counter()
     vectors = head.apply(anchors)

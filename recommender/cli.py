@@ -638,6 +638,7 @@ def map_cmd(
 @click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="Passes over the views [default: 30].")
 @click.option("--views", type=click.IntRange(1, 32), default=None, help="Augmented views of each picture [default: 2].")
 @click.option("--out", default=None, metavar="NAME", help="Name of the adapted index [default: NAME-adapted].")
+@_index_dir_option
 @click.pass_context
 def adapt_cmd(
     ctx: click.Context, index_name: str | None, epochs: int | None, views: int | None, out: str | None

@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from . import settings
+from .adapt import AdaptReport, adapt_index
 from .archive import extract_archive, prune_catalog, unpacked_size
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, LocalExecutor, build_index
@@ -453,6 +454,44 @@ class Service:
         finally:
             self._build_lock.release()
         return report
+
+    def adapt_upload(
+        self,
+        reference: str | None,
+        *,
+        session: str | None,
+        progress: Callable[[float, str], None] | None = None,
+        client_gone: Callable[[], bool] | None = None,
+    ) -> AdaptReport:
+        """Adapt one of `session`'s uploaded indexes to its pictures (`adapt_index`), as its own `NAME-adapted`.
+
+        Only a visitor's own uploads: the shipped and operator indexes are shared and stay as built.
+        Bounded like a build (the session's and the server's quotas, the build time limit, the
+        client going away) and run one at a time with the builds.
+        """
+        if not reference or not reference.startswith(UPLOAD):
+            raise RecommenderError(
+                "adapting works on a catalog you uploaded here; choose one of yours under 'Index to search'"
+            )
+        self.index(reference, session=session)  # it is this session's, and it loads
+        name = reference.removeprefix(UPLOAD)
+        out = check_name(f"{name}-adapted")
+        limits = self.limits
+        if not self._build_lock.acquire(timeout=limits.seconds):
+            raise LimitExceeded("another upload is being indexed; try again in a minute")
+        try:
+            with self.uploads.building(session):
+                # The adapted index holds as many vectors as the plain one, and its head beside them.
+                self.uploads.check_room(session, out, self.uploads.index_bytes(session, name))
+                return adapt_index(
+                    name,
+                    out=out,
+                    index_dir=self.uploads.index_dir(session),
+                    progress=progress,
+                    should_stop=stop_check(limits.seconds, client_gone),
+                )
+        finally:
+            self._build_lock.release()
 
     def close_session(self, session: str | None) -> None:
         """A page was closed: its uploads go (once its build, if any, has stopped)."""

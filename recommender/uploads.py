@@ -122,6 +122,10 @@ class Uploads:
             os.utime(self.folder(session))  # in use: the time-to-live counts from now
         return folder
 
+    def index_bytes(self, session: str | None, name: str) -> int:
+        """Bytes of one of the session's indexes (0 when it has none of that name)."""
+        return _size(self.index_dir(session) / check_name(name))
+
     def usage(self, session: str | None = None) -> int:
         """Bytes kept by one session, or by all sessions together."""
         return _size(self.folder(session) if session else self.root)
