@@ -329,7 +329,7 @@ def selection(chosen: Shown | None) -> tuple[Any, ...]:
 
 
 def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
-    """Ask `visit`'s question and lay the answer out, in `ANSWER_OUTPUTS`' order.
+    """Ask `visit`'s question and lay the answer out, in the order of `wire_searches`' `outputs`.
 
     Every new ranking clears the selection (and disables what needs one), so that feedback can
     only name an item the visitor sees selected in the gallery as it is now.
@@ -723,8 +723,7 @@ def build_ui(service: Service) -> gr.Blocks:
     # Files Gradio stored for requests (uploads, pictures it served) go once this old, looked for every tenth of it.
     cache_age = gradio_cache_seconds()
     with gr.Blocks(
-        title="Look-alike: a visual recommender",
-        delete_cache=(max(1, min(600, cache_age // 10)), cache_age),
+        title="Look-alike: a visual recommender", delete_cache=(max(1, min(600, cache_age // 10)), cache_age)
     ) as demo:
         page.add(
             index_state=gr.State(None),  # the index this session searches; None = the default catalog
