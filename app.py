@@ -281,11 +281,46 @@ def answer_text(result: Identification, visit: Visit, index_name: str, crop: Ima
         detail += f" Named through **{result.named_with}** ({result.named_score:.2f})."
     if crop is not None:
         detail += f" Searched the part you cropped ({crop.width}×{crop.height} px)."
-    if visit.liked or visit.disliked:
-        detail += f" Steered by your feedback: {len(visit.liked)} more like, {len(visit.disliked)} less like."
+    if visit.steering:  # the look-alikes only: the headline answers the picture itself
+        detail += f" {visit.steering}."
     # Escaped: a label is any text a catalog gives (`__init__`, `*new*`, `<b>`) and must read as written.
     message = re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", result.message)
     return f"### {message}\n\n{detail}"
+
+
+def scores_html(ranked: list[tuple[str, float]]) -> str:
+    """The scores panel: each name once, its similarity as a number and a bar (cosine, not a probability)."""
+    if not ranked:
+        return ""
+    rows = "".join(
+        f"<li><span class='score-name'>{rank}. {html.escape(name)}</span>"
+        f"<span class='score-bar'><span style='width:{max(0.0, min(1.0, score)) * 100:.0f}%'></span></span>"
+        f"<span class='score-value'>{score:.2f}</span></li>"
+        for rank, (name, score) in enumerate(ranked, start=1)
+    )
+    return f"<div class='scores-title'>Similarity to your picture</div><ol class='scores'>{rows}</ol>"
+
+
+#: What the selection line says when no look-alike is selected (before any, and after every new ranking).
+CHOOSE = "Click a look-alike to see where it matches your picture."
+#: The look-alikes' title, unsteered.
+LOOK_ALIKES = "Look-alikes (click one)"
+#: The scores panel's own style (scoped to it by Gradio): bars in the theme's colours, so that dark mode reads too.
+SCORES_CSS = """
+ol.scores { list-style: none; margin: 0; padding: 0; }
+ol.scores li { display: grid; grid-template-columns: minmax(0, 1fr) 35% 3em; gap: .5em; align-items: center; }
+.score-name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.score-bar { height: .6em; background: var(--neutral-200); border-radius: 3px; overflow: hidden; }
+.score-bar span { display: block; height: 100%; background: var(--color-accent); }
+.score-value { text-align: right; font-variant-numeric: tabular-nums; }
+.scores-title { font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-bottom: .3em; }
+"""
+
+
+def selection(chosen: Shown | None) -> tuple[Any, ...]:
+    """(selection line, overlay, chosen, 👍, 👎, search-with): what the page shows for `chosen` (None: nothing)."""
+    ready = gr.Button(interactive=chosen is not None)
+    return (chosen.title if chosen else CHOOSE), None, chosen, ready, ready, ready
 
 
 # ===================================================================================== callbacks
@@ -294,7 +329,11 @@ def answer_text(result: Identification, visit: Visit, index_name: str, crop: Ima
 
 
 def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
-    """Ask `visit`'s question and lay the answer out: (message, another picture, gallery, scores, next visit)."""
+    """Ask `visit`'s question and lay the answer out, in the order of `wire_searches`' `outputs`.
+
+    Every new ranking clears the selection (and disables what needs one), so that feedback can
+    only name an item the visitor sees selected in the gallery as it is now.
+    """
     service = service_of(request)
     query = visit.query
     assert query is not None
@@ -302,10 +341,12 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
     visit, result = service.ask(visit, session=request.session_hash, k=k, name=upload_name(query))
     index = service.index(visit.index, session=request.session_hash)
     another = service.thumbnail(result.another_image) if result.another_image else None
-    gallery = [(service.thumbnail(m.path), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
-    scores = {f"{m.rank}. {m.label or m.item.id}": max(0.0, m.score) for m in result.matches}
+    pictures = [(service.thumbnail(m.path), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
+    gallery = gr.Gallery(pictures, label=f"{visit.steering} (click one)" if visit.steering else LOOK_ALIKES)
     crop = query if isinstance(query, Image.Image) else None
-    return answer_text(result, visit, index.name, crop), another, gallery, scores, visit
+    message = answer_text(result, visit, index.name, crop)
+    reset = gr.Button(interactive=visit.steering is not None)
+    return message, another, gallery, scores_html(result.ranked()), visit, *selection(None), reset
 
 
 @user_errors
@@ -354,8 +395,7 @@ def steer(kind: Feedback) -> Callable[..., tuple[Any, ...]]:
 @user_errors
 def pick(visit: Visit, evt: gr.SelectData) -> tuple[Any, ...]:
     # Instant, so that 👍/👎 clicked right after apply to this item; the overlay follows.
-    chosen = visit.shown(evt.index)
-    return chosen.title, None, chosen
+    return selection(visit.shown(evt.index))
 
 
 @user_errors
@@ -513,9 +553,9 @@ def query_column(page: Page, examples: list[str]) -> None:
             )
         )  # lossless: same pixels
         crop_search = gr.Button("Search this part", elem_id="crop-search")
-    if examples:
-        gr.Examples(examples=examples, inputs=query, label="Examples")
-    page.add(query=query, k=k, search=search, editor=editor, crop_search=crop_search)
+    # Clicking an example loads it into the query; `wire_searches` then searches it, as an upload does.
+    shown = gr.Examples(examples=examples, inputs=query, label="Examples", cache_examples=False) if examples else None
+    page.add(query=query, k=k, search=search, editor=editor, crop_search=crop_search, examples=shown)
 
 
 def answer_column(page: Page) -> None:
@@ -523,17 +563,15 @@ def answer_column(page: Page) -> None:
     message = gr.Markdown(elem_id="answer")
     with gr.Row():
         another = gr.Image(label="Another picture of it", interactive=False, height=220, elem_id="another")
-        scores = gr.Label(label="Scores", num_top_classes=8, elem_id="scores")
-    gallery = gr.Gallery(
-        label="Look-alikes (click one)", columns=4, height="auto", allow_preview=False, elem_id="gallery"
-    )
+        scores = gr.HTML(label="Scores", elem_id="scores", css_template=SCORES_CSS, js_on_load=None)
+    gallery = gr.Gallery(label=LOOK_ALIKES, columns=4, height="auto", allow_preview=False, elem_id="gallery")
     with gr.Row():
-        selected = gr.Markdown("Click a look-alike to see where it matches your picture.", elem_id="selected")
-    with gr.Row():
-        like = gr.Button("👍 More like this", elem_id="like", size="sm")
-        dislike = gr.Button("👎 Less like this", elem_id="dislike", size="sm")
-        reset = gr.Button("Reset feedback", elem_id="reset", size="sm")
-        more = gr.Button("Search with this one", elem_id="more", size="sm")
+        selected = gr.Markdown(CHOOSE, elem_id="selected")
+    with gr.Row():  # off until there is something to act on (`selection`, `respond`)
+        like = gr.Button("👍 More like this", elem_id="like", size="sm", interactive=False)
+        dislike = gr.Button("👎 Less like this", elem_id="dislike", size="sm", interactive=False)
+        reset = gr.Button("Reset feedback", elem_id="reset", size="sm", interactive=False)
+        more = gr.Button("Search with this one", elem_id="more", size="sm", interactive=False)
     overlay = gr.Image(label="Where they match", interactive=False, elem_id="overlay")
     gr.Markdown("#### Related on the web")
     links = gr.HTML(elem_id="related")
@@ -609,10 +647,22 @@ def own_catalog_tab(page: Page, service: Service) -> None:
 def wire_searches(page: Page) -> None:
     """Every way of asking (search, upload, crop, more like this, feedback), each followed by links."""
     p = page
-    outputs = [p.message, p.another, p.gallery, p.scores, p.visit]
+    chosen = [p.selected, p.overlay, p.chosen, p.like, p.dislike, p.more]  # `selection`'s
+    outputs = [p.message, p.another, p.gallery, p.scores, p.visit, *chosen, p.reset]  # `respond`'s
+    # The overlay of a look-alike being drawn is dropped by any new ranking (it would show a stale selection).
+    shown = p.gallery.select(pick, inputs=p.visit, outputs=chosen, api_visibility="private", show_progress="hidden")
+    drawn = shown.then(
+        where,
+        inputs=[p.visit, p.chosen],
+        outputs=[p.selected, p.overlay],
+        show_progress_on=p.overlay,
+        api_visibility="private",
+    )
+    asked = [p.query, p.k, p.index_state, p.visit]
     searches = [
-        (p.search.click, answer, [p.query, p.k, p.index_state, p.visit], outputs),
-        (p.query.upload, answer, [p.query, p.k, p.index_state, p.visit], outputs),
+        (p.search.click, answer, asked, outputs),
+        (p.query.upload, answer, asked, outputs),
+        *([(p.examples.load_input_event.then, answer, asked, outputs)] if p.examples else []),
         (p.crop_search.click, answer_part, [p.editor, p.k, p.index_state, p.visit], outputs),
         (p.more.click, search_with, [p.chosen, p.k, p.index_state, p.visit], [p.query, *outputs]),
         (p.like.click, steer("like"), [p.visit, p.chosen, p.k], outputs),
@@ -621,23 +671,10 @@ def wire_searches(page: Page) -> None:
     ]
     for event, fn, inputs, outs in searches:
         # Links come after the answer, so the answer never waits for the web.
-        done = event(fn, inputs=inputs, outputs=outs, api_visibility="private")
+        done = event(fn, inputs=inputs, outputs=outs, api_visibility="private", cancels=[drawn])
         done.success(related, inputs=p.visit, outputs=p.links, api_visibility="private")
         if fn in (answer, search_with):
             done.success(to_editor, inputs=p.visit, outputs=p.editor, api_visibility="private")
-    p.gallery.select(
-        pick,
-        inputs=p.visit,
-        outputs=[p.selected, p.overlay, p.chosen],
-        api_visibility="private",
-        show_progress="hidden",
-    ).then(
-        where,
-        inputs=[p.visit, p.chosen],
-        outputs=[p.selected, p.overlay],
-        show_progress_on=p.overlay,
-        api_visibility="private",
-    )
 
 
 def wire_catalogs(page: Page) -> None:

@@ -6,8 +6,8 @@
 For each held-out picture whose best label is wrong, the user marks one right result among the
 top k (the best-ranked item of the true label, if it is there) as "more like this" and the wrong
 top result as "less like this". The second ranking (Rocchio, `recommend.refine`) is then scored:
-how often is the picture now named right? Several weight settings are compared in one run; the
-first row is doing nothing (the naive baseline).
+how often is its best label (its top look-alike's) now the right one? Several weight settings are
+compared in one run; the first row is doing nothing (the naive baseline).
 """
 
 from __future__ import annotations

@@ -47,6 +47,19 @@ class Identification:
     named_score: float | None = None
     shared_with: list[str] = field(default_factory=list)  # other labels whose best match is the very same picture
 
+    def ranked(self) -> list[tuple[str, float]]:
+        """(name, score) best first, each name once: the ranked labels, else (unlabeled) the look-alikes.
+
+        A look-alike's name is its label or, without one, its id; a name met again keeps its first
+        (best) score, so a catalog with many pictures of one label lists that label once.
+        """
+        if self.labels:
+            return [(ranked.label, ranked.score) for ranked in self.labels]
+        best: dict[str, float] = {}
+        for match in self.matches:
+            best.setdefault(match.label or match.item.id, match.score)
+        return list(best.items())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -153,26 +166,28 @@ def identify(
     label, its score, the calibrated in-catalog decision and *another* picture of that label.
     Unlabeled index: the closest picture is found; with a labeled `reference` index (built
     with any backbone) that picture is named through it. `name` is how errors call the picture;
-    `liked` and `disliked` item ids refine the question (see `refine`); `top_labels` is how many
-    labels the answer ranks.
+    `liked` and `disliked` item ids steer the look-alikes (`matches`, see `refine`) and nothing
+    else: the label, its score and the decision answer the picture itself. `top_labels` is how
+    many labels the answer ranks.
     """
     name = name or describe(image)
     if isinstance(image, (str, os.PathLike)):
         image = read_bytes(image)  # once: hashed to recognise catalog pictures, then decoded
     digest = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else None
     query = embed_query(image, index, backbone=backbone, name=name)  # (D,)
-    query = refine(query, index, liked=liked, disliked=disliked)
+    # What the picture *is* comes from the picture alone: feedback steers the look-alikes, and the
+    # calibrated threshold was fitted on unsteered scores (a 👍 on another item must not rename it).
+    steered = refine(query, index, liked=liked, disliked=disliked)
     scores = index.scores(query)[0]  # (N,)
-    for item_id in disliked:
-        scores[index.position(item_id)] = -np.inf  # "less like this": not offered again
-    matches = index.search(query, k=k, exclude=disliked)
+    matches = index.search(steered, k=k, exclude=disliked)
     threshold = index.calibration.threshold
     best_score = float(scores.max())
     in_catalog = best_score >= threshold
+    closest = best_match(index, scores)
     if reference is None:
         if not index.labeled:
-            answer = _unlabeled_answer(index, matches, best_score, in_catalog, threshold)
-            return dataclasses.replace(answer, message=_unsure(index, answer.message))
+            answer = _unlabeled_answer(closest, in_catalog, threshold)
+            return dataclasses.replace(answer, message=_unsure(index, answer.message), matches=matches)
         labels = rank_labels(index, scores, top=top_labels)
         top = labels[0]
         shared = same_picture_labels(index, scores, top)
@@ -190,8 +205,7 @@ def identify(
         )
     if not reference.labeled:
         raise RecommenderError(f"index {reference.name!r} has no labels, so it cannot name pictures")
-    # Name the closest picture of this catalog through the reference catalog.
-    closest = matches[0]
+    # Name the closest picture of this catalog (unsteered) through the reference catalog.
     named = identify(closest.path, reference, k=k, top_labels=top_labels)
     return Identification(
         label=named.label,
@@ -269,10 +283,15 @@ def another_picture(index: Index, label: str, scores: np.ndarray, *, exclude_sha
     return index.path_of(index.items[pick])
 
 
-def _unlabeled_answer(
-    index: Index, matches: list[Match], score: float, in_catalog: bool, threshold: float
-) -> Identification:
-    closest = matches[0]
+def best_match(index: Index, scores: np.ndarray) -> Match:
+    """The item scoring highest in (N,) `scores`, as a first-ranked match."""
+    i = int(np.argmax(scores))
+    item = index.items[i]
+    return Match(rank=1, score=float(scores[i]), item=item, path=index.path_of(item))
+
+
+def _unlabeled_answer(closest: Match, in_catalog: bool, threshold: float) -> Identification:
+    score = closest.score
     if in_catalog:
         message = f"The closest picture is {quoted(closest.item.id)} ({score:.2f})"
     else:
@@ -287,7 +306,7 @@ def _unlabeled_answer(
         threshold=threshold,
         message=message,
         another_image=None,
-        matches=matches,
+        matches=[],
     )
 
 

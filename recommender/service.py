@@ -270,10 +270,13 @@ class Service:
         name: str | None = None,
         liked: Sequence[str] = (),
         disliked: Sequence[str] = (),
+        top_labels: int = 5,
     ) -> Identification:
+        """`identify` in an index `session` may see, with the backbone it was built with."""
         chosen = self.index(index, session=session)
+        backbone = self.backbone_for(chosen)
         return identify(
-            image, chosen, k=k, backbone=self.backbone_for(chosen), name=name, liked=liked, disliked=disliked
+            image, chosen, k=k, backbone=backbone, name=name, liked=liked, disliked=disliked, top_labels=top_labels
         )
 
     def answer(
@@ -312,14 +315,22 @@ class Service:
         k: int = 8,
         name: str | None = None,
     ) -> tuple[Visit, Identification]:
-        """Answer `visit`'s question (its query, in its index, steered by its feedback).
+        """Answer `visit`'s question (its query, in its index; the look-alikes steered by its feedback).
 
-        Returns the page's next state with the answer (`Visit.asking` starts a new question).
+        The answer ranks up to `k` labels too (the page's scores). Returns the page's next state
+        with the answer (`Visit.asking` starts a new question).
         """
         if visit.query is None:
             raise RecommenderError("Upload, paste or take a picture first.")
         result = self.identify(
-            visit.query, index=visit.index, session=session, k=k, name=name, liked=visit.liked, disliked=visit.disliked
+            visit.query,
+            index=visit.index,
+            session=session,
+            k=k,
+            name=name,
+            liked=visit.liked,
+            disliked=visit.disliked,
+            top_labels=k,
         )
         return visit.answered(visit.query, visit.index, result), result
 

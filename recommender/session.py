@@ -48,6 +48,13 @@ class Visit:
     def asked(self) -> bool:
         return self.query is not None
 
+    @property
+    def steering(self) -> str | None:
+        """How the look-alikes are steered, in words; None without feedback (the answer never is)."""
+        if not (self.liked or self.disliked):
+            return None
+        return f"Look-alikes steered by your feedback: {len(self.liked)} more like, {len(self.disliked)} less like"
+
     def answered(self, query: ImageSource, index: str | None, result: Identification) -> Visit:
         """The state after `result` answered `query` in `index` (the feedback it was steered by is kept)."""
         shown = tuple(Shown(m.item.id, str(m.path), m.label or m.item.id, m.score) for m in result.matches)

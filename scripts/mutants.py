@@ -78,10 +78,10 @@ MUTANTS = (
         ("tests/test_app_logic.py",),
     ),
     Mutant(
-        "a disliked item still counts in identify's label ranking",
+        "feedback steers identify's answer, not only its look-alikes",
         "recommender/recommend.py",
-        "        scores[index.position(item_id)] = -np.inf",
-        "        pass",
+        "    scores = index.scores(query)[0]  # (N,)",
+        "    scores = index.scores(steered)[0]  # (N,)",
         ("tests/test_app_logic.py", "tests/test_recommend.py"),
     ),
 )

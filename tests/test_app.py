@@ -57,7 +57,7 @@ def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
     answer = ask(page, PIKACHU)
     assert answer.startswith("This is “Pikachu” (1.00)")  # a catalog picture is itself
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
-    assert "1. Pikachu" in page.inner_text("#scores")
+    assert "1. Pikachu" in page.inner_text("#scores") and "1.00" in page.inner_text("#scores")
     assert page.locator("#another img").count() == 1  # another picture of Pikachu
     page.wait_for_selector("#related a", timeout=30_000)
     links = page.locator("#related a")
@@ -202,48 +202,98 @@ def test_the_catalog_tab_draws_the_similarity_matrix(page):
     )
 
 
-def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
-    ask(page, PIKACHU)
-    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
-    first = page.inner_text("#gallery")
-    page.locator("#gallery img").nth(0).click()  # Pikachu itself
-    page.wait_for_selector("#overlay img", timeout=30_000)
-    page.click("#dislike")
-    page.wait_for_function("document.querySelector('#answer').innerText.includes('1 less like')", timeout=60_000)
-    assert not page.inner_text("#answer").strip().startswith("This is “Pikachu” (1.00)")  # left out now
-    # The gallery re-renders after the answer: a click on a picture being replaced is lost, so retry it.
-    page.wait_for_function("t => document.querySelector('#gallery').innerText !== t", arg=first, timeout=30_000)
+#: What the selection line says with nothing selected (app.CHOOSE).
+CHOOSE = "Click a look-alike to see where it matches your picture."
+FEEDBACK = ("#like", "#dislike", "#reset", "#more")
+
+
+def enabled(page: object) -> dict[str, bool]:
+    return {button: page.is_enabled(button) for button in FEEDBACK}  # type: ignore[attr-defined]
+
+
+def select(page: object, position: int, before: str) -> str:
+    """Click the look-alike at `position` until the selection line names another item than `before`."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    picked = page.inner_text("#selected")
-    for _ in range(3):
-        page.locator("#gallery img").nth(2).click()
+    for _ in range(3):  # a click on a picture the gallery is replacing is lost: retried
+        page.locator("#gallery img").nth(position).click()  # type: ignore[attr-defined]
         try:
-            # Pikachu was picked before; the new pick shows another name (and the overlay comes later).
-            page.wait_for_function(
-                "p => { const t = document.querySelector('#selected').innerText;"
-                " return t !== p && !t.includes('Pikachu'); }",
-                arg=picked,
+            page.wait_for_function(  # type: ignore[attr-defined]
+                "p => { const t = document.querySelector('#selected').innerText; return t !== p && t.includes('·'); }",
+                arg=before,
                 timeout=15_000,
             )
-            break
+            return page.inner_text("#selected")  # type: ignore[attr-defined]
         except PlaywrightTimeout:
             continue
-    else:
-        pytest.fail("clicking a look-alike never selected it")
+    pytest.fail("clicking a look-alike never selected it")
+
+
+def cleared(page: object) -> None:
+    """The selection after a new ranking: nothing selected, no overlay, feedback on an item off."""
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "c => document.querySelector('#selected').innerText.trim() === c", arg=CHOOSE, timeout=30_000
+    )
+    assert page.locator("#overlay img").count() == 0  # type: ignore[attr-defined]
+    state = enabled(page)
+    assert not state["#like"] and not state["#dislike"] and not state["#more"], state
+
+
+def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
+    assert enabled(page) == dict.fromkeys(FEEDBACK, False)  # nothing to act on before an answer
+    headline = ask(page, PIKACHU).splitlines()[0]
+    assert headline.startswith("This is “Pikachu” (1.00)")
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
+    assert enabled(page) == dict.fromkeys(FEEDBACK, False)  # no selection yet, no feedback to reset
+    first = page.inner_text("#gallery")
+    assert select(page, 0, CHOOSE).startswith("Pikachu ·")  # Pikachu itself
+    assert enabled(page) == {"#like": True, "#dislike": True, "#reset": False, "#more": True}
+    page.wait_for_selector("#overlay img", timeout=30_000)
+    page.click("#dislike")
+    page.wait_for_function("document.querySelector('#gallery').innerText.includes('1 less like')", timeout=60_000)
+    answer = page.inner_text("#answer").strip()
+    assert answer.splitlines()[0] == headline  # what the picture is does not change with feedback
+    assert "Look-alikes steered by your feedback: 0 more like, 1 less like" in answer
+    cleared(page)  # the gallery was re-ranked: what was selected is no longer there to act on
+    assert page.is_enabled("#reset")
+    picked = select(page, 2, CHOOSE).split("·")[0].strip()
     page.click("#like")
-    try:
-        page.wait_for_function(
-            "document.querySelector('#answer').innerText.includes('1 more like, 1 less like')", timeout=60_000
-        )
-    except PlaywrightTimeout:
-        pytest.fail(
-            f"answer: {page.inner_text('#answer')!r}; selected: {page.inner_text('#selected')!r}; "
-            f"page: {page.inner_text('body')[:1500]!r}"
-        )
+    page.wait_for_function(
+        "document.querySelector('#answer').innerText.includes('1 more like, 1 less like')", timeout=60_000
+    )
+    assert page.inner_text("#answer").strip().splitlines()[0] == headline  # a 👍 on another item renames nothing
+    assert picked != "Pikachu" and "1 more like, 1 less like" in page.inner_text("#gallery")
+    cleared(page)
     page.click("#reset")
     page.wait_for_function("!document.querySelector('#answer').innerText.includes('feedback')", timeout=60_000)
     page.wait_for_function("t => document.querySelector('#gallery').innerText === t", arg=first, timeout=30_000)
+    assert page.inner_text("#answer").strip().splitlines()[0] == headline
+    cleared(page)
+    assert not page.is_enabled("#reset")  # no feedback left to reset
+
+
+def test_scores_are_similarities_one_line_per_label(page):
+    ask(page, PIKACHU)
+    page.wait_for_selector("#scores li", timeout=30_000)
+    rows = [row.strip() for row in page.locator("#scores li").all_inner_texts()]
+    names = [" ".join(row.split()[1:-1]) for row in rows]
+    assert rows[0].split() == ["1.", "Pikachu", "1.00"]  # a similarity, not a percentage
+    assert len(names) == len(set(names)) == 8  # the catalog has several pictures per label: each label once
+    assert "%" not in page.inner_text("#scores")
+    values = [float(row.split()[-1]) for row in rows]
+    assert values == sorted(values, reverse=True)
+    widths = page.evaluate("[...document.querySelectorAll('#scores .score-bar span')].map(s => s.offsetWidth)")
+    assert widths[0] > widths[-1] > 0  # bars as long as the similarities
+
+
+def test_clicking_an_example_searches_it(page):
+    before = page.inner_text("#answer")
+    page.locator("text=Examples").scroll_into_view_if_needed()
+    page.locator(".gallery-item, button.gallery-item, [data-testid='dataset'] button, table.gallery td").first.click()
+    answer = new_answer(page, before)
+    assert answer.startswith(("This is", "You gave"))
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
+    assert page.locator("#query img").count() == 1  # the example is the query shown
 
 
 def test_the_catalog_map_shows_the_query_and_thumbnails_on_hover(page):

@@ -22,6 +22,7 @@ from recommender.index import Index
 from recommender.recommend import identify
 from recommender.runtime import Runtime
 from recommender.service import Service, choose_backbone, ensure_index
+from recommender.session import Visit
 from recommender.websearch import search_media, set_provider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,17 +41,57 @@ def shop(root: Path, labels: dict[str, int]) -> Path:
 # --- identify: "less like this" ---------------------------------------------------------------------------------
 
 
-def test_a_disliked_item_no_longer_counts_for_its_label(tmp_path):
-    # The red circle is the only item of its label: disliked, its label has nothing left to be named by.
+def test_a_disliked_item_leaves_the_look_alikes_but_not_the_answer(tmp_path):
+    # The red circle is the only item of its label: disliked, it is not offered again, yet the picture
+    # is still a red circle (feedback steers the look-alikes, never what the picture is).
     catalog = shop(tmp_path / "shop", {"red-circle": 1, "green-square": 3, "blue-triangle": 3})
     build_index(catalog, name="shop", model="colour-histogram", progress=False)
     index = Index.load("shop")
     picture = catalog / "red-circle" / "0.png"
-    assert identify(picture, index).label == "red-circle"
+    plain = identify(picture, index)
     answer = identify(picture, index, disliked=["red-circle/0.png"])
-    assert answer.label != "red-circle", answer.labels
-    assert "red-circle" not in [ranked.label for ranked in answer.labels if ranked.score > -1.0], answer.labels
+    assert plain.label == answer.label == "red-circle"
+    assert (answer.score, answer.in_catalog, answer.message) == (plain.score, plain.in_catalog, plain.message)
+    assert answer.labels == plain.labels
     assert "red-circle/0.png" not in [m.item.id for m in answer.matches]
+
+
+def test_liking_another_item_reorders_the_look_alikes_and_leaves_the_answer(tmp_path):
+    catalog = shop(tmp_path / "shop", {"red-circle": 3, "green-square": 3, "blue-triangle": 3})
+    service = Service(model="colour-histogram", default_catalog=catalog, default_name="shop", progress=False)
+    asked = Visit().asking(catalog / "red-circle" / "0.png", None)
+    visit, plain = service.ask(asked, session=None, k=9)
+    liked = next(m.item.id for m in reversed(plain.matches) if m.label == "blue-triangle")  # the last blue one
+    steered_visit, steered = service.ask(visit.steered("like", liked), session=None, k=9)
+    assert (steered.label, steered.score, steered.in_catalog, steered.message, steered.threshold) == (
+        plain.label,
+        plain.score,
+        plain.in_catalog,
+        plain.message,
+        plain.threshold,
+    )
+    assert steered.ranked() == plain.ranked() and steered.another_image == plain.another_image
+    before, after = [m.item.id for m in plain.matches], [m.item.id for m in steered.matches]
+    assert after != before and after.index(liked) < before.index(liked)  # the ranking moved toward the liked
+    assert steered_visit.steering == "Look-alikes steered by your feedback: 1 more like, 0 less like"
+    assert visit.steering is None and [s.id for s in steered_visit.matches] == after  # what the page shows
+
+
+def test_the_scores_panel_lists_each_label_once_as_escaped_similarities(tmp_path, app_module):
+    catalog = shop(tmp_path / "shop", {"red-circle": 4, "green-square": 4, "blue-triangle": 4})
+    service = Service(model="colour-histogram", default_catalog=catalog, default_name="shop", progress=False)
+    _, result = service.ask(Visit().asking(catalog / "red-circle" / "0.png", None), session=None, k=12)
+    names = [name for name, _ in result.ranked()]
+    assert sorted(names) == sorted(SHAPES) and len(result.matches) == 12  # 12 pictures, 3 labels: each once
+    assert result.ranked()[0] == ("red-circle", result.score)
+    panel = Page()
+    panel.feed(app_module.scores_html([("<img src=x onerror=alert(1)>", 0.834), ("{{x}} ${y}", -0.2)]))
+    panel.close()
+    assert {tag for tag, _ in panel.tags} == {"div", "ol", "li", "span"}  # no element the label tried to add
+    text = "".join(panel.text)
+    assert "1. <img src=x onerror=alert(1)>" in text and "0.83" in text and "-0.20" in text and "%" not in text
+    widths = [attrs["style"] for tag, attrs in panel.tags if tag == "span" and attrs.get("style")]
+    assert widths == ["width:83%", "width:0%"]  # bars from the similarity, clipped at 0
 
 
 # --- the model the app starts with ------------------------------------------------------------------------------

@@ -24,3 +24,11 @@ def test_a_new_question_starts_without_feedback():
 def test_only_what_was_shown_can_be_picked():
     with pytest.raises(IndexError):
         Visit().shown(0)
+
+
+def test_steering_says_how_the_look_alikes_are_steered_and_nothing_without_feedback():
+    visit = Visit(query="a.png")
+    assert visit.steering is None
+    steered = visit.steered("like", "x").steered("dislike", "y").steered("dislike", "z")
+    assert steered.steering == "Look-alikes steered by your feedback: 1 more like, 2 less like"
+    assert steered.steered("reset", None).steering is None
