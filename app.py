@@ -484,6 +484,26 @@ def build_upload(
     return "\n".join(lines), gr.Dropdown(choices=service.choices(session), value=UPLOAD + report.name)
 
 
+@user_errors
+def adapt_upload(
+    reference: str | None,
+    request: gr.Request,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008
+) -> tuple[Any, ...]:
+    service, session = service_of(request), request.session_hash
+    report = service.adapt_upload(
+        reference,
+        session=session,
+        progress=lambda done, what: progress(done, desc=what),
+        client_gone=client_gone(),
+    )
+    text = (
+        f"Adapted **{html.escape(report.source)}** to its {report.pictures} pictures as **{html.escape(report.name)}** "
+        f"in {report.embed_seconds + report.train_seconds:.0f} s; it is now the index searched."
+    )
+    return text, gr.Dropdown(choices=service.choices(session), value=UPLOAD + report.name)
+
+
 def closed(request: gr.Request) -> None:
     service_of(request).close_session(request.session_hash)  # the page is gone: so are its uploads
 
@@ -639,9 +659,24 @@ def own_catalog_tab(page: Page, service: Service) -> None:
         with gr.Row():
             upload = gr.File(label="Zip of pictures", file_types=[".zip"], elem_id="upload")
             new_name = gr.Textbox(label="Name of the new index", value="my-catalog", elem_id="new-name")
-        build = gr.Button("Build index", elem_id="build")
+        with gr.Row():
+            build = gr.Button("Build index", elem_id="build")
+            adapt = gr.Button("Adapt the chosen index to its pictures", elem_id="adapt")
+        gr.Markdown(
+            "Adapting learns, from the catalog's own pictures only, how its items differ from queries "
+            "(recoloured, mirrored, cropped, other styles): a new index beside the plain one, about twice "
+            "the build's time."
+        )
         build_report = gr.Markdown(elem_id="build-report")
-    page.add(chooser=chooser, refresh=refresh, upload=upload, new_name=new_name, build=build, build_report=build_report)
+    page.add(
+        chooser=chooser,
+        refresh=refresh,
+        upload=upload,
+        new_name=new_name,
+        build=build,
+        adapt=adapt,
+        build_report=build_report,
+    )
 
 
 def wire_searches(page: Page) -> None:
@@ -691,14 +726,20 @@ def wire_catalogs(page: Page) -> None:
     p.chooser.change(choose, inputs=p.chooser, outputs=[p.index_state, p.status], api_visibility="private")
     p.refresh.click(listing, outputs=p.chooser, api_visibility="private")
     # Builds queue apart from searches (one at a time, whoever asks), so that a search never waits for one.
-    p.build.click(
-        build_upload,
-        inputs=[p.upload, p.new_name],
-        outputs=[p.build_report, p.chooser],
-        api_visibility="private",
-        concurrency_id="build",
-        concurrency_limit=1,
-    )
+    # The progress bar goes on the report, never over the chooser the visitor may be reading.
+    for event, fn, inputs in (
+        (p.build.click, build_upload, [p.upload, p.new_name]),
+        (p.adapt.click, adapt_upload, [p.chooser]),
+    ):
+        event(
+            fn,
+            inputs=inputs,
+            outputs=[p.build_report, p.chooser],
+            show_progress_on=p.build_report,
+            api_visibility="private",
+            concurrency_id="build",
+            concurrency_limit=1,
+        )
 
 
 def named_api() -> None:

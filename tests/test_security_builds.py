@@ -28,7 +28,7 @@ from recommender.build.pipeline import torch_threads
 from recommender.errors import BuildStopped, IndexNotFoundError, LimitExceeded, RecommenderError
 from recommender.index import Index
 from recommender.service import Service
-from recommender.uploads import MB, UploadLimits, session_key
+from recommender.uploads import MB, UPLOAD, UploadLimits, session_key
 
 ROOT = Path(__file__).resolve().parent.parent
 PIKACHU = ROOT / "assets" / "pokemon" / "sprites" / "025.png"
@@ -161,6 +161,23 @@ def test_a_web_build_whose_client_goes_away_stops_and_leaves_nothing(service, tm
         service.build_upload(archive, "gone", session="s1", client_gone=client_gone, progress=False)
     assert files_under(service.uploads.folder("s1")) == []
     assert service.indexes("s1") == ["default"]
+
+
+def test_a_visitor_adapts_only_their_own_upload_and_can_stop_it(service, tmp_path):
+    archive = make_zip(tmp_path / "shop.zip", {f"{k}/{i}.png": png(3 * k + i) for k in range(2) for i in range(3)})
+    service.build_upload(archive, "shop", session="s1", progress=False)
+    report = service.adapt_upload(UPLOAD + "shop", session="s1")
+    assert report.name == "shop-adapted" and report.pictures == 6
+    assert UPLOAD + "shop-adapted" in service.indexes("s1")
+    assert service.index(UPLOAD + "shop-adapted", session="s1").manifest.adapter is not None
+    with pytest.raises(IndexNotFoundError):  # another session's upload is not found, let alone adapted
+        service.adapt_upload(UPLOAD + "shop", session="s2")
+    with pytest.raises(RecommenderError, match="a catalog you uploaded"):  # the shared indexes stay as built
+        service.adapt_upload("default", session="s1")
+    service.build_upload(archive, "again", session="s1", progress=False)
+    with pytest.raises(BuildStopped, match="the page that started it was closed"):
+        service.adapt_upload(UPLOAD + "again", session="s1", client_gone=lambda: True)
+    assert UPLOAD + "again-adapted" not in service.indexes("s1")
 
 
 def test_a_web_build_past_its_time_limit_stops(make_service, tmp_path):
@@ -539,6 +556,11 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
         assert listed(owner) == ["pokemon", "shop", "shop (your upload)"]
         assert listed(stranger) == ["pokemon", "shop"]
         assert "catalog **shop**: 2 pictures" not in stranger.inner_text("body")
+        # The owner adapts it (the chosen index): a third index of theirs, chosen; still none for the stranger.
+        owner.click("#adapt")
+        wait("document.querySelector('#build-report').innerText.includes('Adapted shop')")
+        wait("document.querySelector('#chooser input').value === 'shop-adapted (your upload)'")
+        assert listed(stranger) == ["pokemon", "shop"]
     finally:
         for context in contexts:
             context.close()
