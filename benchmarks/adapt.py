@@ -85,24 +85,30 @@ def measure(name: str, catalog: np.ndarray, labels: np.ndarray, threshold: float
     row["threshold"] = f"{threshold:.3f}"
     row["kept"] = f"{(np.concatenate(inside) >= threshold).mean():.3f}"
     row["refused"] = f"{(outside.max(axis=1) < threshold).mean():.3f}"
+    # The best cut on these very pictures (an oracle, for how well the features separate the two worlds).
+    ins, outs = np.concatenate(inside), outside.max(axis=1)
+    cuts = np.quantile(np.concatenate([ins, outs]), np.linspace(0, 1, 401))
+    balanced = [((ins >= c).mean() + (outs < c).mean()) / 2 for c in cuts]
+    best = cuts[int(np.argmax(balanced))]
+    row["oracle kept/refused"] = f"{(ins >= best).mean():.3f}/{(outs < best).mean():.3f}"
     row["seconds"] = f"{seconds:.0f}"
     return row
 
 
-def sweep(index: Index, settings: list[tuple[int, int, float, float]]) -> None:
+def sweep(index: Index, settings: list[tuple[int, int, float, float, bool]]) -> None:
     anchors = np.asarray(index.embeddings, dtype=np.float32)  # (N, D)
     labels = np.array([item.label for item in index.items])
     data = np.load(CACHE / "views.npz")
     prior = index.backbone().threshold_prior
     rows = [measure("plain index (baseline)", anchors, labels, index.calibration.threshold, 0)]
     print(rows[-1], flush=True)
-    for epochs, rank, temperature, decay in settings:
+    for epochs, rank, temperature, decay, use_labels in settings:
         started = time.perf_counter()
         head, _ = train_head(
             anchors,
             data["vectors"],
             data["rows"],
-            index.label_codes,
+            index.label_codes if use_labels else np.full(len(anchors), -1),
             epochs=epochs,
             rank=rank,
             temperature=temperature,
@@ -111,7 +117,7 @@ def sweep(index: Index, settings: list[tuple[int, int, float, float]]) -> None:
         seconds = time.perf_counter() - started
         adapted = head.apply(anchors)
         threshold = calibrate(adapted, list(labels), prior=prior).threshold
-        name = f"head e{epochs} r{rank} t{temperature} wd{decay}"
+        name = f"head e{epochs} r{rank} t{temperature} wd{decay} {'labels' if use_labels else 'views only'}"
         rows.append(measure(name, adapted, labels, threshold, seconds, through=head.apply))
         print(rows[-1], flush=True)
     keys = list(rows[0])
@@ -127,8 +133,8 @@ def main() -> None:
     parser.add_argument("--index", default="pokemon")
     parser.add_argument(
         "--settings",
-        default="30:256:0.05:0.01,5:256:0.05:0.01,10:256:0.1:0.01,10:64:0.1:0.1",
-        help="epochs:rank:temperature:weight_decay, comma-separated",
+        default="30:256:0.05:0.01:1,5:256:0.05:0.01:1,5:256:0.05:0.01:0,10:256:0.1:0.01:0",
+        help="epochs:rank:temperature:weight_decay:labels(1/0), comma-separated",
     )
     args = parser.parse_args()
     index = Index.load(args.index, index_dir=args.index_dir)
@@ -136,7 +142,7 @@ def main() -> None:
         extract(index)
     else:
         settings = [tuple(float(v) for v in s.split(":")) for s in args.settings.split(",")]
-        sweep(index, [(int(e), int(r), t, d) for e, r, t, d in settings])
+        sweep(index, [(int(e), int(r), t, d, bool(labels)) for e, r, t, d, labels in settings])
 
 
 if __name__ == "__main__":
