@@ -271,6 +271,11 @@ def links_html(label: str | None, found: tuple[list[Link], list[Link]] | str) ->
     return f"<div id='links'><div>{thumbs}</div><ul>{items}</ul></div>"
 
 
+def markdown_text(text: str) -> str:
+    """Any text (a label, an error naming a file) escaped to read as written in Markdown."""
+    return re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", text)
+
+
 def answer_text(result: Identification, visit: Visit, index_name: str, crop: Image.Image | None) -> str:
     """The answer as Markdown: the headline, then how it was decided."""
     detail = (
@@ -284,7 +289,7 @@ def answer_text(result: Identification, visit: Visit, index_name: str, crop: Ima
     if visit.steering:  # the look-alikes only: the headline answers the picture itself
         detail += f" {visit.steering}."
     # Escaped: a label is any text a catalog gives (`__init__`, `*new*`, `<b>`) and must read as written.
-    message = re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", result.message)
+    message = markdown_text(result.message)
     return f"### {message}\n\n{detail}"
 
 
@@ -340,7 +345,11 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
     k = max(1, min(MAX_K, int(k)))
     visit, result = service.ask(visit, session=request.session_hash, k=k, name=upload_name(query))
     index = service.index(visit.index, session=request.session_hash)
-    another = service.thumbnail(result.another_image) if result.another_image else None
+    # Named for what it is: from another universe, the picture is of the closest item, not "of it".
+    another = gr.Image(
+        service.thumbnail(result.another_image) if result.another_image else None,
+        label="Another picture of it" if result.in_catalog else "The closest item, for comparison",
+    )
     pictures = [(service.thumbnail(m.path), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
     gallery = gr.Gallery(pictures, label=f"{visit.steering} (click one)" if visit.steering else LOOK_ALIKES)
     crop = query if isinstance(query, Image.Image) else None
@@ -349,13 +358,28 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
     return message, another, gallery, scores_html(result.ranked()), visit, *selection(None), reset
 
 
+def unanswered(message: str, index_name: str | None) -> tuple[Any, ...]:
+    """`respond`'s outputs for a picture that could not be answered: its one line, nothing stale beside it."""
+    cleared = (gr.Image(None, label="Another picture of it"), gr.Gallery([], label=LOOK_ALIKES), "")
+    return (
+        f"### Not answered\n\n{markdown_text(message)}",
+        *cleared,
+        Visit(index=index_name),
+        *selection(None),
+        gr.Button(interactive=False),
+    )
+
+
 @user_errors
 def answer(
     image: str | bytes | None, k: int, index_name: str | None, visit: Visit, request: gr.Request
 ) -> tuple[Any, ...]:
     if image is None:
         raise gr.Error("Upload, paste or take a picture first.")
-    return respond(visit.asking(image, index_name), request, k)
+    try:
+        return respond(visit.asking(image, index_name), request, k)
+    except RecommenderError as exc:  # a broken picture, a limit: said once, in the answer's place
+        return unanswered(str(exc), index_name)
 
 
 @user_errors
@@ -409,6 +433,8 @@ def where(visit: Visit, chosen: Shown | None, request: gr.Request) -> tuple[Any,
 
 
 def related(visit: Visit, request: gr.Request) -> str:
+    if not visit.asked:
+        return ""
     if not visit.label:
         return links_html(None, "")
     try:
@@ -584,7 +610,9 @@ def answer_column(page: Page) -> None:
     with gr.Row():
         another = gr.Image(label="Another picture of it", interactive=False, height=220, elem_id="another")
         scores = gr.HTML(label="Scores", elem_id="scores", css_template=SCORES_CSS, js_on_load=None)
-    gallery = gr.Gallery(label=LOOK_ALIKES, columns=4, height="auto", allow_preview=False, elem_id="gallery")
+    gallery = gr.Gallery(
+        label=LOOK_ALIKES, columns=4, height="auto", allow_preview=False, object_fit="contain", elem_id="gallery"
+    )
     with gr.Row():
         selected = gr.Markdown(CHOOSE, elem_id="selected")
     with gr.Row():  # off until there is something to act on (`selection`, `respond`)
@@ -774,7 +802,7 @@ def build_ui(service: Service) -> gr.Blocks:
         gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
         page.add(status=gr.Markdown(service.status()))
         if service.choice.notice:
-            gr.Markdown(f"> **Offline mode.** {service.choice.notice}", elem_id="notice")
+            gr.Markdown(f"> {service.choice.notice}", elem_id="notice")
         with gr.Tab("Look-alikes"), gr.Row():
             with gr.Column(scale=1):
                 query_column(page, examples)

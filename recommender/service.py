@@ -72,9 +72,8 @@ def choose_backbone(model: str | None = None) -> ModelChoice:
     except ModelError as exc:
         reason = str(exc).split(";")[0]
         notice = (
-            f"DINOv2 could not be loaded ({reason}), so the offline CNN backbone (`{OFFLINE}`) is in use. "
-            f"To use DINOv2, connect to the network once (the weights are cached) or set "
-            f"`{settings.ENV_MODEL}=/path/to/a/folder/saved/with/save_pretrained`."
+            f"DINOv2 could not be loaded ({reason}), so a CNN that needs no network (`{OFFLINE}`) recognises "
+            f'pictures: connect once or set `{settings.ENV_MODEL}` to a local copy (README, "Backbones").'
         )
         return ModelChoice(load_backbone(OFFLINE), notice, time.perf_counter() - started)
 
@@ -535,10 +534,7 @@ class Service:
         """One line for the top of the page: backbone, catalog and its size."""
         index = index or self.default
         labels = f", {len(index.label_names)} labels" if index.labeled else ", unlabeled"
-        return (
-            f"Backbone **{self.backbone.name}** ({self.backbone.dim}-d) · catalog **{index.name}**: "
-            f"{len(index)} pictures{labels}"
-        )
+        return f"Recognising with **{self.backbone.name}** · catalog **{index.name}**: {len(index):,} pictures{labels}"
 
 
 def _safe_name(name: str) -> str:

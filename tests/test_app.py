@@ -37,7 +37,7 @@ def page(browser: object, app_url: str) -> Iterator[object]:
 SETTLED = (
     "before => { const a = document.querySelector('#answer'); const t = a.innerText.trim();"
     " return !a.querySelector('.progress-text, .eta-bar') && t !== before"
-    " && /^(This is|You gave|The closest)/.test(t); }"
+    " && /^(This is|You gave|The closest|Not answered)/.test(t); }"
 )
 
 
@@ -59,6 +59,11 @@ def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
     assert "1. Pikachu" in page.inner_text("#scores") and "1.00" in page.inner_text("#scores")
     assert page.locator("#another img").count() == 1  # another picture of Pikachu
+    assert "Another picture of it" in page.inner_text("#another")
+    # Whole pictures in the gallery: no cropped heads and tails.
+    fits = page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => getComputedStyle(i).objectFit)")
+    assert fits and set(fits) == {"contain"}, fits
+    assert "Recognising with" in page.inner_text("body")  # the status line in plain words
     page.wait_for_selector("#related a", timeout=30_000)
     links = page.locator("#related a")
     assert "Pikachu Pokémon fan page 0" in page.inner_text("#related")
@@ -68,17 +73,20 @@ def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
 
 
 def test_garbage_gets_a_one_line_error_and_the_next_picture_still_works(page, tmp_path):
+    """A broken picture clears the answer before it and says why once, in the answer's place."""
+    assert ask(page, PIKACHU).startswith("This is “Pikachu”")
     garbage = tmp_path / "holiday.jpg"
     garbage.write_text("<html><body>not a picture</body></html>")
-    page.set_input_files("#query input[type=file]", str(garbage))
-    toast = page.wait_for_selector(".toast-body", timeout=30_000)
-    assert "holiday.jpg: this is an HTML page, not an image" in toast.inner_text()
+    answer = ask(page, garbage)
+    assert answer.startswith("Not answered") and "holiday.jpg: this is an HTML page, not an image" in answer
+    assert page.locator("#gallery img").count() == 0 and page.locator("#another img").count() == 0
+    assert "Pikachu" not in page.inner_text("#scores") + page.inner_text("#related")
+    # One message: no error toast, no "Error" badge on the panels.
+    assert page.locator(".toast-body").count() == 0
+    assert "Error" not in page.inner_text("#gallery") + page.inner_text("#scores") + page.inner_text("#another")
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(PIKACHU.read_bytes()[:200])
-    page.set_input_files("#query input[type=file]", str(truncated))
-    page.wait_for_function(
-        "[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('cut.png'))", timeout=30_000
-    )
+    assert "cut.png" in ask(page, truncated)
     assert ask(page, ROOT / "assets" / "pokemon" / "sprites" / "004.png").startswith("This is “Charmander”")
 
 
