@@ -414,7 +414,8 @@ def choose(name: str, request: gr.Request) -> tuple[Any, ...]:
     # The reference itself, checked here: a session's upload is only found among its own.
     service = service_of(request)
     index = service.index(name, session=request.session_hash)
-    return (None if index is service.default else name), service.status(index)
+    # By name, not `service.default`: that is not there while it is being built, and other indexes are.
+    return (None if name == service.default_name else name), service.status(index)
 
 
 def listing(request: gr.Request) -> Any:
@@ -683,9 +684,9 @@ def named_api() -> None:
 
 
 def watch_warmup(demo: gr.Blocks, page: Page, service: Service) -> None:
-    """While the default index is being prepared, the status line follows its progress; then the timer stops.
+    """While the default index is being built, the status line follows its progress; then the timer stops.
 
-    The layout is made once, during the preparation: a page opened later reads the status at load
+    The layout is made once, during the build: a page opened later reads the status at load
     (and stops its timer at once).
     """
     timer = gr.Timer(WARMUP_POLL)
@@ -720,7 +721,7 @@ def build_ui(service: Service) -> gr.Blocks:
             chosen=gr.State(None),
         )  # the look-alike clicked last (`session.Shown`)
         gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
-        ready = service.ready  # read before the status: a preparation that ends in between is still watched
+        ready = service.ready  # read before the status: a build that ends in between is still watched
         page.add(status=gr.Markdown(service.status(), elem_id="status"))
         if not ready:
             watch_warmup(demo, page, service)
@@ -781,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     limit_malloc_arenas()  # before the server's threads start
     keep_freed_buffers()  # CPU embedding a quarter faster: activations are not re-faulted at every layer
-    # The page is served at once; the default index (its first build: a minute or more) is prepared behind it.
+    # The page is served at once; the default index (its first build: a minute or more) is built behind it.
     service = Service(background=not build_before_serving())
     service.sweep_every(min(300.0, service.limits.ttl / 4))
     if not service.ready:

@@ -27,7 +27,7 @@ from . import settings
 from .archive import extract_archive, prune_catalog, unpacked_size
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, LocalExecutor, build_index
-from .catalog import Skip, read_catalog
+from .catalog import Catalog, Skip, read_catalog
 from .errors import IndexLoadError, IndexNotFoundError, IndexNotReady, LimitExceeded, ModelError, RecommenderError
 from .explain import SimilarityMatrix, catalog_heatmap, explain, map_figure
 from .images import ImageSource, load_image
@@ -91,27 +91,43 @@ def ensure_index(
     domain: str | None = None,
     index_dir: str | Path | None = None,
     progress: bool = True,
-    on_build: Callable[[int], None] | None = None,
-    should_stop: Callable[[], str | None] | None = None,
 ) -> tuple[Index, BuildReport | None]:
     """The index `name` of `source`, built (or brought up to date) with `backbone` when needed.
 
     Re-used as it is when it was built from the same catalog (the same rows, labels and pictures)
     with the same backbone; rebuilt (incrementally: unchanged pictures are not embedded again) when
-    either changed. `on_build` is told the number of pictures before a build starts; `should_stop`
-    is asked before each picture (see `BuildConfig`).
+    either changed.
     """
     catalog = read_catalog(source)
     fingerprint = catalog.fingerprint()
+    index = current_index(name, fingerprint, backbone, index_dir=index_dir)
+    if index is not None:
+        return index, None
+    return build_current(name, catalog, fingerprint, backbone, domain=domain, index_dir=index_dir, progress=progress)
+
+
+def current_index(name: str, fingerprint: str, backbone: Backbone, *, index_dir: str | Path | None) -> Index | None:
+    """The index `name` when it was built from the catalog of `fingerprint` as it is, with `backbone`; else None."""
     try:
         index = Index.load(name, index_dir=index_dir)
         index.check_backbone(backbone)
-        if index.manifest.catalog.fingerprint == fingerprint:
-            return index, None
     except IndexLoadError:
-        pass
-    if on_build:
-        on_build(len(catalog.items))
+        return None
+    return index if index.manifest.catalog.fingerprint == fingerprint else None
+
+
+def build_current(
+    name: str,
+    catalog: Catalog,
+    fingerprint: str,
+    backbone: Backbone,
+    *,
+    domain: str | None,
+    index_dir: str | Path | None,
+    progress: bool,
+    should_stop: Callable[[], str | None] | None = None,
+) -> tuple[Index, BuildReport]:
+    """Build (or bring up to date) the index `name` of `catalog`; `should_stop` is asked before each picture."""
     report = build_index(
         catalog,
         name=name,
@@ -184,15 +200,15 @@ def public_answer(result: Identification, index: Index) -> dict[str, Any]:
 
 @dataclass
 class Warmup:
-    """How far the preparation of the default index has got: loading it, or its one-off build.
+    """How far the one-off build of the default index has got (or how long loading it took).
 
-    Written by the thread that prepares it, read by every page that asks (plain attributes: a
+    Written by the thread that builds it, read by every page that asks (plain attributes: a
     page reads a number a picture late at worst).
     """
 
     domain: str = DEFAULT_DOMAIN
     started: float = field(default_factory=time.monotonic)
-    total: int = 0  # pictures to index; 0 while the index is only being loaded
+    total: int = 0  # pictures to index; 0 when the index was only loaded
     done: int = 0
     seconds: float | None = None  # how long it took, once ready
     error: str | None = None
@@ -215,9 +231,7 @@ class Warmup:
     def line(self) -> str:
         """What the page and the terminal say while the index is not ready."""
         if self.error:
-            return f"The {self.domain} index could not be prepared: {self.error}"
-        if not self.total:
-            return f"Loading the {self.domain} index …"
+            return f"The {self.domain} index could not be built: {self.error}"
         left = self.remaining()
         eta = f"about {left:.0f} s left" if left is not None else "estimating the time it takes"
         return (
@@ -229,8 +243,6 @@ class Warmup:
         """The one line that answers a search while the index is not ready."""
         if self.error:
             return self.line()
-        if not self.total:
-            return f"The {self.domain} index is still loading; try again in a few seconds."
         return (
             f"The catalog is still being indexed ({self.fraction:.0%}); try again in a few seconds "
             "(the page says when it is ready)."
@@ -258,9 +270,10 @@ class Service:
         runtime: Runtime | None = None,
         background: bool = False,
     ) -> None:
-        """`background`: prepare the default index (loading it, or its first build) in a thread, so that
-        the caller can serve at once; until it is ready, searching it raises `IndexNotReady` (`ready`,
-        `warmup`, `wait_ready` tell how far it is). Otherwise the constructor returns with it ready.
+        """`background`: a default index that must be built (the first start, or its catalog changed) is
+        built in a thread, so that the caller can serve at once; until it is ready, searching it raises
+        `IndexNotReady` (`ready`, `warmup`, `wait_ready` tell how far it is). An index that only needs
+        loading is loaded before the constructor returns, as is any index without `background`.
         """
         self.index_dir = settings.index_dir(index_dir)
         self.default_name = default_name
@@ -277,20 +290,29 @@ class Service:
         self.first_build: BuildReport | None = None
         self._default: Index | None = None
         self._ready = threading.Event()
-        prepare = functools.partial(self._prepare_default, default_name, default_catalog, domain, progress)
-        if background:
-            threading.Thread(target=prepare, name="recommender-default-index", daemon=True).start()
+        started = time.perf_counter()
+        catalog = read_catalog(default_catalog)
+        fingerprint = catalog.fingerprint()
+        self._default = current_index(default_name, fingerprint, self.backbone, index_dir=self.index_dir)
+        if self._default is not None:
+            self._ready.set()
+            self.warmup.seconds = time.perf_counter() - started
         else:
-            prepare(raising=True)
+            self.warmup.total = len(catalog.items)
+            log.info("building the %s index once: %d pictures with %s", domain, len(catalog.items), self.backbone.name)
+            build = functools.partial(self._build_default, default_name, catalog, fingerprint, domain, progress)
+            if background:
+                threading.Thread(target=build, name="recommender-default-index", daemon=True).start()
+            else:
+                build(raising=True)
         self.startup_seconds = self.choice.seconds + (self.warmup.seconds or 0.0)
 
-    def _prepare_default(self, name: str, catalog: Path, domain: str, progress: bool, *, raising: bool = False) -> None:
-        """Load (or build, the first time) the default index; in a thread, a failure is kept for the page."""
+    def _build_default(
+        self, name: str, catalog: Catalog, fingerprint: str, domain: str, progress: bool, *, raising: bool = False
+    ) -> None:
+        """Build the default index; in a thread, a failure is kept for the page (and logged)."""
         warmup = self.warmup
-
-        def building(total: int) -> None:
-            warmup.total, warmup.started = total, time.monotonic()
-            log.info("building the %s index once: %d pictures with %s", domain, total, self.backbone.name)
+        warmup.started = time.monotonic()
 
         def counted() -> None:
             warmup.picture()  # the build asks before each picture: its progress, for the page
@@ -298,41 +320,40 @@ class Service:
                 log.info("the %s index will be ready in about %.0f s", domain, warmup.remaining() or 0)
 
         try:
-            self._default, self.first_build = ensure_index(
+            self._default, self.first_build = build_current(
                 name,
                 catalog,
-                self.choice.backbone,
+                fingerprint,
+                self.backbone,
                 domain=domain,
                 index_dir=self.index_dir,
                 progress=progress,
-                on_build=building,
                 should_stop=counted,
             )
+            warmup.seconds = time.monotonic() - warmup.started
+            self.startup_seconds = self.choice.seconds + warmup.seconds
         except Exception as exc:
             warmup.error = str(exc) if isinstance(exc, RecommenderError) else f"unexpected {type(exc).__name__}"
             if raising:
                 raise
-            log.exception("the default index could not be prepared")
-            return
+            log.exception("the default index could not be built")
         finally:
             self._ready.set()
-        warmup.seconds = time.monotonic() - warmup.started
-        self.startup_seconds = self.choice.seconds + warmup.seconds
 
     @property
     def default(self) -> Index:
-        """The default index; `IndexNotReady` (how far it is, in one line) while it is being prepared."""
+        """The default index; `IndexNotReady` (how far it is, in one line) while it is being built."""
         if self._default is None:
             raise IndexNotReady(self.warmup.refusal())
         return self._default
 
     @property
     def ready(self) -> bool:
-        """Whether the default index may be searched (False also when its preparation failed)."""
+        """Whether the default index may be searched (False also when its build failed)."""
         return self._default is not None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait until the default index is prepared (or failed); whether it is ready."""
+        """Wait until the default index is built (or its build failed); whether it is ready."""
         self._ready.wait(timeout)
         return self.ready
 

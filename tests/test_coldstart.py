@@ -93,14 +93,15 @@ def test_a_background_build_refuses_searches_with_its_progress_then_answers(monk
 
 
 def test_a_failed_background_build_says_why_and_the_service_stays_up(tiny_model, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "notes.txt").write_text("no pictures here")
+    broken = tmp_path / "broken"  # a picture by its name, unreadable: the build (not the reading) fails
+    broken.mkdir()
+    (broken / "a.png").write_text("not a picture")
     service = Service(
-        model=str(tiny_model), default_catalog=empty, default_name="empty", progress=False, background=True
+        model=str(tiny_model), default_catalog=broken, default_name="broken", progress=False, background=True
     )
     assert service.wait_ready(60) is False
-    with pytest.raises(IndexNotReady, match="could not be prepared"):
+    assert "could not be built" in service.status()
+    with pytest.raises(IndexNotReady, match="could not be built: .*none of its 1 pictures could be read"):
         service.identify(ROOT / "assets" / "pokemon" / "sprites" / "025.png")
 
 
@@ -111,6 +112,18 @@ def test_remaining_time_is_estimated_from_the_rate_so_far():
     warmup.done = 100
     assert warmup.remaining() == pytest.approx(90, rel=0.05)
     assert warmup.line().startswith("Building the Pokémon index once (about 9")
+
+
+def test_an_index_already_built_is_loaded_before_the_service_returns(tiny_model, labeled_catalog):
+    options = {
+        "model": str(tiny_model),
+        "default_catalog": labeled_catalog,
+        "default_name": "shapes",
+        "progress": False,
+    }
+    assert Service(**options).first_build is not None  # built, in the constructor
+    again = Service(**options, background=True)
+    assert again.ready and again.first_build is None  # a later start only loads it: no build, no waiting page
 
 
 # ----------------------------------------------------------------------------- the app, for real
