@@ -692,7 +692,7 @@ def watch_warmup(demo: gr.Blocks, page: Page, service: Service) -> None:
     timer = gr.Timer(WARMUP_POLL)
 
     def tick() -> tuple[str, gr.Timer]:
-        return service.status(), gr.Timer(active=not service.ready)
+        return service.status(), gr.Timer(active=service.building)  # stops when done, or failed
 
     for event in (demo.load, timer.tick):
         # Its own queue, unlimited: a tick reads two numbers and never waits behind a search.
@@ -721,9 +721,9 @@ def build_ui(service: Service) -> gr.Blocks:
             chosen=gr.State(None),
         )  # the look-alike clicked last (`session.Shown`)
         gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
-        ready = service.ready  # read before the status: a build that ends in between is still watched
+        building = service.building  # read before the status: a build that ends in between is still watched
         page.add(status=gr.Markdown(service.status(), elem_id="status"))
-        if not ready:
+        if building:
             watch_warmup(demo, page, service)
         if service.choice.notice:
             gr.Markdown(f"> **Offline mode.** {service.choice.notice}", elem_id="notice")

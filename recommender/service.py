@@ -352,6 +352,11 @@ class Service:
         """Whether the default index may be searched (False also when its build failed)."""
         return self._default is not None
 
+    @property
+    def building(self) -> bool:
+        """Whether the default index is being built now (neither ready nor failed)."""
+        return not self._ready.is_set()
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the default index is built (or its build failed); whether it is ready."""
         self._ready.wait(timeout)

@@ -78,7 +78,7 @@ def test_a_background_build_refuses_searches_with_its_progress_then_answers(monk
     deadline = time.monotonic() + 60
     while service.warmup.done < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not service.ready
+    assert not service.ready and service.building
     assert service.warmup.total == 12
     with pytest.raises(IndexNotReady, match=r"still being indexed \(25%\); try again in a few seconds"):
         service.identify(labeled_catalog / "red-circle" / "0.png")
@@ -99,7 +99,7 @@ def test_a_failed_background_build_says_why_and_the_service_stays_up(tiny_model,
     service = Service(
         model=str(tiny_model), default_catalog=broken, default_name="broken", progress=False, background=True
     )
-    assert service.wait_ready(60) is False
+    assert service.wait_ready(60) is False and not service.building
     assert "could not be built" in service.status()
     with pytest.raises(IndexNotReady, match="could not be built: .*none of its 1 pictures could be read"):
         service.identify(ROOT / "assets" / "pokemon" / "sprites" / "025.png")
