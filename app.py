@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from recommender.memory import keep_freed_buffers, limit_malloc_arenas
 from recommender.recommend import Identification
 from recommender.service import Service
 from recommender.session import Feedback, Shown, Visit
-from recommender.settings import gradio_cache_seconds
+from recommender.settings import build_before_serving, gradio_cache_seconds
 from recommender.uploads import UPLOAD
 from recommender.websearch import Link
 
@@ -39,6 +40,8 @@ EXAMPLES = ROOT / "assets" / "examples"
 EDITOR_LAYERS = 4
 #: The most look-alikes one answer shows or the API returns (a client may send any number).
 MAX_K = 24
+#: Seconds between two looks of an open page at the first build's progress.
+WARMUP_POLL = 2.0
 log = logging.getLogger("recommender.app")
 
 
@@ -477,7 +480,8 @@ def choose(name: str, request: gr.Request) -> tuple[Any, ...]:
     # The reference itself, checked here: a session's upload is only found among its own.
     service = service_of(request)
     index = service.index(name, session=request.session_hash)
-    return (None if index is service.default else name), service.status(index)
+    # By name, not `service.default`: that is not there while it is being built, and other indexes are.
+    return (None if name == service.default_name else name), service.status(index)
 
 
 def listing(request: gr.Request) -> Any:
@@ -678,7 +682,7 @@ def own_catalog_tab(page: Page, service: Service) -> None:
         with gr.Row():
             chooser = gr.Dropdown(
                 choices=service.choices(),
-                value=service.default.name,
+                value=service.default_name,
                 label="Index to search",
                 allow_custom_value=False,
                 elem_id="chooser",
@@ -785,6 +789,29 @@ def named_api() -> None:
     image.change(identify_api, inputs=image, outputs=text, api_name="identify_text")
 
 
+def watch_warmup(demo: gr.Blocks, page: Page, service: Service) -> None:
+    """While the default index is being built, the status line follows its progress; then the timer stops.
+
+    The layout is made once, during the build: a page opened later reads the status at load
+    (and stops its timer at once).
+    """
+    timer = gr.Timer(WARMUP_POLL)
+
+    def tick() -> tuple[str, gr.Timer]:
+        return service.status(), gr.Timer(active=service.building)  # stops when done, or failed
+
+    for event in (demo.load, timer.tick):
+        # Its own queue, unlimited: a tick reads two numbers and never waits behind a search.
+        event(
+            tick,
+            outputs=[page.status, timer],
+            api_visibility="private",
+            show_progress="hidden",
+            concurrency_id="warmup",
+            concurrency_limit=None,
+        )
+
+
 def build_ui(service: Service) -> gr.Blocks:
     """The page: query and answer, look-alikes, the catalog, and the user's own catalogs."""
     examples = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
@@ -800,7 +827,10 @@ def build_ui(service: Service) -> gr.Blocks:
             chosen=gr.State(None),
         )  # the look-alike clicked last (`session.Shown`)
         gr.Markdown("# Look-alike\nDrop in a picture: see which catalog item it is, or what looks most like it.")
-        page.add(status=gr.Markdown(service.status()))
+        building = service.building  # read before the status: a build that ends in between is still watched
+        page.add(status=gr.Markdown(service.status(), elem_id="status"))
+        if building:
+            watch_warmup(demo, page, service)
         if service.choice.notice:
             gr.Markdown(f"> {service.choice.notice}", elem_id="notice")
         with gr.Tab("Look-alikes"), gr.Row():
@@ -841,6 +871,14 @@ def client_gone() -> Callable[[], bool]:
     return gone
 
 
+def announce_ready(service: Service) -> None:
+    """Say in the terminal when the default index can be searched (tests and benchmarks wait for this line)."""
+    if service.wait_ready():
+        log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
+    else:
+        log.error("not ready: %s", service.warmup.line())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Start the look-alike web app.")
     parser.add_argument("--host", default=None, help="Address to listen on [env GRADIO_SERVER_NAME; 127.0.0.1].")
@@ -850,9 +888,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     limit_malloc_arenas()  # before the server's threads start
     keep_freed_buffers()  # CPU embedding a quarter faster: activations are not re-faulted at every layer
-    service = Service()
+    # The page is served at once; the default index (its first build: a minute or more) is built behind it.
+    service = Service(background=not build_before_serving())
     service.sweep_every(min(300.0, service.limits.ttl / 4))
-    log.info("ready in %.1f s: %s", service.startup_seconds, service.status().replace("**", ""))
+    if not service.ready:
+        log.info("serving the page now; %s", service.warmup.line())
+    threading.Thread(target=announce_ready, args=(service,), name="recommender-announce", daemon=True).start()
     workers = max(1, (os.cpu_count() or 2) // 2)
     limits = guard.Limits.from_env(workers=workers)
     trusted = guard.forwarded_allow_ips(os.environ)

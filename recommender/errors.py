@@ -51,3 +51,7 @@ class WebSearchUnavailable(RecommenderError):
         self.retryable = retryable
         self.rate_limited = rate_limited
         super().__init__(f"web search unavailable: {self.reason}")
+
+
+class IndexNotReady(RecommenderError):
+    """The default index is still being built (the app's first start serves its page meanwhile)."""

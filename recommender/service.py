@@ -8,6 +8,8 @@ needs (pooled backbones, caches, clients) is in its `runtime`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import re
 import secrets
@@ -15,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,8 @@ from .adapt import AdaptReport, adapt_index
 from .archive import extract_archive, prune_catalog, unpacked_size
 from .backbones import OFFLINE, Backbone, load_backbone
 from .build import BuildReport, LocalExecutor, build_index
-from .catalog import Skip, read_catalog
-from .errors import IndexLoadError, IndexNotFoundError, LimitExceeded, ModelError, RecommenderError
+from .catalog import Catalog, Skip, read_catalog
+from .errors import IndexLoadError, IndexNotFoundError, IndexNotReady, LimitExceeded, ModelError, RecommenderError
 from .explain import SimilarityMatrix, catalog_heatmap, explain, map_figure
 from .images import ImageSource, load_image
 from .index import MANIFEST, Index, Match, check_name, list_indexes
@@ -44,6 +46,9 @@ DEFAULT_DOMAIN = "Pokémon"
 PREFERRED_MODEL = "dinov2-small"
 #: The side of the pictures the page shows for catalog items.
 THUMBNAIL = 256
+log = logging.getLogger(__name__)
+#: Pictures a first build reads before it says how long the rest will take.
+ESTIMATE_AFTER = 32
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,34 @@ def ensure_index(
     """
     catalog = read_catalog(source)
     fingerprint = catalog.fingerprint()
+    index = current_index(name, fingerprint, backbone, index_dir=index_dir)
+    if index is not None:
+        return index, None
+    return build_current(name, catalog, fingerprint, backbone, domain=domain, index_dir=index_dir, progress=progress)
+
+
+def current_index(name: str, fingerprint: str, backbone: Backbone, *, index_dir: str | Path | None) -> Index | None:
+    """The index `name` when it was built from the catalog of `fingerprint` as it is, with `backbone`; else None."""
     try:
         index = Index.load(name, index_dir=index_dir)
         index.check_backbone(backbone)
-        if index.manifest.catalog.fingerprint == fingerprint:
-            return index, None
     except IndexLoadError:
-        pass
+        return None
+    return index if index.manifest.catalog.fingerprint == fingerprint else None
+
+
+def build_current(
+    name: str,
+    catalog: Catalog,
+    fingerprint: str,
+    backbone: Backbone,
+    *,
+    domain: str | None,
+    index_dir: str | Path | None,
+    progress: bool,
+    should_stop: Callable[[], str | None] | None = None,
+) -> tuple[Index, BuildReport]:
+    """Build (or bring up to date) the index `name` of `catalog`; `should_stop` is asked before each picture."""
     report = build_index(
         catalog,
         name=name,
@@ -110,6 +136,7 @@ def ensure_index(
         index_dir=index_dir,
         progress=progress,
         fingerprint=fingerprint,
+        should_stop=should_stop,
     )
     return Index.load(name, index_dir=index_dir), report
 
@@ -171,6 +198,57 @@ def public_answer(result: Identification, index: Index) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Warmup:
+    """How far the one-off build of the default index has got (or how long loading it took).
+
+    Written by the thread that builds it, read by every page that asks (plain attributes: a
+    page reads a number a picture late at worst).
+    """
+
+    domain: str = DEFAULT_DOMAIN
+    started: float = field(default_factory=time.monotonic)
+    total: int = 0  # pictures to index; 0 when the index was only loaded
+    done: int = 0
+    seconds: float | None = None  # how long it took, once ready
+    error: str | None = None
+
+    def picture(self) -> None:
+        """One more picture read (what the build asks before each; never stops it)."""
+        self.done += 1
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def remaining(self) -> float | None:
+        """Seconds left at the rate so far; None until a few pictures tell the rate."""
+        if self.total == 0 or self.done < min(ESTIMATE_AFTER, self.total):
+            return None
+        elapsed = time.monotonic() - self.started
+        return elapsed / self.done * (self.total - self.done)
+
+    def line(self) -> str:
+        """What the page and the terminal say while the index is not ready."""
+        if self.error:
+            return f"The {self.domain} index could not be built: {self.error}"
+        left = self.remaining()
+        eta = f"about {left:.0f} s left" if left is not None else "estimating the time it takes"
+        return (
+            f"Building the {self.domain} index once ({eta}): {self.done} of {self.total} pictures "
+            f"({self.fraction:.0%}). The page works as soon as it is done."
+        )
+
+    def refusal(self) -> str:
+        """The one line that answers a search while the index is not ready."""
+        if self.error:
+            return self.line()
+        return (
+            f"The catalog is still being indexed ({self.fraction:.0%}); try again in a few seconds "
+            "(the page says when it is ready)."
+        )
+
+
 class Service:
     """One per app process: shared, read-mostly state that every session's requests use.
 
@@ -190,8 +268,15 @@ class Service:
         progress: bool = True,
         limits: UploadLimits | None = None,
         runtime: Runtime | None = None,
+        background: bool = False,
     ) -> None:
+        """`background`: a default index that must be built (the first start, or its catalog changed) is
+        built in a thread, so that the caller can serve at once; until it is ready, searching it raises
+        `IndexNotReady` (`ready`, `warmup`, `wait_ready` tell how far it is). An index that only needs
+        loading is loaded before the constructor returns, as is any index without `background`.
+        """
         self.index_dir = settings.index_dir(index_dir)
+        self.default_name = default_name
         self.runtime = runtime or default_runtime()
         self._indexes: dict[Path, tuple[float, Index]] = {}
         self._build_lock = threading.Lock()  # one web build at a time, whoever asks
@@ -201,16 +286,81 @@ class Service:
         )
         self.uploads.clear()  # sessions die with the process that served them; so do killed builds' folders
         self.choice = choose_backbone(model)
+        self.warmup = Warmup(domain=domain)
+        self.first_build: BuildReport | None = None
+        self._default: Index | None = None
+        self._ready = threading.Event()
         started = time.perf_counter()
-        self.default, self.first_build = ensure_index(
-            default_name,
-            default_catalog,
-            self.choice.backbone,
-            domain=domain,
-            index_dir=self.index_dir,
-            progress=progress,
-        )
-        self.startup_seconds = self.choice.seconds + time.perf_counter() - started
+        catalog = read_catalog(default_catalog)
+        fingerprint = catalog.fingerprint()
+        self._default = current_index(default_name, fingerprint, self.backbone, index_dir=self.index_dir)
+        if self._default is not None:
+            self._ready.set()
+            self.warmup.seconds = time.perf_counter() - started
+        else:
+            self.warmup.total = len(catalog.items)
+            log.info("building the %s index once: %d pictures with %s", domain, len(catalog.items), self.backbone.name)
+            build = functools.partial(self._build_default, default_name, catalog, fingerprint, domain, progress)
+            if background:
+                threading.Thread(target=build, name="recommender-default-index", daemon=True).start()
+            else:
+                build(raising=True)
+        self.startup_seconds = self.choice.seconds + (self.warmup.seconds or 0.0)
+
+    def _build_default(
+        self, name: str, catalog: Catalog, fingerprint: str, domain: str, progress: bool, *, raising: bool = False
+    ) -> None:
+        """Build the default index; in a thread, a failure is kept for the page (and logged)."""
+        warmup = self.warmup
+        warmup.started = time.monotonic()
+
+        def counted() -> None:
+            warmup.picture()  # the build asks before each picture: its progress, for the page
+            if warmup.done == ESTIMATE_AFTER:
+                log.info("the %s index will be ready in about %.0f s", domain, warmup.remaining() or 0)
+
+        try:
+            self._default, self.first_build = build_current(
+                name,
+                catalog,
+                fingerprint,
+                self.backbone,
+                domain=domain,
+                index_dir=self.index_dir,
+                progress=progress,
+                should_stop=counted,
+            )
+            warmup.seconds = time.monotonic() - warmup.started
+            self.startup_seconds = self.choice.seconds + warmup.seconds
+        except Exception as exc:
+            warmup.error = str(exc) if isinstance(exc, RecommenderError) else f"unexpected {type(exc).__name__}"
+            if raising:
+                raise
+            log.exception("the default index could not be built")
+        finally:
+            self._ready.set()
+
+    @property
+    def default(self) -> Index:
+        """The default index; `IndexNotReady` (how far it is, in one line) while it is being built."""
+        if self._default is None:
+            raise IndexNotReady(self.warmup.refusal())
+        return self._default
+
+    @property
+    def ready(self) -> bool:
+        """Whether the default index may be searched (False also when its build failed)."""
+        return self._default is not None
+
+    @property
+    def building(self) -> bool:
+        """Whether the default index is being built now (neither ready nor failed)."""
+        return not self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the default index is built (or its build failed); whether it is ready."""
+        self._ready.wait(timeout)
+        return self.ready
 
     @property
     def backbone(self) -> Backbone:
@@ -225,7 +375,7 @@ class Service:
 
         `UPLOAD` + name is looked up among `session`'s own uploads only; any other name in the index folder.
         """
-        if not name or name == self.default.name:
+        if not name or name == self.default_name:
             return self.default
         if name.startswith(UPLOAD):
             folder = self.uploads.index_folder(session, name.removeprefix(UPLOAD))
@@ -250,7 +400,10 @@ class Service:
 
     def indexes(self, session: str | None = None) -> list[str]:
         """References of the indexes `session` may search: the index folder's, then its own uploads."""
-        return list_indexes(self.index_dir) + [UPLOAD + name for name in self.uploads.names(session)]
+        found = list_indexes(self.index_dir)
+        if self.default_name not in found:  # still being built: listed already, so that a chooser can show it
+            found.insert(0, self.default_name)
+        return found + [UPLOAD + name for name in self.uploads.names(session)]
 
     def choices(self, session: str | None = None) -> list[tuple[str, str]]:
         """(label, reference) of each index `session` may search, for a chooser."""
@@ -531,7 +684,9 @@ class Service:
                 del self._indexes[path]
 
     def status(self, index: Index | None = None) -> str:
-        """One line for the top of the page: backbone, catalog and its size."""
+        """One line for the top of the page: backbone, catalog and its size (or how far its build is)."""
+        if index is None and not self.ready:
+            return f"Backbone **{self.backbone.name}** ({self.backbone.dim}-d) · {self.warmup.line()}"
         index = index or self.default
         labels = f", {len(index.label_names)} labels" if index.labeled else ", unlabeled"
         return f"Recognising with **{self.backbone.name}** · catalog **{index.name}**: {len(index):,} pictures{labels}"

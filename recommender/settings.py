@@ -29,6 +29,11 @@ ENV_UPLOADS_TOTAL_MB = "RECOMMENDER_UPLOADS_TOTAL_MB"
 ENV_UPLOAD_TTL = "RECOMMENDER_UPLOAD_TTL"
 ENV_BUILD_THREADS = "RECOMMENDER_BUILD_THREADS"
 ENV_GRADIO_CACHE_TTL = "RECOMMENDER_GRADIO_CACHE_TTL"
+#: A folder that survives restarts (a Hugging Face Space's persistent storage is mounted at /data).
+ENV_PERSISTENT_DIR = "RECOMMENDER_PERSISTENT_DIR"
+DEFAULT_PERSISTENT_DIR = "/data"
+#: `1`: the app prepares the default index before it serves its page (the old start; benchmarks/coldstart.py).
+ENV_BUILD_BEFORE_SERVING = "RECOMMENDER_BUILD_BEFORE_SERVING"
 
 DEFAULT_MODEL = "dinov2-small"
 DEFAULT_INDEX = "pokemon"
@@ -53,11 +58,26 @@ def _pick(flag: str | None, env: str, default: str) -> str:
 def index_dir(flag: str | Path | None = None) -> Path:
     """The folder that holds one sub-folder per built index.
 
-    By default the checkout's `index/`, or, for an installed package, `index/` in the user's data
-    folder: never inside site-packages.
+    By default `index/` in the persistent storage when there is some (`persistent_dir`), so that
+    a Space builds its index once, not at every restart; else the checkout's `index/`, or, for an
+    installed package, `index/` in the user's data folder: never inside site-packages.
     """
-    default = ROOT / "index" if IN_CHECKOUT else data_dir() / "index"
+    persistent = persistent_dir()
+    if persistent is not None:
+        default = persistent / "index"
+    else:
+        default = ROOT / "index" if IN_CHECKOUT else data_dir() / "index"
     return Path(_pick(str(flag) if flag else None, ENV_INDEX_DIR, str(default)))
+
+
+def persistent_dir() -> Path | None:
+    """Storage that outlives the process: RECOMMENDER_PERSISTENT_DIR (default /data) if it is a writable folder.
+
+    A Space's own disk is wiped at every restart; its persistent storage, when bought, is /data.
+    Elsewhere /data rarely exists, and an unwritable one (another user's) is not used.
+    """
+    folder = Path(os.environ.get(ENV_PERSISTENT_DIR) or DEFAULT_PERSISTENT_DIR)
+    return folder if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK) else None
 
 
 def cache_dir(flag: str | Path | None = None) -> Path:
@@ -134,6 +154,11 @@ def number(env: str, default: float, *, minimum: float = 0) -> float:
     if not minimum <= value < float("inf"):  # also refuses NaN
         raise RecommenderError(f"{env}={raw!r}: must be a finite number, at least {minimum:g}")
     return value
+
+
+def build_before_serving() -> bool:
+    """Whether the app waits for the default index before serving (by default it serves at once, building behind)."""
+    return os.environ.get(ENV_BUILD_BEFORE_SERVING, "").strip().lower() in ("1", "true", "yes")
 
 
 def gradio_cache_seconds() -> int:

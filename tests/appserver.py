@@ -19,8 +19,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Start app.py and wait until it serves its page (the first start builds the Pokémon index)."""
+#: What app.py prints once the default index can be searched (it serves its page before, during a first build).
+READY_LINE = b"recommender.app: ready in "
+
+
+def start_app(
+    folder: Path, env: dict[str, str], *, wait_ready: bool = True, script: str = "app.py"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start app.py (or `script`, which runs it) and wait until it serves its page and, with `wait_ready`,
+    its default index is ready.
+
+    The first start builds the Pokémon index, behind the page already served.
+    """
     port = free_port()
     log_path = folder / f"app-{port}.log"
     full_env = {
@@ -38,7 +48,7 @@ def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port)],
+            [sys.executable, script, "--port", str(port)],
             cwd=ROOT,
             env=full_env,
             stdout=log,
@@ -46,13 +56,18 @@ def start_app(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
+    served = False
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"app.py exited: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
+        if not served:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    served = True
+            except OSError:
+                pass
+        if served and (not wait_ready or READY_LINE in log_path.read_bytes()):
+            return process, url
+        time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"app.py did not serve its page in time: {log_path.read_text()[-2000:]}")

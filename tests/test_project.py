@@ -27,6 +27,13 @@ def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
     assert test in (ROOT / ".ci" / "run").read_text()
 
 
+def test_requirements_take_torch_from_the_cpu_index():
+    # A Space installs requirements.txt as it is: PyPI's torch would bring its CUDA wheels (about 3 GB).
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    assert "torch>=2.4,<3" in lines
+
+
 @pytest.mark.skipif(
     shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(), reason="ruff is not installed"
 )
