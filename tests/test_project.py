@@ -27,11 +27,16 @@ def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
     assert test in (ROOT / ".ci" / "run").read_text()
 
 
-def test_requirements_take_torch_from_the_cpu_index():
-    # A Space installs requirements.txt as it is: PyPI's torch would bring its CUDA wheels (about 3 GB).
-    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
-    assert "torch>=2.4,<3" in lines
+def test_a_space_takes_torch_from_the_cpu_index_and_nothing_else_does():
+    # A Space installs pre-requirements.txt, then requirements.txt: PyPI's torch would bring its CUDA
+    # wheels (about 3 GB). Nothing else may name that index: CI and these machines cannot reach it.
+    def lines(name: str) -> list[str]:
+        return [line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines()]
+
+    assert lines("pre-requirements.txt")[-2:] == ["--index-url https://download.pytorch.org/whl/cpu", "torch>=2.4,<3"]
+    assert "torch>=2.4,<3" in lines("requirements.txt")
+    for name in ("requirements.txt", "requirements-dev.txt", "requirements-scale.txt"):
+        assert not any("download.pytorch.org" in line for line in lines(name)), name
 
 
 @pytest.mark.skipif(
