@@ -312,6 +312,11 @@ def scores_html(ranked: list[tuple[str, float]]) -> str:
 #: What the selection line says when no look-alike is selected (before any, and after every new ranking).
 CHOOSE = "Click a look-alike to see where it matches your picture."
 #: The look-alikes' title, unsteered.
+WELCOME = (
+    "#### Drop in a picture on the left (or click an example)\n\nYou will see which catalog item it is, "
+    "or that it comes from another universe, its closest look-alikes with their similarity, and where "
+    "they match."
+)
 LOOK_ALIKES = "Look-alikes (click one)"
 #: The scores panel's own style (scoped to it by Gradio): bars in the theme's colours, so that dark mode reads too.
 SCORES_CSS = """
@@ -358,7 +363,8 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
     crop = query if isinstance(query, Image.Image) else None
     message = answer_text(result, visit, index.name, crop)
     reset = gr.Button(interactive=visit.steering is not None)
-    return message, another, gallery, scores_html(result.ranked()), visit, *selection(None), reset
+    shown = gr.Column(visible=True)
+    return message, another, gallery, scores_html(result.ranked()), visit, *selection(None), reset, shown
 
 
 def unanswered(message: str, index_name: str | None) -> tuple[Any, ...]:
@@ -370,6 +376,7 @@ def unanswered(message: str, index_name: str | None) -> tuple[Any, ...]:
         Visit(index=index_name),
         *selection(None),
         gr.Button(interactive=False),
+        gr.Column(visible=False),  # the message alone: no empty panels beside it
     )
 
 
@@ -482,6 +489,10 @@ def choose(name: str, request: gr.Request) -> tuple[Any, ...]:
     index = service.index(name, session=request.session_hash)
     # By name, not `service.default`: that is not there while it is being built, and other indexes are.
     return (None if name == service.default_name else name), service.status(index)
+
+
+def examples_for(index_state: str | None) -> Any:
+    return gr.Dataset(visible=index_state is None)
 
 
 def listing(request: gr.Request) -> Any:
@@ -604,13 +615,25 @@ def query_column(page: Page, examples: list[str]) -> None:
         )  # lossless: same pixels
         crop_search = gr.Button("Search this part", elem_id="crop-search")
     # Clicking an example loads it into the query; `wire_searches` then searches it, as an upload does.
-    shown = gr.Examples(examples=examples, inputs=query, label="Examples", cache_examples=False) if examples else None
+    shown = (
+        gr.Examples(examples=examples, inputs=query, label="Examples", cache_examples=False, elem_id="examples")
+        if examples
+        else None
+    )
     page.add(query=query, k=k, search=search, editor=editor, crop_search=crop_search, examples=shown)
 
 
 def answer_column(page: Page) -> None:
     """The answer: the message, another picture of it, scores, look-alikes, feedback, the overlay, links."""
-    message = gr.Markdown(elem_id="answer")
+    message = gr.Markdown(WELCOME, elem_id="answer")
+    # Hidden until the first answer: no empty panels with placeholder icons before it (`respond`).
+    with gr.Column(visible=False, elem_id="results") as results:
+        answer_panels(page)
+    page.add(message=message, results=results)
+
+
+def answer_panels(page: Page) -> None:
+    """What an answer shows below its message: another picture, scores, look-alikes, feedback, the overlay, links."""
     with gr.Row():
         another = gr.Image(label="Another picture of it", interactive=False, height=220, elem_id="another")
         scores = gr.HTML(label="Scores", elem_id="scores", css_template=SCORES_CSS, js_on_load=None)
@@ -628,7 +651,6 @@ def answer_column(page: Page) -> None:
     gr.Markdown("#### Related on the web")
     links = gr.HTML(elem_id="related")
     page.add(
-        message=message,
         another=another,
         scores=scores,
         gallery=gallery,
@@ -648,7 +670,9 @@ def catalog_tab(page: Page) -> None:
         gr.Markdown(
             "How alike the catalog's items are: cosine similarities of a representative set, ordered "
             "so that look-alikes form blocks. With fewer features (principal components of the whole "
-            "catalog) only the broadest traits count; with all of them, the full picture."
+            "catalog) only the broadest traits count; with all of them, the full picture. With 1 feature, "
+            "only the one trait the catalog's pictures differ most in counts: any two are then alike (+1) "
+            "or opposite (−1). Red is alike, white unrelated, blue opposite, on every setting."
         )
         features = gr.Radio(["1", "5", "10", "all"], value="all", label="Features", elem_id="features")
         matrix_note = gr.Markdown(elem_id="matrix-note")
@@ -715,7 +739,7 @@ def wire_searches(page: Page) -> None:
     """Every way of asking (search, upload, crop, more like this, feedback), each followed by links."""
     p = page
     chosen = [p.selected, p.overlay, p.chosen, p.like, p.dislike, p.more]  # `selection`'s
-    outputs = [p.message, p.another, p.gallery, p.scores, p.visit, *chosen, p.reset]  # `respond`'s
+    outputs = [p.message, p.another, p.gallery, p.scores, p.visit, *chosen, p.reset, p.results]  # `respond`'s
     # The overlay of a look-alike being drawn is dropped by any new ranking (it would show a stale selection).
     shown = p.gallery.select(pick, inputs=p.visit, outputs=chosen, api_visibility="private", show_progress="hidden")
     drawn = shown.then(
@@ -755,7 +779,9 @@ def wire_catalogs(page: Page) -> None:
         event(
             draw_matrix, inputs=[p.features, p.index_state], outputs=[p.matrix, p.matrix_note], api_visibility="private"
         )
-    p.chooser.change(choose, inputs=p.chooser, outputs=[p.index_state, p.status], api_visibility="private")
+    chosen = p.chooser.change(choose, inputs=p.chooser, outputs=[p.index_state, p.status], api_visibility="private")
+    if p.examples:  # pictures of the default catalog: shown only while it is the one searched
+        chosen.success(examples_for, inputs=p.index_state, outputs=p.examples.dataset, api_visibility="private")
     p.refresh.click(listing, outputs=p.chooser, api_visibility="private")
     # Builds queue apart from searches (one at a time, whoever asks), so that a search never waits for one.
     # The progress bar goes on the report, never over the chooser the visitor may be reading.

@@ -53,6 +53,15 @@ def ask(page: object, picture: Path) -> str:
     return new_answer(page, before)
 
 
+def test_before_the_first_search_the_page_says_what_to_do_and_shows_no_empty_panels(page):
+    assert page.inner_text("#answer").startswith("Drop in a picture")
+    assert not page.locator("#results").is_visible()
+    assert page.locator("#gallery:visible, #another:visible, #scores:visible").count() == 0
+    ask(page, PIKACHU)
+    page.wait_for_selector("#gallery img", timeout=30_000)
+    assert page.locator("#results").is_visible()
+
+
 def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
     answer = ask(page, PIKACHU)
     assert answer.startswith("This is “Pikachu” (1.00)")  # a catalog picture is itself
@@ -79,11 +88,13 @@ def test_garbage_gets_a_one_line_error_and_the_next_picture_still_works(page, tm
     garbage.write_text("<html><body>not a picture</body></html>")
     answer = ask(page, garbage)
     assert answer.startswith("Not answered") and "holiday.jpg: this is an HTML page, not an image" in answer
-    assert page.locator("#gallery img").count() == 0 and page.locator("#another img").count() == 0
-    assert "Pikachu" not in page.inner_text("#scores") + page.inner_text("#related")
-    # One message: no error toast, no "Error" badge on the panels.
-    assert page.locator(".toast-body").count() == 0
-    assert "Error" not in page.inner_text("#gallery") + page.inner_text("#scores") + page.inner_text("#another")
+    # Nothing of Pikachu's answer is left beside it: the panels are gone until the next answer.
+    page.wait_for_function(
+        "!document.querySelector('#results') || !document.querySelector('#results').checkVisibility()"
+    )
+    assert page.locator("#gallery img:visible").count() == 0 and "Pikachu" not in page.inner_text("body")
+    # One message: no error toast, no "Error" badge anywhere.
+    assert page.locator(".toast-body").count() == 0 and "Error" not in page.inner_text("body")
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(PIKACHU.read_bytes()[:200])
     assert "cut.png" in ask(page, truncated)
@@ -248,8 +259,9 @@ def cleared(page: object) -> None:
 
 
 def test_feedback_steers_the_next_ranking_and_reset_undoes_it(page):
-    assert enabled(page) == dict.fromkeys(FEEDBACK, False)  # nothing to act on before an answer
+    assert page.locator("#like:visible").count() == 0  # nothing to act on before an answer: not even shown
     headline = ask(page, PIKACHU).splitlines()[0]
+    assert enabled(page) == dict.fromkeys(FEEDBACK, False)  # shown now, off until a look-alike is picked
     assert headline.startswith("This is “Pikachu” (1.00)")
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8")
     assert enabled(page) == dict.fromkeys(FEEDBACK, False)  # no selection yet, no feedback to reset

@@ -251,3 +251,15 @@ def test_cli_errors_are_one_line(labeled: Index, index_dir: Path, tmp_path: Path
         cli, [*base, "explain", str(query), "--index", "labeled", "--rank", "99", "--out", str(tmp_path / "y.png")]
     )
     assert result.exit_code == 1 and "--rank 12" in result.output
+
+
+def test_a_label_with_two_views_is_told_apart_by_its_view(tiny_model: Path, index_dir: Path, tmp_path: Path) -> None:
+    rows = ["image,label,view"]
+    for n, (shape, colour) in enumerate(list(SHAPES.values())[:2]):
+        for view in ("sprite", "artwork"):
+            draw_shape(shape, colour, seed=n + len(view)).save(tmp_path / f"{shape}-{view}.png")
+            rows.append(f"{shape}-{view}.png,{shape},{view}")
+    (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
+    build_index(tmp_path / "catalog.csv", name="views", model=str(tiny_model), index_dir=index_dir, progress=False)
+    sim = similarity_matrix(Index.load("views", index_dir=index_dir))
+    assert sorted(sim.labels) == ["circle · artwork", "circle · sprite", "square · artwork", "square · sprite"]

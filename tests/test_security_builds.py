@@ -540,6 +540,8 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
         owner.click("#build")
         wait("document.querySelector('#build-report').innerText.includes('Built shop')")
         wait("document.querySelector('#chooser input').value === 'shop (your upload)'")
+        # The examples are Pokémon: hidden while the visitor's own catalog is the one searched.
+        wait("!document.querySelector('#examples') || !document.querySelector('#examples').checkVisibility()")
 
         def listed(page: object) -> list[str]:
             page.click("text=Refresh list")  # type: ignore[attr-defined]

@@ -128,6 +128,12 @@ def similarity_matrix(
     vectors = np.asarray(index.embeddings[np.sort(rows)], dtype=np.float32)  # (M, D), memmaps want sorted reads
     vectors = vectors[np.argsort(np.argsort(rows))]  # back to selection order
     names = [tick_label(index.items[r]) for r in rows]
+    # A label shown more than once (a sprite and an artwork) is told apart by its view, where the catalog has one.
+    repeated = {name for name in names if names.count(name) > 1}
+    names = [
+        f"{name}{VIEW_SEPARATOR}{view}" if name in repeated and (view := index.items[r].metadata.get("view")) else name
+        for name, r in zip(names, rows, strict=True)
+    ]
     item_ids: list[str | None] = [index.items[r].id for r in rows]
     if query_vec is not None:
         vectors = np.concatenate([query_vec[None, :], vectors])
@@ -218,9 +224,9 @@ def draw_similarity(
     side = float(np.clip(3.0 + 0.17 * m, 5.5, 16.0))  # inches: room for M rows of labels
     fig = Figure(figsize=(side + 1.3, side), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    # Colours span what is there, up to 1 (the diagonal), so that typical 0.3-0.9 cosines are not washed out.
-    low = float(np.floor(sim.matrix.min() * 20) / 20) if m else 0.0
-    im = ax.imshow(sim.matrix, cmap="viridis", vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
+    # One scale for every feature setting (with 1 feature cosines are +1 or -1): red alike, white
+    # unrelated, blue opposite; the colour of a cosine never changes with what else is on the map.
+    im = ax.imshow(sim.matrix, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     bar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
     bar.set_label("cosine similarity")
     if m <= _MAX_TICKS:
@@ -244,7 +250,8 @@ def draw_similarity(
 
 def _colour_ticks(ax: Any, labels: list[str]) -> None:
     """Colour tick labels by label, so that a block of one label reads as one colour (when labels repeat)."""
-    distinct = list(dict.fromkeys(labels))
+    groups = [label.split(VIEW_SEPARATOR)[0] for label in labels]  # a label's views share its colour
+    distinct = list(dict.fromkeys(groups))
     if len(distinct) == len(labels) or len(distinct) > 20:
         return
     from matplotlib import colormaps
@@ -252,7 +259,11 @@ def _colour_ticks(ax: Any, labels: list[str]) -> None:
     palette = colormaps["tab20" if len(distinct) > 10 else "tab10"]
     colour = {name: palette(i % palette.N) for i, name in enumerate(distinct)}
     for tick in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
-        tick.set_color(colour.get(tick.get_text(), "black"))
+        tick.set_color(colour.get(tick.get_text().split(VIEW_SEPARATOR)[0], "black"))
+
+
+#: Between a label and its view in tick labels (`Pikachu · sprite`).
+VIEW_SEPARATOR = " · "
 
 
 def tick_label(item: Item, width: int = 24) -> str:
