@@ -319,6 +319,12 @@ WELCOME = (
 )
 LOOK_ALIKES = "Look-alikes (click one)"
 #: The scores panel's own style (scoped to it by Gradio): bars in the theme's colours, so that dark mode reads too.
+#: The gallery's captions get a strip of their own below each picture, instead of covering its corner.
+PAGE_CSS = """
+#gallery .thumbnail-item img { padding-bottom: 1.9em; box-sizing: border-box; }
+#gallery .caption-label { left: 0; right: 0; bottom: 0; max-width: 100%; text-align: center; opacity: 1;
+  border: 0; border-radius: 0; }
+"""
 SCORES_CSS = """
 ol.scores { list-style: none; margin: 0; padding: 0; }
 ol.scores li { display: grid; grid-template-columns: minmax(0, 1fr) 35% 3em; gap: .5em; align-items: center; }
@@ -940,6 +946,7 @@ def main(argv: list[str] | None = None) -> None:
         share=args.share,
         max_file_size=limits.upload_bytes,
         head=f"<script>{HOVER_SCRIPT.replace('ROOT', repr('#catalog-map'))}</script>",
+        css=PAGE_CSS,
         allowed_paths=[str(EXAMPLES)],
         show_error=True,
         state_session_capacity=limits.sessions,

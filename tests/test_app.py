@@ -72,6 +72,13 @@ def test_a_picture_gets_its_name_scores_look_alikes_and_links(page, tmp_path):
     # Whole pictures in the gallery: no cropped heads and tails.
     fits = page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => getComputedStyle(i).objectFit)")
     assert fits and set(fits) == {"contain"}, fits
+    # Captions have a strip of their own: none reaches into the area its picture is drawn in.
+    assert page.evaluate(
+        "[...document.querySelectorAll('#gallery .thumbnail-item')].every(t => {"
+        " const i = t.querySelector('img'), c = t.querySelector('.caption-label'); if (!c) return true;"
+        " const r = i.getBoundingClientRect(), pad = parseFloat(getComputedStyle(i).paddingBottom);"
+        " return pad > 0 && c.getBoundingClientRect().top >= r.bottom - pad - 1; })"
+    )
     assert "Recognising with" in page.inner_text("body")  # the status line in plain words
     page.wait_for_selector("#related a", timeout=30_000)
     links = page.locator("#related a")
