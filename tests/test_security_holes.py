@@ -593,8 +593,12 @@ def test_the_server_refuses_to_show_a_picture_linked_from_outside(app_server, op
     linked.symlink_to(secret)
     assert server.choose(name)["success"]
     # Before: the answer's gallery held the secret picture, served from Gradio's cache.
-    text = error_of(server.call("search", "click", [server.upload(query), 6, None, None]))
-    assert "is a link to a file outside its catalog folder" in text and str(secret) not in text
+    # The page says why in the answer's place (`app.unanswered`), with nothing beside it.
+    answered = server.call("search", "click", [server.upload(query), 6, None, None])
+    assert answered["success"], json.dumps(answered)[:600]
+    text, _, gallery, *_ = answered["output"]["data"]
+    assert text.startswith("### Not answered") and gallery["value"] == []
+    assert "is a link to a file outside its catalog folder" in text and str(secret) not in json.dumps(answered)
     assert app_server.process.poll() is None
 
 
