@@ -47,6 +47,9 @@ PREFERRED_MODEL = "dinov2-small"
 #: The side of the pictures the page shows for catalog items.
 THUMBNAIL = 256
 log = logging.getLogger(__name__)
+#: How much less urgent a web build's decoding threads are than the searches (nice steps, Linux):
+#: a bomb being decoded slows the other visitors' answers less on a machine of two cores.
+WEB_BUILD_NICE = 10
 #: Pictures a first build reads before it says how long the rest will take.
 ESTIMATE_AFTER = 32
 
@@ -593,7 +596,7 @@ class Service:
                         progress=progress,
                         store="local",
                         should_stop=should_stop,
-                        executor=LocalExecutor(workers=limits.threads, threads=limits.threads),
+                        executor=LocalExecutor(workers=limits.threads, threads=limits.threads, nice=WEB_BUILD_NICE),
                     )
                 except BaseException as exc:
                     shutil.rmtree(target, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import threading
 import time
 import zipfile
@@ -24,10 +25,10 @@ from PIL import Image
 
 from recommender import build_index
 from recommender.archive import ARCHIVE_MAX_DEPTH, extract_archive
-from recommender.build.pipeline import torch_threads
+from recommender.build.pipeline import map_ordered, torch_threads
 from recommender.errors import BuildStopped, IndexNotFoundError, LimitExceeded, RecommenderError
 from recommender.index import Index
-from recommender.service import Service
+from recommender.service import WEB_BUILD_NICE, Service
 from recommender.uploads import MB, UPLOAD, UploadLimits, session_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -566,3 +567,16 @@ def test_two_browsers_each_see_only_their_own_uploads(builds_server, browser, tm
     finally:
         for context in contexts:
             context.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are Linux's")
+def test_a_web_builds_reading_threads_yield_to_the_searches():
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def priority(_: int) -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    # One reading worker (a 2-core server's default) still reads in a thread of its own, never the caller's.
+    assert set(map_ordered(priority, range(8), workers=1, nice=WEB_BUILD_NICE)) == {min(19, base + WEB_BUILD_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    assert set(map_ordered(priority, range(8), workers=1)) == {base}

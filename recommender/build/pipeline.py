@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -127,9 +128,10 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, *, workers: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, *, workers: int | None = None, threads: int | None = None, nice: int = 0) -> None:
         self.workers = workers or min(8, (os.cpu_count() or 2) * 2)
         self.threads = threads
+        self.nice = nice  # the reading threads' lower priority: a web build's decoding yields to searches
 
     def run(
         self,
@@ -148,6 +150,7 @@ class LocalExecutor:
             lambda item: read_item(item, root, backbone.prepare, _Either(known, queued), backbone.decode_size),
             items,
             workers=self.workers,
+            nice=self.nice,
         )
         pending: list[tuple[int, Any, str]] = []  # (row, prepared pixels, content hash)
         with torch_threads(self.threads):
@@ -291,13 +294,22 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def map_ordered(fn: Callable[[T], R], values: Sequence[T], *, workers: int) -> Iterator[R]:
-    """`map` on a thread pool, results in input order, at most a few batches ahead of the consumer."""
-    if workers <= 1:
+def map_ordered(fn: Callable[[T], R], values: Sequence[T], *, workers: int, nice: int = 0) -> Iterator[R]:
+    """`map` on a thread pool, results in input order, at most a few batches ahead of the consumer.
+
+    `nice` > 0 runs `fn` in threads of that lower CPU priority (Linux: per thread; a pool of one
+    then, never the caller's own thread, whose priority could not be raised back).
+    """
+    if workers <= 1 and not nice:
         yield from map(fn, values)
         return
-    ahead = workers * 4
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recommender-read") as pool:
+    ahead = max(1, workers) * 4
+    with ThreadPoolExecutor(
+        max_workers=max(1, workers),
+        thread_name_prefix="recommender-read",
+        initializer=_lower_priority,
+        initargs=(nice,),
+    ) as pool:
         futures = [pool.submit(fn, v) for v in values[:ahead]]
         next_index = len(futures)
         position = 0
@@ -308,6 +320,13 @@ def map_ordered(fn: Callable[[T], R], values: Sequence[T], *, workers: int) -> I
             if next_index < len(values):
                 futures.append(pool.submit(fn, values[next_index]))
                 next_index += 1
+
+
+def _lower_priority(nice: int) -> None:
+    """Make this thread `nice` steps less urgent (Linux schedules threads apart; elsewhere a no-op)."""
+    if nice and sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
 
 
 class _NoBar:
