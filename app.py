@@ -311,20 +311,23 @@ def scores_html(ranked: list[tuple[str, float]]) -> str:
 
 #: What the selection line says when no look-alike is selected (before any, and after every new ranking).
 CHOOSE = "Click a look-alike to see where it matches your picture."
-#: The look-alikes' title, unsteered.
+#: What the answer's place says before the first question.
 WELCOME = (
     "#### Drop in a picture on the left (or click an example)\n\nYou will see which catalog item it is, "
     "or that it comes from another universe, its closest look-alikes with their similarity, and where "
     "they match."
 )
+#: The look-alikes' title, unsteered.
 LOOK_ALIKES = "Look-alikes (click one)"
-#: The scores panel's own style (scoped to it by Gradio): bars in the theme's colours, so that dark mode reads too.
+#: The second picture's title when the answer is in the catalog.
+ANOTHER = "Another picture of it"
 #: The gallery's captions get a strip of their own below each picture, instead of covering its corner.
 PAGE_CSS = """
 #gallery .thumbnail-item img { padding-bottom: 1.9em; box-sizing: border-box; }
 #gallery .caption-label { left: 0; right: 0; bottom: 0; max-width: 100%; text-align: center; opacity: 1;
   border: 0; border-radius: 0; }
 """
+#: The scores panel's own style (scoped to it by Gradio): bars in the theme's colours, so that dark mode reads too.
 SCORES_CSS = """
 ol.scores { list-style: none; margin: 0; padding: 0; }
 ol.scores li { display: grid; grid-template-columns: minmax(0, 1fr) 35% 3em; gap: .5em; align-items: center; }
@@ -362,7 +365,7 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
     # Named for what it is: from another universe, the picture is of the closest item, not "of it".
     another = gr.Image(
         service.thumbnail(result.another_image) if result.another_image else None,
-        label="Another picture of it" if result.in_catalog else "The closest item, for comparison",
+        label=ANOTHER if result.in_catalog else "The closest item, for comparison",
     )
     pictures = [(service.thumbnail(m.path), f"{m.label or m.item.id} · {m.score:.2f}") for m in result.matches]
     gallery = gr.Gallery(pictures, label=f"{visit.steering} (click one)" if visit.steering else LOOK_ALIKES)
@@ -375,7 +378,7 @@ def respond(visit: Visit, request: gr.Request, k: int) -> tuple[Any, ...]:
 
 def unanswered(message: str, index_name: str | None) -> tuple[Any, ...]:
     """`respond`'s outputs for a picture that could not be answered: its one line, nothing stale beside it."""
-    cleared = (gr.Image(None, label="Another picture of it"), gr.Gallery([], label=LOOK_ALIKES), "")
+    cleared = (gr.Image(None, label=ANOTHER), gr.Gallery([], label=LOOK_ALIKES), "")
     return (
         f"### Not answered\n\n{markdown_text(message)}",
         *cleared,
@@ -641,7 +644,7 @@ def answer_column(page: Page) -> None:
 def answer_panels(page: Page) -> None:
     """What an answer shows below its message: another picture, scores, look-alikes, feedback, the overlay, links."""
     with gr.Row():
-        another = gr.Image(label="Another picture of it", interactive=False, height=220, elem_id="another")
+        another = gr.Image(label=ANOTHER, interactive=False, height=220, elem_id="another")
         scores = gr.HTML(label="Scores", elem_id="scores", css_template=SCORES_CSS, js_on_load=None)
     gallery = gr.Gallery(
         label=LOOK_ALIKES, columns=4, height="auto", allow_preview=False, object_fit="contain", elem_id="gallery"

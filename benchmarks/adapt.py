@@ -23,17 +23,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import HELDOUT, KINDS, OUTSIDE_SETS  # noqa: E402
+
 from recommender.adapt import embed_views, train_head  # noqa: E402
 from recommender.calibration import calibrate  # noqa: E402
 from recommender.catalog import read_catalog  # noqa: E402
 from recommender.images import load_image  # noqa: E402
 from recommender.index import Index  # noqa: E402
 
-HELD = ROOT / ".cache" / "pokemon-heldout"
-OUTSIDE = ROOT / ".cache" / "outside"
 CACHE = ROOT / ".cache" / "adapt"
-KINDS = ("shiny", "back", "back-shiny", "female", "forms", "artwork-forms")
-OUTSIDE_SETS = {"other": HELD / "other", **{n: OUTSIDE / n for n in ("icons", "logos", "flags", "photos")}}
 
 
 def embed_paths(paths: list[Path], backbone) -> np.ndarray:
@@ -53,7 +51,7 @@ def extract(index: Index) -> None:
         np.savez(CACHE / "views.npz", vectors=views, rows=rows)
     for kind in KINDS:
         if not (CACHE / f"{kind}.npz").exists():
-            catalog = read_catalog(HELD / kind)
+            catalog = read_catalog(HELDOUT / kind)
             items = catalog.items
             vectors = embed_paths([catalog.root / item.path for item in items], backbone)
             np.savez(CACHE / f"{kind}.npz", vectors=vectors, labels=np.array([item.label for item in items]))

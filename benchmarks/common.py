@@ -11,6 +11,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+ROOT = Path(__file__).resolve().parent.parent
+#: The held-out Pokémon sets (`scripts/build_pokemon_catalog.py --heldout-only`), one folder of class folders each.
+HELDOUT = ROOT / ".cache" / "pokemon-heldout"
+KINDS = ("shiny", "back", "back-shiny", "female", "forms", "artwork-forms")
+#: Pictures from outside the Pokémon universe: the held-out script's drawings, then `scripts/build_outside_sets.py`'s.
+OUTSIDE_SETS = {
+    "other": HELDOUT / "other",
+    **{name: ROOT / ".cache" / "outside" / name for name in ("icons", "logos", "flags", "photos")},
+}
+
 #: DINOv2 sizes (hidden, layers, heads) as published; random weights cost exactly what real ones do.
 SHAPES = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
 

@@ -20,23 +20,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import HELDOUT, KINDS, OUTSIDE_SETS  # noqa: E402
+
 from recommender.backbones.cnn import load_efficientnet  # noqa: E402
 from recommender.backbones.histogram import ColourHistogram  # noqa: E402
 from recommender.catalog import read_catalog  # noqa: E402
 from recommender.images import fit_square, load_image  # noqa: E402
 
-HELD = ROOT / ".cache" / "pokemon-heldout"
-OUTSIDE = ROOT / ".cache" / "outside"
 CACHE = ROOT / ".cache" / "features"
-KINDS = ("shiny", "back", "back-shiny", "female", "forms", "artwork-forms")
-OUTSIDE_SETS = ("other", "icons", "logos", "flags", "photos")
 
 
 def sources() -> dict[str, Path]:
-    out = {"catalog": ROOT / "assets" / "pokemon" / "catalog.csv"}
-    out |= {kind: HELD / kind for kind in KINDS}
-    out |= {name: (HELD / name if name == "other" else OUTSIDE / name) for name in OUTSIDE_SETS}
-    return out
+    return {"catalog": ROOT / "assets" / "pokemon" / "catalog.csv", **{k: HELDOUT / k for k in KINDS}, **OUTSIDE_SETS}
 
 
 def raw_features(pixels: np.ndarray, model) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -565,60 +565,55 @@ class Service:
         name = _safe_name(name)
         limits = self.limits
         should_stop = stop_check(limits.seconds, client_gone)
-        if not self._build_lock.acquire(timeout=limits.seconds):
-            raise LimitExceeded("another upload is being indexed; try again in a minute")
-        try:
-            with self.uploads.building(session):
-                self.sweep()  # the space of expired sessions first
-                self.uploads.check_room(session, name, unpacked_size(archive))
-                index_dir = self.uploads.index_dir(session)
-                folder = self.uploads.catalog_dir(session, name)
-                target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-                existed = (index_dir / name / MANIFEST).is_file()
-                try:
-                    source, skipped = extract_archive(
-                        archive,
-                        target,
-                        max_bytes=limits.upload_bytes,
-                        max_pictures=limits.pictures,
-                        max_rows=limits.rows,
-                        should_stop=should_stop,
-                    )
-                    if on_extracted:
-                        on_extracted(skipped)
-                    catalog = read_catalog(source, confined=True)
-                    catalog.skipped[:0] = skipped  # what the zip held but could not give: in the build's record too
-                    report = build_index(
-                        catalog,
-                        name=name,
-                        backbone=self.backbone,
-                        index_dir=index_dir,
-                        progress=progress,
-                        store="local",
-                        should_stop=should_stop,
-                        executor=LocalExecutor(workers=limits.threads, threads=limits.threads, nice=WEB_BUILD_NICE),
-                    )
-                except BaseException as exc:
-                    shutil.rmtree(target, ignore_errors=True)
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()  # only when empty: no earlier upload of that name
-                    if not existed:  # a first build's partial folder (its checkpoint) is of no use to anyone
-                        shutil.rmtree(index_dir / name, ignore_errors=True)
-                    if isinstance(exc, RecommenderError) and str(target) in str(exc):
-                        # A visitor is told the names inside their upload, never where it lies on this server.
-                        raise type(exc)(str(exc).replace(f"{target}{os.sep}", "").replace(str(target), name)) from None
-                    raise
-                index = Index.load(report.folder)
-                prune_catalog(target, (index.path_of(item) for item in index.items))
-                for old in folder.iterdir():
-                    if old == target:
-                        continue
-                    if old.is_dir() and not old.is_symlink():
-                        shutil.rmtree(old, ignore_errors=True)
-                    else:
-                        old.unlink(missing_ok=True)
-        finally:
-            self._build_lock.release()
+        with self._web_build(session):
+            self.sweep()  # the space of expired sessions first
+            self.uploads.check_room(session, name, unpacked_size(archive))
+            index_dir = self.uploads.index_dir(session)
+            folder = self.uploads.catalog_dir(session, name)
+            target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            existed = (index_dir / name / MANIFEST).is_file()
+            try:
+                source, skipped = extract_archive(
+                    archive,
+                    target,
+                    max_bytes=limits.upload_bytes,
+                    max_pictures=limits.pictures,
+                    max_rows=limits.rows,
+                    should_stop=should_stop,
+                )
+                if on_extracted:
+                    on_extracted(skipped)
+                catalog = read_catalog(source, confined=True)
+                catalog.skipped[:0] = skipped  # what the zip held but could not give: in the build's record too
+                report = build_index(
+                    catalog,
+                    name=name,
+                    backbone=self.backbone,
+                    index_dir=index_dir,
+                    progress=progress,
+                    store="local",
+                    should_stop=should_stop,
+                    executor=LocalExecutor(workers=limits.threads, threads=limits.threads, nice=WEB_BUILD_NICE),
+                )
+            except BaseException as exc:
+                shutil.rmtree(target, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: no earlier upload of that name
+                if not existed:  # a first build's partial folder (its checkpoint) is of no use to anyone
+                    shutil.rmtree(index_dir / name, ignore_errors=True)
+                if isinstance(exc, RecommenderError) and str(target) in str(exc):
+                    # A visitor is told the names inside their upload, never where it lies on this server.
+                    raise type(exc)(str(exc).replace(f"{target}{os.sep}", "").replace(str(target), name)) from None
+                raise
+            index = Index.load(report.folder)
+            prune_catalog(target, (index.path_of(item) for item in index.items))
+            for old in folder.iterdir():
+                if old == target:
+                    continue
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
         return report
 
     def adapt_upload(
@@ -642,20 +637,25 @@ class Service:
         self.index(reference, session=session)  # it is this session's, and it loads
         name = reference.removeprefix(UPLOAD)
         out = check_name(f"{name}-adapted")
-        limits = self.limits
-        if not self._build_lock.acquire(timeout=limits.seconds):
+        with self._web_build(session):
+            # The adapted index holds as many vectors as the plain one, and its head beside them.
+            self.uploads.check_room(session, out, self.uploads.index_bytes(session, name))
+            return adapt_index(
+                name,
+                out=out,
+                index_dir=self.uploads.index_dir(session),
+                progress=progress,
+                should_stop=stop_check(self.limits.seconds, client_gone),
+            )
+
+    @contextlib.contextmanager
+    def _web_build(self, session: str | None) -> Iterator[None]:
+        """One web build (or adaptation) at a time, whoever asks; the session's folder kept meanwhile."""
+        if not self._build_lock.acquire(timeout=self.limits.seconds):
             raise LimitExceeded("another upload is being indexed; try again in a minute")
         try:
             with self.uploads.building(session):
-                # The adapted index holds as many vectors as the plain one, and its head beside them.
-                self.uploads.check_room(session, out, self.uploads.index_bytes(session, name))
-                return adapt_index(
-                    name,
-                    out=out,
-                    index_dir=self.uploads.index_dir(session),
-                    progress=progress,
-                    should_stop=stop_check(limits.seconds, client_gone),
-                )
+                yield
         finally:
             self._build_lock.release()
 
@@ -688,11 +688,12 @@ class Service:
 
     def status(self, index: Index | None = None) -> str:
         """One line for the top of the page: backbone, catalog and its size (or how far its build is)."""
+        recognising = f"Recognising with **{self.backbone.name}**"
         if index is None and not self.ready:
-            return f"Backbone **{self.backbone.name}** ({self.backbone.dim}-d) · {self.warmup.line()}"
+            return f"{recognising} · {self.warmup.line()}"
         index = index or self.default
         labels = f", {len(index.label_names)} labels" if index.labeled else ", unlabeled"
-        return f"Recognising with **{self.backbone.name}** · catalog **{index.name}**: {len(index):,} pictures{labels}"
+        return f"{recognising} · catalog **{index.name}**: {len(index):,} pictures{labels}"
 
 
 def _safe_name(name: str) -> str:

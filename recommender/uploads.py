@@ -136,7 +136,7 @@ class Uploads:
         What the session keeps under `name` now does not count: the new upload replaces it.
         """
         limits = self.limits
-        replaced = _size(self.catalog_dir(session, name)) + _size(self.index_dir(session) / check_name(name))
+        replaced = _size(self.catalog_dir(session, name)) + self.index_bytes(session, name)
         mine = self.usage(session) - replaced
         if mine + incoming > limits.session_bytes:
             raise LimitExceeded(
