@@ -23,14 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from appserver import start_app  # noqa: E402
-
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SETTLED = (
-    "before => { const a = document.querySelector('#answer'); const t = a.innerText.trim();"
-    " return !a.querySelector('.progress-text, .eta-bar') && t !== before"
-    " && /^(This is|You gave|The closest|Not answered)/.test(t); }"
-)
+from appserver import CHROMIUM, CHROMIUM_FLAGS, SETTLED, start_app  # noqa: E402
 
 
 def p95(values: list[float]) -> float:
@@ -43,7 +36,7 @@ def in_browser(url: str, pictures: list[Path]) -> list[float]:
 
     times = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1366, "height": 900})
         page.goto(url)
         page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)

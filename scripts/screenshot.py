@@ -20,10 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from appserver import start_app  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+from appserver import CHROMIUM, CHROMIUM_FLAGS, SETTLED, start_app  # noqa: E402
 
 
 def main() -> None:
@@ -40,14 +37,13 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1366, "height": 900})
             page.goto(url)
+            page.wait_for_selector("#query input[type=file]", state="attached", timeout=60_000)
+            before = page.inner_text("#answer").strip()
             page.set_input_files("#query input[type=file]", str(args.picture))
-            page.wait_for_function(
-                "/^(This is|You gave|The closest)/.test(document.querySelector('#answer').innerText.trim())",
-                timeout=120_000,
-            )
+            page.wait_for_function(SETTLED, arg=before, timeout=120_000)
             page.wait_for_function("document.querySelectorAll('#gallery img').length >= 8", timeout=60_000)
             page.wait_for_selector("#related a, #related p", timeout=60_000)
             page.wait_for_timeout(1000)  # thumbnails decoded

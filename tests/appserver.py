@@ -19,6 +19,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: Debian's Chromium and the flags every headless run here uses (the tests add their network guard).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+#: A page's answer once settled: one of the answer's sentences, no progress timer in front of it (arg: the one before).
+SETTLED = (
+    "before => { const a = document.querySelector('#answer'); const t = a.innerText.trim();"
+    " return !a.querySelector('.progress-text, .eta-bar') && t !== before"
+    " && /^(This is|You gave|The closest|Not answered)/.test(t); }"
+)
+
 #: What app.py prints once the default index can be searched (it serves its page before, during a first build).
 READY_LINE = b"recommender.app: ready in "
 

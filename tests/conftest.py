@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from appserver import CHROMIUM, CHROMIUM_FLAGS
 from PIL import Image, ImageDraw
 
 # No test may reach the network: the hub client must answer from disk or fail at once.
@@ -300,12 +301,8 @@ def app_url(app_server: AppServer) -> str:
     return app_server.url
 
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
+    *CHROMIUM_FLAGS,
     # Hermetic: every request for another machine goes to a closed loopback port, no name resolves.
     f"--proxy-server={CLOSED_PORT_URL}",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",

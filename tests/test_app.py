@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from appserver import start_app
+from appserver import SETTLED, start_app
 from conftest import CHROMIUM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,16 +32,8 @@ def page(browser: object, app_url: str) -> Iterator[object]:
     page.close()
 
 
-# A settled answer: it starts with one of the answer's sentences (no progress timer in front of it).
-# A new answer, no longer pending (Gradio's status tracker puts a timer inside the element while it runs).
-SETTLED = (
-    "before => { const a = document.querySelector('#answer'); const t = a.innerText.trim();"
-    " return !a.querySelector('.progress-text, .eta-bar') && t !== before"
-    " && /^(This is|You gave|The closest|Not answered)/.test(t); }"
-)
-
-
 def new_answer(page: object, before: str) -> str:
+    """Wait for an answer other than `before`, settled (`appserver.SETTLED`); returns its text."""
     page.wait_for_function(SETTLED, arg=before.strip(), timeout=60_000)  # type: ignore[attr-defined]
     return page.inner_text("#answer").strip()  # type: ignore[attr-defined]
 
