@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from appserver import READY_LINE  # noqa: E402  # the tests' own notion of ready
+from appserver import READY_LINE, free_port  # noqa: E402  # the tests' own notion of ready
 from common import machine, table  # noqa: E402
 
 
 def start(env: dict[str, str], log: Path) -> tuple[float, float]:
     """(seconds to a served page, seconds to a ready index) of a fresh `python app.py`, stopped afterwards."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     started = time.perf_counter()
     with open(log, "wb") as out:
         process = subprocess.Popen(
